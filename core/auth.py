@@ -1,0 +1,167 @@
+"""Who a connection is and what it may do.
+
+Tokens are HS256 JWTs (PyJWT): `sub` is the user (the registered JWT claim, so it must be a
+string); `pub` and `subs` are lists of channel glob patterns for publishing and subscribing (fnmatch syntax: `room.*`, `@alice`), `exp` is honoured. The admin
+token (`FERRY_ADMIN_TOKEN`) is presented like any token and grants everything, `$sys.*`
+included. With auth off every connection may use every channel except `$sys.*`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hmac
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+import jwt
+
+from core.config import Config
+from core.errors import AuthError
+from core.protocol import SYS_PREFIX
+
+ADMIN_USER = "admin"
+ANONYMOUS_USER = "anonymous"
+_USER_RE = re.compile(r"[A-Za-z0-9_.:@$-]{1,199}")
+_CACHE_LIMIT = 1024
+
+
+def _compile(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    parts = [fnmatch.translate(p) for p in patterns]
+    return re.compile("|".join(parts)) if parts else None
+
+
+@dataclass(eq=False)
+class Principal:
+    """The identity and permissions of one connection."""
+
+    user: str
+    admin: bool = False
+    pub_patterns: tuple[str, ...] = ("*",)
+    sub_patterns: tuple[str, ...] = ("*",)
+    _pub_re: re.Pattern[str] | None = field(default=None, repr=False)
+    _sub_re: re.Pattern[str] | None = field(default=None, repr=False)
+    _cache: dict[tuple[bool, str], bool] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._pub_re = _compile(self.pub_patterns)
+        self._sub_re = _compile(self.sub_patterns)
+
+    @property
+    def inbox(self) -> str:
+        return "@" + self.user
+
+    def _allowed(self, publish: bool, channel: str) -> bool:
+        key = (publish, channel)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        if self.admin:
+            ok = True
+        elif channel.startswith(SYS_PREFIX):
+            ok = False
+        elif not publish and channel == self.inbox:
+            ok = True
+        else:
+            pattern = self._pub_re if publish else self._sub_re
+            ok = pattern is not None and pattern.fullmatch(channel) is not None
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = ok
+        return ok
+
+    def can_publish(self, channel: str) -> bool:
+        return self._allowed(True, channel)
+
+    def can_subscribe(self, channel: str) -> bool:
+        return self._allowed(False, channel)
+
+
+def token_from_request(path: str, headers: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
+    """The token from `?token=` or `Authorization: Bearer`, and the other query params."""
+    query: dict[str, str] = {}
+    if "?" in path:
+        for key, values in parse_qs(path.split("?", 1)[1]).items():
+            query[key] = values[-1]
+    token = query.pop("token", None)
+    header = headers.get("Authorization") or headers.get("authorization")
+    if token is None and header and header[:7].lower() == "bearer ":
+        token = header[7:].strip()
+    return token, query
+
+
+class Authenticator:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    @property
+    def enabled(self) -> bool:
+        return self._config.auth_enabled
+
+    def authenticate(self, token: str | None, query: Mapping[str, str]) -> Principal:
+        """Resolve a connection's principal; raise AuthError (HTTP 401) when refused."""
+        admin = self._config.admin_token
+        if token and admin and hmac.compare_digest(token.encode(), admin.encode()):
+            return Principal(user=ADMIN_USER, admin=True)
+        if not self.enabled:
+            # Auth off: `?user=` names the connection (useful for @user inboxes in dev).
+            if token:
+                # A token was offered but is not the admin token: refusing is clearer
+                # than silently treating the caller as anonymous.
+                raise AuthError(
+                    "token is not valid (auth is off; only the admin token is accepted)"
+                )
+            user = query.get("user") or ANONYMOUS_USER
+            if not _USER_RE.fullmatch(user):
+                raise AuthError("user name is not valid")
+            return Principal(user=user)
+        if not token:
+            raise AuthError("missing token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._config.jwt_secret,
+                algorithms=["HS256"],
+                options={"require": ["sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.PyJWTError:
+            raise AuthError("token is not valid") from None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not _USER_RE.fullmatch(subject):
+            raise AuthError("token subject is not a valid user name")
+        return Principal(
+            user=subject,
+            pub_patterns=_patterns(claims.get("pub")),
+            sub_patterns=_patterns(claims.get("subs")),
+        )
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    return ()
+
+
+def make_token(
+    secret: str,
+    user: str,
+    pub: Iterable[str] = (),
+    sub: Iterable[str] = (),
+    ttl_s: float = 3600.0,
+) -> str:
+    """A development token (also what `ferry token` prints)."""
+    now = int(time.time())
+    claims = {
+        "sub": user,
+        "pub": list(pub),
+        "subs": list(sub),
+        "iat": now,
+        "exp": now + int(ttl_s),
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,87 @@
+"""The `ferry` command: serve, token, wal, replay, bench."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from core import config as config_mod
+from core import logs
+
+log = logging.getLogger("ferry")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_mod.load(vars(args), config_file=args.config)
+    except config_mod.ConfigError as exc:
+        print(f"ferry: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.log_level, config.log_format)
+    import uvloop
+
+    from core.server import run
+
+    try:
+        return uvloop.run(run(config))
+    except Exception as exc:  # startup failures (WAL corruption, port in use) end here
+        log.critical("ferry could not start: %s", exc)
+        return 1
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    import os
+
+    from core.auth import make_token
+
+    secret = args.secret or os.environ.get("FERRY_JWT_SECRET", "")
+    if not secret:
+        print("ferry token: needs --secret or FERRY_JWT_SECRET", file=sys.stderr)
+        return 2
+    print(make_token(secret, args.user, args.pub, args.sub, args.ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferry", description="A durable WebSocket relay.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the relay, dashboard, metrics and replayer")
+    config_mod.add_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    token = sub.add_parser("token", help="print a development JWT")
+    token.add_argument("--user", required=True)
+    token.add_argument(
+        "--pub", action="append", default=[], metavar="PATTERN", help="publish pattern (repeatable)"
+    )
+    token.add_argument(
+        "--sub",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="subscribe pattern (repeatable)",
+    )
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.add_argument("--secret", default=None, help="HS256 secret (default: FERRY_JWT_SECRET)")
+    token.set_defaults(func=_cmd_token)
+
+    wal = sub.add_parser(
+        "wal", help="inspect, verify, dump or repair a WAL directory", add_help=False
+    )
+    wal.add_argument("rest", nargs=argparse.REMAINDER)
+    wal.set_defaults(func=lambda a: __import__("wal.tool", fromlist=["main"]).main(a.rest))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

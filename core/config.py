@@ -1,0 +1,253 @@
+"""One frozen, validated `Config`, loaded from flags > environment (`FERRY_*`) > TOML file > defaults.
+
+Every setting is declared once in `SETTINGS`; its environment variable is `FERRY_<NAME>` and its
+flag `--<name-with-dashes>`. Unknown keys (in the TOML file or as `FERRY_*` variables) and bad
+values are startup errors that name the key and the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """A setting is unknown or has a bad value; the message names it and where it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # network
+    host: str = "0.0.0.0"
+    port: int = 8080
+    allowed_origins: tuple[str, ...] = ()
+    # storage
+    log: str = "wal"  # wal | memory (memory keeps nothing across restarts)
+    wal_dir: str = "./data/wal"
+    wal_sync: str = "fsync"  # fsync | write (page cache only: unsafe on power loss)
+    wal_segment_bytes: int = 64 * 1024 * 1024
+    wal_max_batch_delay_ms: float = 0.0
+    history_size: int = 1000
+    db_url: str = "sqlite:///./data/ferry.db"
+    replayer: bool = True
+    node_id: str = field(default_factory=socket.gethostname)
+    # auth
+    auth: str = "none"  # none | jwt
+    jwt_secret: str = ""
+    admin_token: str = ""
+    # limits
+    max_frame_bytes: int = 64 * 1024
+    max_outbox_bytes: int = 4 * 1024 * 1024
+    max_connections: int = 20_000
+    max_subscriptions: int = 1000
+    publish_rate: float = 1000.0  # sustained publishes/s per connection
+    publish_burst: int = 2000
+    rate_abuse_limit: int = 100  # rate_limited errors within one window before close 4429
+    idle_timeout: float = 60.0  # seconds without any frame from the client before a ping
+    ping_timeout: float = 20.0  # seconds to answer that ping before the connection is closed
+    # observability
+    stats_interval: float = 1.0
+    tail_rate: int = 50  # $sys.tail messages per second at most
+    log_level: str = "info"
+    log_format: str = "text"  # text | json
+    dashboard_dir: str = ""  # default: dashboard/dist next to the package
+    webhook_url: str = ""
+    # lifecycle
+    shutdown_timeout: float = 10.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "jwt"
+
+
+def _choice(*allowed: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else f"must be one of {', '.join(allowed)}"
+
+    return check
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _port(value: Any) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number 0..65535"
+
+
+CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "port": _port,
+    "log": _choice("wal", "memory"),
+    "wal_sync": _choice("fsync", "write"),
+    "wal_segment_bytes": lambda v: None if v >= 4096 else "must be >= 4096",
+    "wal_max_batch_delay_ms": _non_negative,
+    "history_size": _non_negative,
+    "auth": _choice("none", "jwt"),
+    "max_frame_bytes": lambda v: None if v >= 256 else "must be >= 256",
+    "max_outbox_bytes": lambda v: None if v >= 1024 else "must be >= 1024",
+    "max_connections": _positive,
+    "max_subscriptions": _positive,
+    "publish_rate": _positive,
+    "publish_burst": _positive,
+    "rate_abuse_limit": _positive,
+    "idle_timeout": _positive,
+    "ping_timeout": _positive,
+    "stats_interval": _positive,
+    "tail_rate": _non_negative,
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("text", "json"),
+    "shutdown_timeout": _positive,
+    "node_id": lambda v: None if 0 < len(v) <= 64 else "must be 1..64 characters",
+}
+
+HELP: dict[str, str] = {
+    "host": "address to listen on",
+    "port": "port for /ws, /metrics, /healthz, /readyz and the dashboard",
+    "allowed_origins": "comma-separated Origin allow-list for /ws (empty: any origin)",
+    "log": "durability log: wal (default) or memory (nothing survives a restart)",
+    "wal_dir": "write-ahead log directory",
+    "wal_sync": "fsync (default) or write (page cache only, unsafe on power loss)",
+    "wal_segment_bytes": "WAL segment size in bytes",
+    "wal_max_batch_delay_ms": "extra time a WAL batch may wait to grow (ms)",
+    "history_size": "messages per channel kept for `sub` with `since`",
+    "db_url": "sqlite:///path or mysql://user:pass@host:port/db",
+    "replayer": "run the WAL -> database replayer inside serve",
+    "node_id": "this node's id in the WAL and the database (default: hostname)",
+    "auth": "none or jwt",
+    "jwt_secret": "HS256 secret for client tokens",
+    "admin_token": "token that grants everything, $sys.* included",
+    "max_frame_bytes": "largest frame a client may send (close 1009 past it)",
+    "max_outbox_bytes": "unsent bytes per connection before close 4408 (slow consumer)",
+    "max_connections": "connections at once (HTTP 503 past it)",
+    "max_subscriptions": "channels per connection",
+    "publish_rate": "publishes per second per connection (token bucket rate)",
+    "publish_burst": "publish token bucket size",
+    "rate_abuse_limit": "rate_limited errors in 10 s before close 4429",
+    "idle_timeout": "seconds of client silence before the server pings",
+    "ping_timeout": "seconds to answer the ping before the connection is dropped",
+    "stats_interval": "seconds between $sys.stats snapshots",
+    "tail_rate": "$sys.tail messages per second at most",
+    "log_level": "debug, info, warning or error",
+    "log_format": "text or json",
+    "dashboard_dir": "directory served at / (default: dashboard/dist)",
+    "webhook_url": "Discord-compatible webhook for operational notifications",
+    "shutdown_timeout": "seconds a graceful shutdown may take",
+}
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+ENV_PREFIX = "FERRY_"
+
+
+def _kind(name: str) -> type:
+    annotation = str(FIELDS[name].type)
+    if annotation.startswith("tuple"):
+        return tuple
+    return {"int": int, "float": float, "bool": bool, "str": str}[annotation]
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Turn a raw value (string from env/flags, or a TOML value) into the field's type."""
+    kind = _kind(name)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is tuple:
+            items = value if isinstance(value, list) else str(value).split(",")
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(str(value).replace("_", ""))
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}") from None
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--name` flag per setting; absent flags stay None so lower sources show through."""
+    parser.add_argument("--config", metavar="FILE", help="TOML file with settings")
+    for name in FIELDS:
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=_kind(name).__name__.upper(),
+            help=f"{HELP.get(name, name)} (env {env_name(name)})",
+        )
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Config:
+    """Build the Config: flags > env > file > defaults; raise ConfigError on anything wrong."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[name] = _coerce(name, value, config_file)
+
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in FIELDS:
+            raise ConfigError(f"environment: unknown setting {key}")
+        values[name] = _coerce(name, value, f"environment {key}")
+
+    for name, value in (flags or {}).items():
+        if value is None or name not in FIELDS:
+            continue
+        values[name] = _coerce(name, value, f"flag --{name.replace('_', '-')}")
+
+    for name, value in values.items():
+        check = CHECKS.get(name)
+        problem = check(value) if check else None
+        if problem:
+            raise ConfigError(f"{name} = {value!r}: {problem}")
+
+    config = Config(**values)
+    if config.auth_enabled and not config.jwt_secret:
+        raise ConfigError("auth = 'jwt' needs jwt_secret (FERRY_JWT_SECRET)")
+    if config.max_outbox_bytes < config.max_frame_bytes:
+        raise ConfigError("max_outbox_bytes must be >= max_frame_bytes")
+    return config

@@ -1,0 +1,100 @@
+"""ferry's error tree, and the one table that maps errors to what a client sees.
+
+    FerryError
+    ├── PeerError                  the client did something wrong; answered with an error frame
+    │   ├── BadRequest             bad_request: malformed JSON/msgpack, unknown op, bad field
+    │   ├── Forbidden              forbidden: not allowed by the token, $sys.* without admin
+    │   ├── TooLarge               too_large: a frame or value over a limit
+    │   ├── RateLimited            rate_limited: publish token bucket empty
+    │   └── NotSubscribed          not_subscribed: unsub of a channel the connection lacks
+    ├── AuthError                  bad/expired token: HTTP 401 at the upgrade
+    └── LocalError                 our side failed; the client only learns the code
+        └── Unavailable            unavailable: the WAL cannot accept writes
+
+The `reason` of a PeerError is written for the client. The text of any other exception is
+never sent: a client only sees the code and a fixed reason from `PUBLIC_REASONS`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_REQUEST = "bad_request"
+    FORBIDDEN = "forbidden"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    UNAVAILABLE = "unavailable"
+    NOT_SUBSCRIBED = "not_subscribed"
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes ferry sends (RFC 6455 §7.4; 4000-4999 are ours)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # graceful shutdown
+    PROTOCOL_ERROR = 1002  # broken fragmentation
+    INVALID_TEXT = 1007  # text frame that is not UTF-8 (RFC 6455 §8.1)
+    MESSAGE_TOO_BIG = 1009  # frame over max_frame_bytes
+    INTERNAL_ERROR = 1011
+    SLOW_CONSUMER = 4408  # outbox passed max_outbox_bytes
+    RATE_ABUSE = 4429  # kept publishing while rate limited
+
+
+class FerryError(Exception):
+    """Root of every error ferry raises on purpose."""
+
+
+class PeerError(FerryError):
+    code: ErrorCode = ErrorCode.BAD_REQUEST
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadRequest(PeerError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class Forbidden(PeerError):
+    code = ErrorCode.FORBIDDEN
+
+
+class TooLarge(PeerError):
+    code = ErrorCode.TOO_LARGE
+
+
+class RateLimited(PeerError):
+    code = ErrorCode.RATE_LIMITED
+
+
+class NotSubscribed(PeerError):
+    code = ErrorCode.NOT_SUBSCRIBED
+
+
+class AuthError(FerryError):
+    """The token is missing, malformed, badly signed or expired (HTTP 401)."""
+
+
+class LocalError(FerryError):
+    """Our side failed. The message is for logs only."""
+
+
+class Unavailable(LocalError):
+    code = ErrorCode.UNAVAILABLE
+
+
+PUBLIC_REASONS: dict[ErrorCode, str] = {
+    ErrorCode.UNAVAILABLE: "the log cannot accept writes; the message was not accepted",
+}
+
+
+def public_reason(exc: BaseException) -> tuple[ErrorCode, str]:
+    """The (code, reason) a client may see for `exc`; internal text never leaks."""
+    if isinstance(exc, PeerError):
+        return exc.code, exc.reason
+    if isinstance(exc, Unavailable):
+        return ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE]
+    return ErrorCode.BAD_REQUEST, "the request could not be processed"

@@ -1,0 +1,89 @@
+"""The state one relay process shares between its connections: router, flusher, limits,
+counters. Built once by the server and handed to every `Connection`."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from core.auth import Authenticator
+from core.config import Config
+from core.http import HttpRoutes
+from core.latency import LatencyHistogram
+from core.log import DurableLog
+from core.outbox import Flusher
+from core.router import Router
+from core.session import ErrorCounter, Limits
+
+if TYPE_CHECKING:
+    from core.listener import Connection
+
+log = logging.getLogger("ferry.hub")
+
+
+class Hub:
+    def __init__(
+        self, config: Config, durable_log: DurableLog, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.config = config
+        self.loop = loop
+        self.log = durable_log
+        self.ack_latency = LatencyHistogram()
+        self.router = Router(durable_log, config.history_size, self.ack_latency.observe)
+        self.flusher = Flusher(loop)
+        self.auth = Authenticator(config)
+        self.limits = Limits(
+            max_subscriptions=config.max_subscriptions,
+            max_data_bytes=config.max_frame_bytes,
+            publish_rate=config.publish_rate,
+            publish_burst=config.publish_burst,
+            rate_abuse_limit=config.rate_abuse_limit,
+        )
+        self.errors = ErrorCounter()
+        self.connections: dict[Connection, None] = {}
+        self.bytes_in = 0
+        self.slow_consumer_closes = 0
+        self.connections_total = 0
+        self.rejections: dict[str, int] = {}
+        self.closing = False
+        self.started_at = time.time()
+        self.http = HttpRoutes(self)
+        # Extra readiness checks (e.g. the replayer) and connection event hooks.
+        self.readiness: list[Callable[[], str | None]] = []
+        self.on_connect: list[Callable[[Connection], None]] = []
+        self.on_disconnect: list[Callable[[Connection], None]] = []
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{config.node_id}-{int(self.started_at) % 100000:05d}-"
+
+    def next_conn_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def connected(self, conn: Connection) -> None:
+        self.connections[conn] = None
+        self.connections_total += 1
+        for hook in self.on_connect:
+            hook(conn)
+
+    def disconnected(self, conn: Connection) -> None:
+        if self.connections.pop(conn, 0) is None:
+            for hook in self.on_disconnect:
+                hook(conn)
+
+    def metrics_rejected(self, reason: str) -> None:
+        self.rejections[reason] = self.rejections.get(reason, 0) + 1
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz is red, or None."""
+        if self.closing:
+            return "shutting down"
+        if not self.log.writable:
+            return f"log not writable: {self.log.failure}"
+        for check in self.readiness:
+            reason = check()
+            if reason:
+                return reason
+        return None

@@ -1,0 +1,246 @@
+"""The picows adapter: moves bytes between a socket and a `Session`, nothing more.
+
+`upgrade()` is picows' listener factory: it routes plain HTTP requests to `core.http`,
+and for `/ws` checks the Origin, the connection limit and the token (HTTP 401/403/503
+before the upgrade), picks the subprotocol, and returns a `Connection`.
+
+A frame's payload is copied (`get_payload_as_bytes`) before `on_ws_frame` returns: picows
+reuses its buffer. Fragmented messages are reassembled up to the frame limit.
+Backpressure: picows forwards the transport's `pause_writing`/`resume_writing`, which
+stop and restart the outbox's flushes (see core/outbox.py for the slow-consumer policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
+
+from core.auth import Principal, token_from_request
+from core.errors import AuthError, CloseCode
+from core.log import Encoding
+from core.outbox import Outbox
+from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
+from core.session import Session
+
+if TYPE_CHECKING:
+    from core.hub import Hub
+
+log = logging.getLogger("ferry.conn")
+
+# A client that does not read its close frame is cut off after this long.
+CLOSE_GRACE_S = 5.0
+
+
+def _pick_subprotocol(header: str | None) -> Encoding | None:
+    """First offered subprotocol we speak; JSON when none is offered; None if none fits."""
+    if not header:
+        return Encoding.JSON
+    for name in header.split(","):
+        encoding = SUBPROTOCOLS.get(name.strip())
+        if encoding is not None:
+            return encoding
+    return None
+
+
+def _http_error(status: int, text: str) -> WSUpgradeResponse:
+    return WSUpgradeResponse.create_error_response(
+        status, text.encode() + b"\n", {"Content-Type": "text/plain; charset=utf-8"}
+    )
+
+
+def upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
+    """picows listener factory. Never raises: picows would echo the exception text."""
+    try:
+        return _upgrade(hub, request)
+    except Exception:
+        log.exception("unexpected error handling %r", request.path)
+        return WSUpgradeResponseWithListener(_http_error(500, "internal error"), None)
+
+
+def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
+    raw_path = request.path.decode("latin-1")
+    path = raw_path.split("?", 1)[0]
+    if path != "/ws":
+        return WSUpgradeResponseWithListener(hub.http.respond(path), None)
+    headers = request.headers
+    if hub.closing:
+        return WSUpgradeResponseWithListener(_http_error(503, "server is shutting down"), None)
+    origins = hub.config.allowed_origins
+    if origins and headers.get("Origin") not in origins:
+        hub.metrics_rejected("origin")
+        return WSUpgradeResponseWithListener(_http_error(403, "origin not allowed"), None)
+    if len(hub.connections) >= hub.config.max_connections:
+        hub.metrics_rejected("max_connections")
+        return WSUpgradeResponseWithListener(_http_error(503, "too many connections"), None)
+    token, query = token_from_request(raw_path, headers)
+    try:
+        principal = hub.auth.authenticate(token, query)
+    except AuthError as exc:
+        hub.metrics_rejected("auth")
+        return WSUpgradeResponseWithListener(_http_error(401, str(exc)), None)
+    encoding = _pick_subprotocol(headers.get("Sec-WebSocket-Protocol"))
+    if encoding is None:
+        hub.metrics_rejected("subprotocol")
+        return WSUpgradeResponseWithListener(
+            _http_error(400, "supported subprotocols: ferry.v1.json, ferry.v1.msgpack"), None
+        )
+    extra = {}
+    if headers.get("Sec-WebSocket-Protocol"):
+        extra["Sec-WebSocket-Protocol"] = SUBPROTOCOL_NAMES[encoding]
+    remote = headers.get("X-Forwarded-For", "")
+    conn = Connection(hub, principal, encoding, remote)
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
+
+
+class Connection(WSListener):  # type: ignore[misc]
+    def __init__(self, hub: Hub, principal: Principal, encoding: Encoding, remote: str) -> None:
+        super().__init__()
+        self.hub = hub
+        self.principal = principal
+        self.encoding = encoding
+        self.remote = remote
+        self.conn_id = hub.next_conn_id()
+        self.transport: WSTransport | None = None
+        self.session: Session | None = None
+        self.outbox: Outbox | None = None
+        self.connected_at = time.monotonic()
+        self._fragments: list[bytes] | None = None
+        self._fragments_text = False
+        self._fragments_size = 0
+        self._cutoff: object = None
+
+    # --- picows callbacks ------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        underlying = transport.underlying_transport
+        if not self.remote:
+            peer = underlying.get_extra_info("peername")
+            self.remote = f"{peer[0]}:{peer[1]}" if peer else ""
+        hub = self.hub
+        self.outbox = Outbox(
+            underlying, hub.flusher, hub.config.max_outbox_bytes, self._slow_consumer
+        )
+        self.session = Session(
+            self.conn_id,
+            self.principal,
+            self.encoding,
+            hub.router,
+            self.outbox,
+            hub.limits,
+            hub.config.node_id,
+            self._request_close,
+            hub.errors,
+        )
+        hub.connected(self)
+        self.session.start()
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        session = self.session
+        if session is None:
+            return
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+            if frame.fin:
+                if self._fragments is not None:
+                    self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+                    return
+                self._deliver(frame.get_payload_as_bytes(), msg_type is WSMsgType.TEXT)
+            else:
+                self._fragments = [frame.get_payload_as_bytes()]
+                self._fragments_text = msg_type is WSMsgType.TEXT
+                self._fragments_size = frame.payload_size
+        elif msg_type is WSMsgType.CONTINUATION:
+            if self._fragments is None:
+                self._fail(
+                    CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
+                )
+                return
+            self._fragments_size += frame.payload_size
+            if self._fragments_size > self.hub.config.max_frame_bytes:
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
+            self._fragments.append(frame.get_payload_as_bytes())
+            if frame.fin:
+                payload = b"".join(self._fragments)
+                self._fragments = None
+                self._deliver(payload, self._fragments_text)
+        elif msg_type is WSMsgType.CLOSE:
+            # RFC 6455 §5.5.1: answer the close, then let the client close the TCP connection.
+            session.close(CloseCode.NORMAL, "")
+            transport.disconnect()
+
+    def _deliver(self, payload: bytes, is_text: bool) -> None:
+        assert self.session is not None
+        if is_text:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self._fail(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+                return
+        self.hub.bytes_in += len(payload)
+        self.session.receive(payload, is_text)
+
+    def _fail(self, code: int, reason: str) -> None:
+        assert self.session is not None
+        self.session.close(code, reason)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self.session is not None:
+            self.session.closed()
+            self.hub.disconnected(self)
+        if self._cutoff is not None:
+            self._cutoff.cancel()  # type: ignore[attr-defined]
+
+    def pause_writing(self) -> None:
+        if self.outbox is not None:
+            self.outbox.pause()
+
+    def resume_writing(self) -> None:
+        if self.outbox is not None:
+            self.outbox.resume()
+
+    # --- closing ---------------------------------------------------------------------
+
+    def _slow_consumer(self) -> None:
+        # Called from inside the fan-out loop: close on the next iteration so the
+        # channel's subscriber dict is not changed while it is being iterated.
+        self.hub.slow_consumer_closes += 1
+        self.hub.loop.call_soon(self._request_close_slow)
+
+    def _request_close_slow(self) -> None:
+        if self.session is not None:
+            log.info(
+                "closing slow consumer %s (%s): outbox over %d bytes",
+                self.conn_id,
+                self.principal.user,
+                self.hub.config.max_outbox_bytes,
+            )
+            self.session.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbox limit exceeded")
+
+    def _request_close(self, code: int, reason: str) -> None:
+        """Session asked to close: flush what is queued, send the close frame, hang up."""
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        if self.outbox is not None and not self.outbox.closed:
+            self.outbox.flush_now()
+            self.outbox.close()
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode(code), reason.encode()[:120])
+        transport.disconnect(graceful=True)
+        # A graceful disconnect waits for the peer to read what is buffered; one that
+        # never reads is cut off.
+        self._cutoff = self.hub.loop.call_later(CLOSE_GRACE_S, transport.disconnect, False)

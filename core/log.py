@@ -1,0 +1,184 @@
+"""The durability seam: the relay hands every publish to a `DurableLog` and acts on it
+(ack + fan-out) only when the log says the batch is durable (DESIGN §2).
+
+    router ──append(entry)──▶ DurableLog ──on_durable([entries…])──▶ router: ack + fan-out
+                                      └────on_failed([entries…], reason)──▶ router: `unavailable`
+
+Contract every implementation keeps:
+
+* `append` is called on the event loop. It assigns `entry.lsn` (node-wide, gap-free)
+  before returning and never blocks; it raises `LogUnavailable` when the log can no
+  longer accept writes (then nothing is acked).
+* `on_durable` is called on the event loop, once per batch, with the batch's entries in
+  LSN order; batches are delivered in LSN order. Only after that call may anything be acked.
+* After a write or sync error the log turns unwritable for good (an fsync is never
+  retried): the failed batch goes to `on_failed` and every later `append` raises.
+* `close()` finishes what was appended (durable or failed callbacks fire) and is idempotent.
+
+`MemoryLog` is the in-memory stand-in: durable only in the sense that the process is
+alive. `wal.WalLog` is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Encoding(enum.IntEnum):
+    """Wire encoding a message was published in; `data` is stored verbatim in it."""
+
+    JSON = 0
+    MSGPACK = 1
+
+
+class RecordType(enum.IntEnum):
+    """What a log record holds (the WAL's `u8 type`)."""
+
+    MESSAGE = 1
+    EVENT = 2  # connection events (connect/disconnect), see the database-log issue
+
+
+class Entry:
+    """One published message on its way to durability.
+
+    `data` is the published value exactly as it arrived (JSON text or msgpack bytes).
+    `origin` is opaque to the log: the router uses it to find whom to ack.
+    """
+
+    __slots__ = (
+        "channel",
+        "client_msg_id",
+        "data",
+        "encoding",
+        "lsn",
+        "origin",
+        "sender",
+        "seq",
+        "ts_ms",
+    )
+
+    def __init__(
+        self,
+        channel: str,
+        seq: int,
+        ts_ms: int,
+        sender: str,
+        client_msg_id: str | None,
+        encoding: int,
+        data: bytes,
+        origin: object = None,
+        lsn: int = 0,
+    ) -> None:
+        self.channel = channel
+        self.seq = seq
+        self.ts_ms = ts_ms
+        self.sender = sender
+        self.client_msg_id = client_msg_id
+        self.encoding = encoding
+        self.data = data
+        self.origin = origin
+        self.lsn = lsn
+
+    def __repr__(self) -> str:
+        return f"Entry(lsn={self.lsn}, channel={self.channel!r}, seq={self.seq})"
+
+
+class LogUnavailable(Exception):
+    """The log cannot accept writes (write/fsync error, disk full, closed)."""
+
+
+@dataclass
+class RecoveredState:
+    """What the log hands the router at startup."""
+
+    next_lsn: int = 1
+    # channel -> last seq written for it
+    heads: dict[str, int] = field(default_factory=dict)
+    # channel -> the newest entries (at most the history size), oldest first
+    history: dict[str, list[Entry]] = field(default_factory=dict)
+
+
+DurableHandler = Callable[[list[Entry]], None]
+FailedHandler = Callable[[list[Entry], str], None]
+
+
+class DurableLog(Protocol):
+    async def open(self, history_size: int) -> RecoveredState: ...
+
+    def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None: ...
+
+    def append(self, entry: Entry) -> None: ...
+
+    @property
+    def writable(self) -> bool: ...
+
+    @property
+    def failure(self) -> str | None:
+        """Why the log is unwritable (for logs, /readyz and the dashboard), else None."""
+        ...
+
+    def stats(self) -> dict[str, float]: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryLog:
+    """In-memory stand-in for the WAL: "durable" once the next loop iteration runs.
+
+    Nothing survives a restart. Useful for tests of the relay alone and for
+    `ferry serve --log memory` when durability is explicitly not wanted.
+    """
+
+    def __init__(self) -> None:
+        self._next_lsn = 1
+        self._batch: list[Entry] = []
+        self._on_durable: DurableHandler | None = None
+        self._on_failed: FailedHandler | None = None
+        self._closed = False
+        self._scheduled = False
+        self.appended = 0
+
+    async def open(self, history_size: int) -> RecoveredState:
+        return RecoveredState(next_lsn=self._next_lsn)
+
+    def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None:
+        self._on_durable = on_durable
+        self._on_failed = on_failed
+
+    def append(self, entry: Entry) -> None:
+        if self._closed:
+            raise LogUnavailable("log is closed")
+        entry.lsn = self._next_lsn
+        self._next_lsn += 1
+        self._batch.append(entry)
+        self.appended += 1
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch, self._batch = self._batch, []
+        if batch and self._on_durable is not None:
+            self._on_durable(batch)
+
+    @property
+    def writable(self) -> bool:
+        return not self._closed
+
+    @property
+    def failure(self) -> str | None:
+        return "closed" if self._closed else None
+
+    def stats(self) -> dict[str, float]:
+        return {"head_lsn": float(self._next_lsn - 1), "appends": float(self.appended)}
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True

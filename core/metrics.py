@@ -1,0 +1,94 @@
+"""Prometheus metrics, read from the hub's plain counters at scrape time.
+
+The hot path only bumps integers; this collector turns them into metric families when
+/metrics is scraped, so a delivery never takes a prometheus-client lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from core.hub import Hub
+
+
+class RelayCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        router = hub.router
+        c = router.counters
+        yield GaugeMetricFamily(
+            "ferry_connections", "Open WebSocket connections", value=len(hub.connections)
+        )
+        yield CounterMetricFamily(
+            "ferry_connections", "Accepted WebSocket connections", value=hub.connections_total
+        )
+        yield GaugeMetricFamily(
+            "ferry_subscriptions", "Channel subscriptions", value=router.subscription_count
+        )
+        yield GaugeMetricFamily(
+            "ferry_channels", "Channels known to this node", value=len(router.channels)
+        )
+        yield CounterMetricFamily(
+            "ferry_messages_in", "Messages accepted for publishing", value=c.msgs_in
+        )
+        yield CounterMetricFamily("ferry_acks", "Publishes acknowledged (durable)", value=c.acks)
+        yield CounterMetricFamily(
+            "ferry_deliveries", "Messages delivered to subscribers", value=c.deliveries
+        )
+        yield CounterMetricFamily(
+            "ferry_publish_failures", "Publishes the log refused", value=c.publish_failures
+        )
+        yield CounterMetricFamily(
+            "ferry_bytes_in", "Payload bytes received from clients", value=hub.bytes_in
+        )
+        yield CounterMetricFamily(
+            "ferry_bytes_out", "Bytes written to clients", value=hub.flusher.bytes_out
+        )
+        yield CounterMetricFamily(
+            "ferry_slow_consumer_closes",
+            "Connections closed with 4408",
+            value=hub.slow_consumer_closes,
+        )
+        errors = CounterMetricFamily("ferry_errors", "Error frames sent, by code", labels=["code"])
+        for code, count in sorted(hub.errors.by_code.items()):
+            errors.add_metric([code], count)
+        yield errors
+        rejected = CounterMetricFamily(
+            "ferry_upgrade_rejections", "Refused upgrades, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(hub.rejections.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        hist = hub.ack_latency
+        yield HistogramMetricFamily(
+            "ferry_ack_latency_seconds",
+            "Publish received -> ack queued (includes the WAL fdatasync)",
+            buckets=hist.cumulative(),
+            sum_value=hist.total,
+        )
+        yield GaugeMetricFamily(
+            "ferry_log_writable", "1 when the log accepts writes", value=int(hub.log.writable)
+        )
+        yield GaugeMetricFamily(
+            "ferry_ready", "1 when /readyz is green", value=int(hub.not_ready_reason() is None)
+        )
+
+
+def make_registry(hub: Hub) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(hub))
+    return registry

@@ -1,0 +1,132 @@
+"""Bounded per-connection outboxes, flushed as ONE socket write per event-loop iteration.
+
+Fan-out appends already-framed bytes (shared by every subscriber) to each outbox; the
+first append in an iteration registers the outbox with the `Flusher`, which runs once
+at the next iteration and hands each dirty outbox's chunks to its transport in a single
+`writelines` call (one writev). Many messages per tick therefore cost one syscall per
+connection, not one per message.
+
+Slow-consumer policy: while the transport says `pause_writing` (its buffer passed the
+high-water mark) nothing is written and chunks accumulate here. When the unsent bytes
+pass `limit`, the outbox drops its chunks and calls `on_overflow` exactly once; the
+connection is then closed with 4408. Other connections are unaffected: their outboxes,
+and the shared frames they reference, are independent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+
+class Writer(Protocol):
+    def writelines(self, chunks: Sequence[bytes]) -> None: ...
+
+
+class Flusher:
+    """Runs every dirty outbox's flush once per loop iteration."""
+
+    __slots__ = ("_loop", "_pending", "_scheduled", "bytes_out", "writes")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._pending: list[Outbox] = []
+        self._scheduled = False
+        self.bytes_out = 0
+        self.writes = 0
+
+    def mark(self, outbox: Outbox) -> None:
+        self._pending.append(outbox)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for outbox in pending:
+            outbox.dirty = False
+            sent = outbox.flush()
+            if sent:
+                self.bytes_out += sent
+                self.writes += 1
+
+
+class Outbox:
+    __slots__ = (
+        "_flusher",
+        "_writer",
+        "chunks",
+        "closed",
+        "dirty",
+        "limit",
+        "on_overflow",
+        "paused",
+        "size",
+    )
+
+    def __init__(
+        self,
+        writer: Writer,
+        flusher: Flusher,
+        limit: int,
+        on_overflow: Callable[[], None],
+    ) -> None:
+        self._writer = writer
+        self._flusher = flusher
+        self.limit = limit
+        self.on_overflow = on_overflow
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.dirty = False
+        self.paused = False
+        self.closed = False
+
+    def push(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            self._overflow()
+        elif not self.dirty:
+            self.dirty = True
+            self._flusher.mark(self)
+
+    def _overflow(self) -> None:
+        self.chunks = []
+        self.size = 0
+        self.closed = True
+        self.on_overflow()
+
+    def flush(self) -> int:
+        """Write everything queued in one call; returns bytes written (0 when paused)."""
+        if self.paused or not self.chunks or self.closed:
+            return 0
+        chunks, size = self.chunks, self.size
+        self.chunks = []
+        self.size = 0
+        self._writer.writelines(chunks)
+        return size
+
+    def flush_now(self) -> int:
+        """Flush outside the per-tick cycle (before a close frame, at shutdown)."""
+        if self.paused:
+            self.paused = False  # closing: hand the transport what we have, it buffers it
+        return self.flush()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.chunks and not self.dirty and not self.closed:
+            self.dirty = True
+            self._flusher.mark(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self.chunks = []
+        self.size = 0

@@ -1,0 +1,260 @@
+"""Channels -> subscribers, per-channel seq, history ring, and the durable fan-out.
+
+A publish gets its channel seq here, goes to the `DurableLog`, and is acked and fanned
+out only in `on_durable`, once the log says its batch is on disk (DESIGN §2). Fan-out
+groups a durable batch by channel, encodes the channel's new `msg` frames ONCE per wire
+encoding (joined into one bytes object) and pushes that same object to every
+subscriber's outbox: per subscriber the cost is one list append, whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, cast
+
+import msgspec
+
+from core.log import DurableLog, Encoding, Entry, LogUnavailable, RecoveredState
+from core.outbox import Outbox
+from core.protocol import ENCODE, SYS_PREFIX, Msg, transcode, ws_frame
+
+if TYPE_CHECKING:
+    from core.session import Session
+
+SERVER_USER = "ferry"
+
+# Entry.origin as the router sets it: who published, their message id, when it arrived.
+Origin = tuple["Session | None", "str | int | None", float]
+
+
+class Channel:
+    __slots__ = ("durable_seq", "history", "last_seq", "msg_count", "name", "subs")
+
+    def __init__(self, name: str, history_size: int, last_seq: int = 0) -> None:
+        self.name = name
+        self.last_seq = last_seq  # last seq handed out (may not be durable yet)
+        self.durable_seq = last_seq  # last seq acked and delivered
+        # one dict of outboxes per encoding: iteration is the fan-out's inner loop
+        self.subs: tuple[dict[Outbox, Session], dict[Outbox, Session]] = ({}, {})
+        self.history: deque[Entry] = deque(maxlen=history_size)
+        self.msg_count = 0
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self.subs[0]) + len(self.subs[1])
+
+
+class Counters:
+    """Plain integer counters on the hot path; exported by the metrics collector."""
+
+    __slots__ = ("acks", "deliveries", "msgs_in", "publish_failures")
+
+    def __init__(self) -> None:
+        self.msgs_in = 0
+        self.deliveries = 0
+        self.acks = 0
+        self.publish_failures = 0
+
+
+def frame_for(entry: Entry, encoding: Encoding) -> bytes:
+    """One `msg` WebSocket frame for `entry` in `encoding`."""
+    data = (
+        entry.data
+        if entry.encoding == encoding
+        else transcode(entry.data, Encoding(entry.encoding), encoding)
+    )
+    msg = Msg(entry.channel, entry.seq, entry.ts_ms, entry.sender, msgspec.Raw(data))
+    return ws_frame(encoding, ENCODE[encoding](msg))
+
+
+class Router:
+    def __init__(
+        self,
+        log: DurableLog,
+        history_size: int,
+        ack_observer: Callable[[float], None] | None = None,
+    ) -> None:
+        self.log = log
+        self.history_size = history_size
+        self.channels: dict[str, Channel] = {}
+        self.counters = Counters()
+        self._ack_observer = ack_observer
+        self._taps: list[Callable[[list[Entry]], None]] = []
+        log.set_handlers(self.on_durable, self.on_failed)
+
+    # --- state -----------------------------------------------------------------------
+
+    def restore(self, state: RecoveredState) -> None:
+        """Rebuild seqs and history rings from what the log recovered."""
+        for name, head in state.heads.items():
+            ch = self.channel(name)
+            ch.last_seq = ch.durable_seq = head
+        for name, entries in state.history.items():
+            self.channel(name).history.extend(entries)
+
+    def channel(self, name: str) -> Channel:
+        ch = self.channels.get(name)
+        if ch is None:
+            ch = self.channels[name] = Channel(name, self.history_size)
+        return ch
+
+    def add_tap(self, tap: Callable[[list[Entry]], None]) -> None:
+        """Observe every durable batch (the sampled $sys.tail uses this)."""
+        self._taps.append(tap)
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(ch.subscriber_count for ch in self.channels.values())
+
+    # --- subscriptions ---------------------------------------------------------------
+
+    def subscribe(
+        self, session: Session, name: str, since: int | None
+    ) -> tuple[int, bool | None, list[Entry]]:
+        """Add `session` to `name`.
+
+        Returns (head, recovered, replay): with `since`, `replay` holds the history entries
+        after it (to send right after `subscribed`, before any live message) and
+        `recovered` says whether history reached back far enough.
+        """
+        ch = self.channel(name)
+        recovered: bool | None = None
+        replay: list[Entry] = []
+        if since is not None:
+            recovered, replay = self._history_after(ch, since)
+        ch.subs[session.encoding][session.outbox] = session
+        return ch.durable_seq, recovered, replay
+
+    @staticmethod
+    def _history_after(ch: Channel, since: int) -> tuple[bool, list[Entry]]:
+        if since >= ch.durable_seq:
+            return True, []
+        history = ch.history
+        if not history or history[0].seq > since + 1:
+            return False, []
+        return True, [entry for entry in history if entry.seq > since]
+
+    def unsubscribe(self, session: Session, name: str) -> bool:
+        ch = self.channels.get(name)
+        if ch is None:
+            return False
+        return ch.subs[session.encoding].pop(session.outbox, None) is not None
+
+    def drop(self, session: Session, names: Iterable[str]) -> None:
+        for name in names:
+            self.unsubscribe(session, name)
+
+    # --- publish ---------------------------------------------------------------------
+
+    def publish(
+        self,
+        session: Session | None,
+        name: str,
+        data: bytes,
+        encoding: Encoding,
+        msg_id: str | int | None,
+        sender: str,
+    ) -> None:
+        """Hand a publish to the log; ack + fan-out follow in `on_durable`.
+
+        Raises LogUnavailable when the log cannot accept it (nothing is acked).
+        """
+        ch = self.channel(name)
+        ch.last_seq += 1
+        entry = Entry(
+            name,
+            ch.last_seq,
+            time.time_ns() // 1_000_000,
+            sender,
+            None if msg_id is None else str(msg_id),
+            encoding,
+            data,
+            (session, msg_id, time.perf_counter()),
+        )
+        try:
+            self.log.append(entry)
+        except LogUnavailable:
+            ch.last_seq -= 1
+            self.counters.publish_failures += 1
+            raise
+        self.counters.msgs_in += 1
+
+    def publish_ephemeral(self, name: str, data_json: bytes) -> None:
+        """Deliver a server message ($sys.*) without logging it: it is state, not history."""
+        ch = self.channel(name)
+        ch.last_seq += 1
+        entry = Entry(
+            name,
+            ch.last_seq,
+            time.time_ns() // 1_000_000,
+            SERVER_USER,
+            None,
+            Encoding.JSON,
+            data_json,
+        )
+        ch.durable_seq = ch.last_seq
+        self._deliver(ch, [entry])
+
+    # --- log callbacks ---------------------------------------------------------------
+
+    def on_durable(self, entries: list[Entry]) -> None:
+        groups: dict[str, list[Entry]] = {}
+        now = time.perf_counter()
+        observe = self._ack_observer
+        acks = 0
+        for entry in entries:
+            origin = entry.origin
+            if origin is not None:
+                session, msg_id, t0 = cast(Origin, origin)
+                entry.origin = None
+                if session is not None:
+                    session.ack(entry.channel, entry.seq, msg_id)
+                    acks += 1
+                    if observe is not None:
+                        observe(now - t0)
+            group = groups.get(entry.channel)
+            if group is None:
+                groups[entry.channel] = [entry]
+            else:
+                group.append(entry)
+        self.counters.acks += acks
+        channels = self.channels
+        for name, group in groups.items():
+            ch = channels.get(name) or self.channel(name)
+            ch.durable_seq = group[-1].seq
+            ch.msg_count += len(group)
+            ch.history.extend(group)
+            self._deliver(ch, group)
+        for tap in self._taps:
+            tap(entries)
+
+    def on_failed(self, entries: list[Entry], reason: str) -> None:
+        for entry in entries:
+            origin = entry.origin
+            entry.origin = None
+            if origin is not None:
+                session, msg_id, _ = cast(Origin, origin)
+                if session is not None:
+                    session.unavailable(msg_id)
+        self.counters.publish_failures += len(entries)
+
+    def _deliver(self, ch: Channel, entries: list[Entry]) -> None:
+        delivered = 0
+        for encoding in (Encoding.JSON, Encoding.MSGPACK):
+            subs = ch.subs[encoding]
+            if not subs:
+                continue
+            if len(entries) == 1:
+                frames = frame_for(entries[0], encoding)
+            else:
+                frames = b"".join([frame_for(e, encoding) for e in entries])
+            # The inner loop of the whole relay: same bytes object to every outbox.
+            for outbox in subs:
+                outbox.push(frames)
+            delivered += len(subs)
+        self.counters.deliveries += delivered * len(entries)
+
+    def is_system(self, name: str) -> bool:
+        return name.startswith(SYS_PREFIX)

@@ -1,0 +1,189 @@
+"""Server lifecycle in one place: startup -> serve -> shutdown, in a fixed order.
+
+    start():    open the log (recovery) -> restore router -> listen -> stats
+    shutdown(): stop accepting -> finish in-flight log batches (their acks go out)
+                -> close every client with 1001 -> wait (bounded) -> close the log
+A first SIGTERM/SIGINT starts the graceful shutdown; a second one forces exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from picows import ws_create_server
+
+from core.config import Config
+from core.errors import CloseCode
+from core.hub import Hub
+from core.listener import upgrade
+from core.log import DurableLog, MemoryLog
+from core.metrics import make_registry
+from core.stats import StatsPublisher
+
+log = logging.getLogger("ferry.server")
+
+
+def make_log(config: Config) -> DurableLog:
+    if config.log == "memory":
+        return MemoryLog()
+    from wal.log import WalLog
+
+    return WalLog.from_config(config)
+
+
+class Server:
+    def __init__(self, config: Config, durable_log: DurableLog | None = None) -> None:
+        self.config = config
+        self.log = durable_log if durable_log is not None else make_log(config)
+        self.hub: Hub | None = None
+        self.stats: StatsPublisher | None = None
+        self.port: int = config.port
+        self._server: asyncio.Server | None = None
+        self._stopping: asyncio.Event | None = None
+        self._closed = False
+        self._signals = 0
+        self.services: list[Any] = []  # started after the listener, stopped before the log
+
+    async def start(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        t0 = time.monotonic()
+        state = await self.log.open(config.history_size)
+        hub = self.hub = Hub(config, self.log, loop)
+        hub.router.restore(state)
+        registry = make_registry(hub)
+        wal_registry = getattr(self.log, "registry", None)
+        if wal_registry is not None:
+            for collector in list(wal_registry._collector_to_names):
+                registry.register(collector)
+        hub.http.registry = registry
+        self.registry = registry
+        self._server = await ws_create_server(
+            lambda request: upgrade(hub, request),
+            config.host,
+            config.port,
+            max_frame_size=config.max_frame_bytes,
+            enable_auto_ping=True,
+            auto_ping_idle_timeout=config.idle_timeout,
+            auto_ping_reply_timeout=config.ping_timeout,
+            websocket_handshake_timeout=10,
+            reuse_address=True,
+            backlog=4096,
+        )
+        sockets = self._server.sockets
+        self.port = sockets[0].getsockname()[1] if sockets else config.port
+        self.stats = StatsPublisher(hub, self._extra_stats)
+        self.stats.start()
+        for service in self.services:
+            await service.start(self)
+        if not hub.auth.enabled:
+            log.warning(
+                "AUTH IS OFF: any client may publish and subscribe to any channel (except $sys.*). "
+                "Set FERRY_AUTH=jwt and FERRY_JWT_SECRET for production."
+            )
+        log.info(
+            "ferry serving",
+            extra={
+                "node": config.node_id,
+                "listen": f"{config.host}:{self.port}",
+                "log": config.log,
+                "wal_dir": config.wal_dir if config.log == "wal" else "-",
+                "wal_sync": config.wal_sync,
+                "channels_recovered": len(state.heads),
+                "next_lsn": state.next_lsn,
+                "startup_s": round(time.monotonic() - t0, 3),
+            },
+        )
+
+    def _extra_stats(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        for service in self.services:
+            section = getattr(service, "stats_section", None)
+            if section is not None:
+                extra.update(section())
+        return extra
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info(
+                "received %s: shutting down gracefully (send again to force)",
+                signal.Signals(sig).name,
+            )
+            self.request_stop()
+        else:
+            log.warning("received %s again: forcing exit", signal.Signals(sig).name)
+            os._exit(1)
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def serve_forever(self) -> None:
+        assert self._stopping is not None
+        await self._stopping.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Graceful, bounded, idempotent."""
+        if self._closed or self.hub is None:
+            return
+        self._closed = True
+        hub = self.hub
+        hub.closing = True
+        timeout = self.config.shutdown_timeout
+        t0 = time.monotonic()
+        if self._server is not None:
+            self._server.close()  # stop accepting
+        # In-flight batches become durable (acks queued) or fail (`unavailable` queued).
+        try:
+            await asyncio.wait_for(self.log.close(), timeout)
+        except TimeoutError:
+            log.error("log did not finish in-flight batches within %.1fs", timeout)
+        connections = list(hub.connections)
+        for conn in connections:
+            if conn.session is not None:
+                conn.session.close(CloseCode.GOING_AWAY, "server shutting down")
+        remaining = max(0.5, timeout - (time.monotonic() - t0))
+        waits = [
+            conn.transport.wait_disconnected() for conn in connections if conn.transport is not None
+        ]
+        if waits:
+            _done, pending = await asyncio.wait(
+                [asyncio.ensure_future(w) for w in waits], timeout=remaining
+            )
+            for fut in pending:
+                fut.cancel()
+        for service in reversed(self.services):
+            try:
+                await asyncio.wait_for(service.stop(), max(0.5, timeout - (time.monotonic() - t0)))
+            except TimeoutError:
+                log.error("%s did not stop in time", type(service).__name__)
+        if self.stats is not None:
+            await self.stats.stop()
+        log.info(
+            "ferry stopped",
+            extra={
+                "closed_connections": len(connections),
+                "shutdown_s": round(time.monotonic() - t0, 3),
+            },
+        )
+
+
+async def run(config: Config) -> int:
+    server = Server(config)
+    await server.start()
+    server.install_signal_handlers()
+    await server.serve_forever()
+    return 0

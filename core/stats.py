@@ -1,0 +1,166 @@
+"""`$sys.stats` (aggregates, every `stats_interval`) and `$sys.tail` (a sampled, capped tail).
+
+Both are ephemeral server channels: delivered to admin subscribers, never logged. The
+page only ever receives these aggregates and at most `tail_rate` tail items a second,
+whatever the traffic through the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from core.hub import Hub
+from core.log import Encoding, Entry
+from core.protocol import transcode
+
+STATS_CHANNEL = "$sys.stats"
+TAIL_CHANNEL = "$sys.tail"
+TOP_CHANNELS = 10
+PREVIEW_CHARS = 200
+
+_json = msgspec.json.Encoder()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+class StatsPublisher:
+    def __init__(self, hub: Hub, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.hub = hub
+        self.extra = extra  # adds "wal" and "db" sections
+        self._task: asyncio.Task[None] | None = None
+        self._prev: dict[str, float] = {}
+        self._prev_at = time.monotonic()
+        self._prev_hist = hub.ack_latency.snapshot()
+        self._prev_channel_counts: dict[str, int] = {}
+        self._tail_tokens = float(hub.config.tail_rate)
+        self._tail_at = time.monotonic()
+        hub.router.add_tap(self._tail)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-stats")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        interval = self.hub.config.stats_interval
+        while True:
+            await asyncio.sleep(interval)
+            ch = self.hub.router.channels.get(STATS_CHANNEL)
+            snapshot = self.snapshot()
+            if ch is not None and ch.subscriber_count:
+                self.hub.router.publish_ephemeral(STATS_CHANNEL, _json.encode(snapshot))
+
+    def snapshot(self) -> dict[str, Any]:
+        """One stats object (the `$sys.stats` data); rates are since the previous call."""
+        hub = self.hub
+        router = hub.router
+        c = router.counters
+        now = time.monotonic()
+        elapsed = max(now - self._prev_at, 1e-6)
+        totals = {
+            "msgs_in": float(c.msgs_in),
+            "deliveries": float(c.deliveries),
+            "bytes_in": float(hub.bytes_in),
+            "bytes_out": float(hub.flusher.bytes_out),
+        }
+        rates = {k: round((v - self._prev.get(k, 0.0)) / elapsed, 1) for k, v in totals.items()}
+        hist = hub.ack_latency
+        since = self._prev_hist
+        counts = {}
+        top = []
+        for name, ch in router.channels.items():
+            delta = ch.msg_count - self._prev_channel_counts.get(name, 0)
+            counts[name] = ch.msg_count
+            if delta:
+                top.append((delta, name, ch.subscriber_count))
+        top.sort(reverse=True)
+        doc: dict[str, Any] = {
+            "node": hub.config.node_id,
+            "uptime_s": round(time.time() - hub.started_at, 1),
+            "ts_ms": int(time.time() * 1000),
+            "connections": len(hub.connections),
+            "subscriptions": router.subscription_count,
+            "channels": len(router.channels),
+            "msgs_in_per_s": rates["msgs_in"],
+            "deliveries_per_s": rates["deliveries"],
+            "bytes_in_per_s": rates["bytes_in"],
+            "bytes_out_per_s": rates["bytes_out"],
+            "ack_p50_ms": _ms(hist.quantile(0.5, since)),
+            "ack_p99_ms": _ms(hist.quantile(0.99, since)),
+            "slow_consumer_closes": hub.slow_consumer_closes,
+            "errors": dict(hub.errors.by_code),
+            "top_channels": [
+                {"ch": name, "rate": round(delta / elapsed, 1), "subscribers": subs}
+                for delta, name, subs in top[:TOP_CHANNELS]
+            ],
+            "wal": {
+                "writable": hub.log.writable,
+                "failure": hub.log.failure,
+                "sync": hub.config.wal_sync,
+            },
+            "db": {"state": "off", "last_error": None, "url": None},
+        }
+        log_stats = hub.log.stats()
+        doc["wal"].update(
+            {
+                "head_lsn": log_stats.get("head_lsn"),
+                "bytes": log_stats.get("bytes"),
+                "segments": log_stats.get("segments"),
+                "fsync_p50_ms": log_stats.get("fsync_p50_ms"),
+                "fsync_p99_ms": log_stats.get("fsync_p99_ms"),
+                "records_per_fsync": log_stats.get("records_per_fsync"),
+            }
+        )
+        if self.extra is not None:
+            for key, section in self.extra().items():
+                doc[key] = section
+        self._prev = totals
+        self._prev_at = now
+        self._prev_hist = hist.snapshot()
+        self._prev_channel_counts = counts
+        return doc
+
+    def _tail(self, entries: list[Entry]) -> None:
+        """Sample durable messages into `$sys.tail`, at most `tail_rate` per second."""
+        router = self.hub.router
+        ch = router.channels.get(TAIL_CHANNEL)
+        if ch is None or not ch.subscriber_count:
+            return
+        rate = self.hub.config.tail_rate
+        now = time.monotonic()
+        self._tail_tokens = min(float(rate), self._tail_tokens + (now - self._tail_at) * rate)
+        self._tail_at = now
+        for entry in entries:
+            if self._tail_tokens < 1.0:
+                return
+            if entry.channel.startswith("$sys."):
+                continue
+            self._tail_tokens -= 1.0
+            text = (
+                entry.data
+                if entry.encoding == Encoding.JSON
+                else transcode(entry.data, Encoding.MSGPACK, Encoding.JSON)
+            )
+            item = {
+                "ch": entry.channel,
+                "seq": entry.seq,
+                "from": entry.sender,
+                "ts": entry.ts_ms,
+                "size": len(entry.data),
+                "preview": text[:PREVIEW_CHARS].decode("utf-8", "replace"),
+            }
+            router.publish_ephemeral(TAIL_CHANNEL, _json.encode(item))

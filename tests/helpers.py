@@ -1,0 +1,263 @@
+"""Shared test helpers: one time unit, a relay started on loopback port 0, clients.
+
+Every wait in the suite is a condition with a deadline derived from `UNIT`
+(FERRY_TEST_UNIT seconds, default 5), never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import websockets
+
+from core.config import Config
+from core.server import Server
+
+UNIT = float(os.environ.get("FERRY_TEST_UNIT", "5"))
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def relay_config(tmp_path: Path | None = None, **overrides: Any) -> Config:
+    base = Config(
+        host="127.0.0.1",
+        port=0,
+        log="memory",
+        wal_dir=str(tmp_path / "wal") if tmp_path else "./data/wal",
+        db_url=f"sqlite:///{tmp_path / 'ferry.db'}" if tmp_path else "sqlite:///./data/ferry.db",
+        replayer=False,
+        node_id="test-node",
+        stats_interval=0.2,
+        log_level="warning",
+    )
+    return replace(base, **overrides)
+
+
+@dataclass
+class Relay:
+    server: Server
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def hub(self) -> Any:
+        return self.server.hub
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float = UNIT, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def wait_for_sync(
+    predicate: Callable[[], bool], timeout: float = UNIT, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Client:
+    """A websockets-library client speaking protocol v1 (JSON or msgpack)."""
+
+    def __init__(self, ws: websockets.ClientConnection, msgpack: bool = False) -> None:
+        self.ws = ws
+        self.msgpack = msgpack
+        self.welcome: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        msgpack: bool = False,
+        token: str | None = None,
+        user: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Client:
+        query = []
+        if token:
+            query.append(f"token={token}")
+        if user:
+            query.append(f"user={user}")
+        full = url + ("?" + "&".join(query) if query else "")
+        protocol = "ferry.v1.msgpack" if msgpack else "ferry.v1.json"
+        ws = await websockets.connect(
+            full,
+            subprotocols=[protocol],
+            additional_headers=headers,
+            max_size=None,
+            open_timeout=UNIT,
+        )
+        client = cls(ws, msgpack)
+        client.welcome = await client.recv()
+        assert client.welcome["op"] == "welcome", client.welcome
+        return client
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(msgspec.msgpack.encode(frame) if self.msgpack else json.dumps(frame))
+
+    async def send_raw(self, data: bytes | str) -> None:
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float = UNIT) -> dict[str, Any]:
+        raw = await asyncio.wait_for(self.ws.recv(), timeout)
+        if isinstance(raw, bytes):
+            return msgspec.msgpack.decode(raw)  # type: ignore[no-any-return]
+        return json.loads(raw)  # type: ignore[no-any-return]
+
+    async def recv_raw(self, timeout: float = UNIT) -> str | bytes:
+        return await asyncio.wait_for(self.ws.recv(), timeout)
+
+    async def expect(self, op: str, timeout: float = UNIT) -> dict[str, Any]:
+        frame = await self.recv(timeout)
+        assert frame["op"] == op, f"expected {op}, got {frame}"
+        return frame
+
+    async def sub(self, ch: str, **extra: Any) -> dict[str, Any]:
+        await self.send({"op": "sub", "ch": ch, **extra})
+        return await self.expect("subscribed")
+
+    async def pub(self, ch: str, data: Any, msg_id: str | None = None) -> None:
+        frame: dict[str, Any] = {"op": "pub", "ch": ch, "data": data}
+        if msg_id is not None:
+            frame["id"] = msg_id
+        await self.send(frame)
+
+    async def assert_silent(self, within: float = 0.2) -> None:
+        """Nothing arrives for `within` seconds (used to show other clients are unaffected)."""
+        try:
+            frame = await asyncio.wait_for(self.ws.recv(), within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected frame {frame!r}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def gather_bounded(*aws: Awaitable[Any], timeout: float = UNIT * 4) -> list[Any]:
+    return await asyncio.wait_for(asyncio.gather(*aws), timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = UNIT) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class ServeProcess:
+    """`ferry serve` in a child process (for signals, crashes and fault injection)."""
+
+    def __init__(
+        self, env: dict[str, str], args: list[str] | None = None, cwd: Path | None = None
+    ) -> None:
+        self.port = int(env.get("FERRY_PORT") or free_port())
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+        full_env.update(
+            {
+                "FERRY_HOST": "127.0.0.1",
+                "FERRY_NODE_ID": "test-node",
+                **env,
+                "FERRY_PORT": str(self.port),
+            }
+        )
+        self.env = full_env
+        self.args = args or []
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+
+    def start(self, log_path: Path) -> ServeProcess:
+        self.log_path = log_path
+        out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "core.cli", "serve", *self.args],
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=self.cwd or ROOT,
+        )
+        out.close()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_healthy(self, timeout: float = UNIT * 4) -> None:
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"ferry serve exited with {self.proc.returncode}:\n{self.output()}"
+                )
+            try:
+                return http_get(self.http + "/healthz", timeout=1)[0] == 200
+            except OSError:
+                return False
+
+        wait_for_sync(healthy, timeout, "ferry serve to answer /healthz")
+
+    def output(self) -> str:
+        return (
+            self.log_path.read_text(errors="replace")
+            if self.log_path and self.log_path.exists()
+            else ""
+        )
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = UNIT * 4) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(UNIT)
