@@ -1,0 +1,290 @@
+"""Operational notifications to a Discord-compatible webhook, kept off the relay's hot path.
+
+    relay code ──notify(event, text)──▶ rate limit per event kind ──▶ bounded queue
+                 (O(1), never awaits,            │ drop + count         │ drop + count
+                  never raises)                  ▼                      ▼ when full
+                                          one background task: build JSON, POST over
+                                          asyncio streams with a deadline, honour 429
+
+A slow or dead webhook costs the background task time, never the event loop's: `notify()`
+only reads a clock, touches two dicts and does `put_nowait`. The POST is plain HTTP/1.1 over
+`asyncio.open_connection` (TLS for https), so it is cancellable at any point and `close()`
+returns promptly even while a request hangs; no thread, no extra dependency.
+
+Events the server sends (`EVENTS`): start, db_down, db_up, wal_backlog (past a threshold),
+slow_fsync. Unknown kinds are accepted and shown with a neutral colour.
+
+Call `notify()` from the event loop's thread. From another thread (the WAL's fsync thread,
+say) hand it over with `loop.call_soon_threadsafe(notifier.notify, event, text)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("ferry.notifier")
+
+# Discord's limits (https://discord.com/developers/docs/resources/webhook#execute-webhook):
+# `content` up to 2000 characters, an embed description up to 4096.
+CONTENT_LIMIT = 2000
+DESCRIPTION_LIMIT = 4096
+# A 429 asks us to wait `Retry-After` seconds; a webhook that asks for longer than this is
+# treated as failed for that message rather than stalling every later one.
+MAX_RETRY_AFTER_S = 30.0
+# Status line + headers we are willing to read from the webhook.
+MAX_RESPONSE_HEAD = 64 * 1024
+
+EVENTS: dict[str, int] = {  # event kind -> embed colour (0xRRGGBB)
+    "start": 0x2ECC71,
+    "db_down": 0xE74C3C,
+    "db_up": 0x2ECC71,
+    "wal_backlog": 0xF1C40F,
+    "slow_fsync": 0xE67E22,
+}
+DEFAULT_COLOUR = 0x95A5A6
+
+
+@dataclass(slots=True)
+class NotifierStats:
+    """Counters for /metrics and the dashboard."""
+
+    sent: int = 0
+    failed: int = 0
+    dropped_rate_limited: int = 0
+    dropped_queue_full: int = 0
+    dropped_closed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    event: str
+    text: str
+    ts: float  # wall clock when notify() was called
+    suppressed: int  # same-kind events dropped by the rate limit since the last one sent
+
+
+class WebhookError(Exception):
+    """The webhook did not accept a message (connection, timeout or HTTP status)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    host: str
+    port: int
+    tls: bool
+    path: str  # path and query, what goes on the request line
+
+    @classmethod
+    def parse(cls, url: str) -> _Target:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
+        tls = parts.scheme == "https"
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(parts.hostname, parts.port or (443 if tls else 80), tls, path)
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+class Notifier:
+    """Posts operational events to a Discord-compatible webhook without slowing the relay.
+
+    `min_interval_s` is per event kind: a kind is sent at most once per interval, and the
+    next one sent says how many were suppressed. `timeout_s` bounds one whole POST
+    (connect, TLS, request, response head). `queue_size` bounds what waits to be sent.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node_id: str,
+        min_interval_s: float = 60.0,
+        timeout_s: float = 5.0,
+        queue_size: int = 64,
+        username: str = "ferry",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if min_interval_s < 0:
+            raise ValueError("min_interval_s must be >= 0")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        if queue_size < 1:
+            raise ValueError("queue_size must be >= 1")
+        self._target = _Target.parse(url)
+        self._node_id = node_id
+        self._min_interval_s = min_interval_s
+        self._timeout_s = timeout_s
+        self._username = username
+        self._clock = clock
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._last_queued: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._ssl: ssl.SSLContext | None = None
+        self.stats = NotifierStats()
+
+    # -- public API ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background sender on the running loop (idempotent)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-notifier")
+
+    def notify(self, event: str, text: str) -> None:
+        """Queue `event` for sending; O(1), never awaits, never raises, may drop."""
+        try:
+            if self._closed:
+                self.stats.dropped_closed += 1
+                return
+            now = self._clock()
+            last = self._last_queued.get(event)
+            if last is not None and now - last < self._min_interval_s:
+                self.stats.dropped_rate_limited += 1
+                self._suppressed[event] = self._suppressed.get(event, 0) + 1
+                return
+            item = _Item(event, str(text), time.time(), self._suppressed.get(event, 0))
+            self._queue.put_nowait(item)
+            self._last_queued[event] = now
+            self._suppressed.pop(event, None)
+        except asyncio.QueueFull:
+            self.stats.dropped_queue_full += 1
+        except Exception:  # never let a notification hurt the caller
+            self.stats.failed += 1
+
+    async def close(self) -> None:
+        """Stop sending; what is still queued is dropped. Idempotent, returns promptly."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self.stats.dropped_closed += 1
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting to be sent."""
+        return self._queue.qsize()
+
+    # -- payload ---------------------------------------------------------------------------
+
+    def _payload(self, item: _Item) -> dict[str, Any]:
+        """The Discord webhook body for one event (plain `content` plus one embed)."""
+        note = f" ({item.suppressed} similar suppressed)" if item.suppressed else ""
+        content = f"**{item.event}** on `{self._node_id}`: {item.text}{note}"
+        return {
+            "username": self._username,
+            "content": _clip(content, CONTENT_LIMIT),
+            "embeds": [
+                {
+                    "title": item.event,
+                    "description": _clip(item.text + note, DESCRIPTION_LIMIT),
+                    "color": EVENTS.get(item.event, DEFAULT_COLOUR),
+                    "timestamp": datetime.fromtimestamp(item.ts, UTC).isoformat(),
+                    "footer": {"text": f"node {self._node_id}"},
+                }
+            ],
+            # Event text may quote user input (channel names): never ping anyone with it.
+            "allowed_mentions": {"parse": []},
+        }
+
+    # -- sender ----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            body = json.dumps(self._payload(item), separators=(",", ":")).encode()
+            try:
+                await self._deliver(body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.failed += 1
+                log.warning("webhook notification %r not delivered: %s", item.event, exc)
+            else:
+                self.stats.sent += 1
+
+    async def _deliver(self, body: bytes) -> None:
+        """POST once; after a 429 wait what the webhook asks (bounded) and POST once more."""
+        status, retry_after = await self._post(body)
+        if status == 429 and retry_after is not None and retry_after <= MAX_RETRY_AFTER_S:
+            await asyncio.sleep(retry_after)
+            status, _ = await self._post(body)
+        if not 200 <= status < 300:
+            raise WebhookError(f"HTTP {status}")
+
+    async def _post(self, body: bytes) -> tuple[int, float | None]:
+        """One HTTP/1.1 POST; returns (status, Retry-After seconds or None)."""
+        target = self._target
+        request = (
+            f"POST {target.path} HTTP/1.1\r\n"
+            f"Host: {target.host_header}\r\n"
+            "User-Agent: ferry-notifier\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode("latin-1") + body
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    target.host,
+                    target.port,
+                    ssl=self._tls_context() if target.tls else None,
+                    limit=MAX_RESPONSE_HEAD,
+                )
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    head = await reader.readuntil(b"\r\n\r\n")
+                finally:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+        except TimeoutError:
+            raise WebhookError(f"no answer within {self._timeout_s:g} s") from None
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            raise WebhookError(f"{type(exc).__name__}: {exc}") from None
+        return _parse_head(head)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
+
+def _parse_head(head: bytes) -> tuple[int, float | None]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise WebhookError(f"not an HTTP response: {lines[0][:80]!r}")
+    retry_after: float | None = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "retry-after":
+            with contextlib.suppress(ValueError):
+                retry_after = max(0.0, float(value.strip()))
+    return int(parts[1]), retry_after
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
