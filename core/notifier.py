@@ -108,6 +108,7 @@ class Notifier:
     `min_interval_s` is per event kind: a kind is sent at most once per interval, and the
     next one sent says how many were suppressed. `timeout_s` bounds one whole POST
     (connect, TLS, request, response head). `queue_size` bounds what waits to be sent.
+    `ssl_context` replaces the default (system CAs, hostname checked) for https URLs.
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class Notifier:
         timeout_s: float = 5.0,
         queue_size: int = 64,
         username: str = "ferry",
+        ssl_context: ssl.SSLContext | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if min_interval_s < 0:
@@ -138,7 +140,7 @@ class Notifier:
         self._suppressed: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._ssl: ssl.SSLContext | None = None
+        self._ssl = ssl_context  # None: the system's trust store, created on first use
         self.stats = NotifierStats()
 
     # -- public API ----------------------------------------------------------------------
