@@ -43,6 +43,16 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delegate(module: str, argv: list[str]) -> int:
+    """Subcommands with their own parsers (`ferry wal`, `ferry replay`, `ferry bench`)."""
+    import importlib
+
+    if not logging.getLogger().handlers:
+        logs.setup("info", "text")
+    code: int = importlib.import_module(module).main(argv)
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry", description="A durable WebSocket relay.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
         "wal", help="inspect, verify, dump or repair a WAL directory", add_help=False
     )
     wal.add_argument("rest", nargs=argparse.REMAINDER)
-    wal.set_defaults(func=lambda a: __import__("wal.tool", fromlist=["main"]).main(a.rest))
+    wal.set_defaults(func=lambda a: _delegate("wal.tool", a.rest))
+
+    replay = sub.add_parser(
+        "replay", help="drain a WAL into a database (same replayer as serve)", add_help=False
+    )
+    replay.add_argument("rest", nargs=argparse.REMAINDER)
+    replay.set_defaults(func=lambda a: _delegate("wal.replay_tool", a.rest))
+
+    bench = sub.add_parser("bench", help="load generator and peer comparison", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=lambda a: _delegate("bench.cli", a.rest))
     return parser
 
 

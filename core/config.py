@@ -58,6 +58,8 @@ class Config:
     log_format: str = "text"  # text | json
     dashboard_dir: str = ""  # default: dashboard/dist next to the package
     webhook_url: str = ""
+    alert_backlog_records: int = 1_000_000
+    alert_fsync_ms: float = 500.0
     # lifecycle
     shutdown_timeout: float = 10.0
 
@@ -107,6 +109,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
     "shutdown_timeout": _positive,
+    "alert_backlog_records": _positive,
+    "alert_fsync_ms": _positive,
     "node_id": lambda v: None if 0 < len(v) <= 64 else "must be 1..64 characters",
 }
 
@@ -141,6 +145,8 @@ HELP: dict[str, str] = {
     "log_format": "text or json",
     "dashboard_dir": "directory served at / (default: dashboard/dist)",
     "webhook_url": "Discord-compatible webhook for operational notifications",
+    "alert_backlog_records": "notify when the replay backlog passes this many records",
+    "alert_fsync_ms": "notify when the WAL's fsync p99 passes this (ms)",
     "shutdown_timeout": "seconds a graceful shutdown may take",
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Annotated
 
 import msgspec
 
@@ -31,7 +32,8 @@ PROTOCOL_VERSION = 1
 CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@$-]{1,200}")
 SYS_PREFIX = "$sys."
 
-MsgId = str | int | None
+# A client message id is echoed verbatim and logged; bounded so it fits the database column.
+MsgId = Annotated[str, msgspec.Meta(max_length=128)] | int | None
 
 
 # --- client -> server -----------------------------------------------------------------

@@ -20,8 +20,8 @@ from picows import ws_create_server
 from core.config import Config
 from core.errors import CloseCode
 from core.hub import Hub
-from core.listener import upgrade
-from core.log import DurableLog, MemoryLog
+from core.listener import Connection, upgrade
+from core.log import DurableLog, LogUnavailable, MemoryLog
 from core.metrics import make_registry
 from core.stats import StatsPublisher
 
@@ -57,6 +57,7 @@ class Server:
         state = await self.log.open(config.history_size)
         hub = self.hub = Hub(config, self.log, loop)
         hub.router.restore(state)
+        self._log_connection_events(hub)
         registry = make_registry(hub)
         wal_registry = getattr(self.log, "registry", None)
         if wal_registry is not None:
@@ -100,6 +101,34 @@ class Server:
                 "startup_s": round(time.monotonic() - t0, 3),
             },
         )
+
+    def _log_connection_events(self, hub: Hub) -> None:
+        """Connects and disconnects go through the log into `ferry_events` (when it can)."""
+        append_event = getattr(self.log, "append_event", None)
+        if append_event is None:
+            return
+        from wal.record import ConnectionEvent
+
+        def record(conn: Connection, kind: str) -> None:
+            closed = kind == "disconnect"
+            event = ConnectionEvent(
+                kind=kind,
+                user=conn.principal.user,
+                remote=conn.remote,
+                close_code=((conn.session.close_code if conn.session else None) or 1006)
+                if closed
+                else None,
+                duration_ms=int((time.monotonic() - conn.connected_at) * 1000) if closed else None,
+                ts_ms=time.time_ns() // 1_000_000,
+                conn_id=conn.conn_id,
+            )
+            try:
+                append_event(event)
+            except LogUnavailable:
+                pass  # the log is failing: publishers hear about it; events are best effort then
+
+        hub.on_connect.append(lambda conn: record(conn, "connect"))
+        hub.on_disconnect.append(lambda conn: record(conn, "disconnect"))
 
     def _extra_stats(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -181,8 +210,31 @@ class Server:
         )
 
 
+def default_services(config: Config) -> list[Any]:
+    """The replayer child runs next to a WAL (not next to the memory log); the webhook
+    watch runs when FERRY_WEBHOOK_URL is set."""
+    services: list[Any] = []
+    if config.replayer and config.log == "wal":
+        from wal.replay_process import ReplayService
+
+        services.append(ReplayService(config.wal_dir, config.db_url, config.node_id))
+    if config.webhook_url:
+        from core.watch import OpsWatch
+
+        services.append(
+            OpsWatch(
+                config.webhook_url,
+                config.node_id,
+                config.alert_backlog_records,
+                config.alert_fsync_ms,
+            )
+        )
+    return services
+
+
 async def run(config: Config) -> int:
     server = Server(config)
+    server.services.extend(default_services(config))
     await server.start()
     server.install_signal_handlers()
     await server.serve_forever()

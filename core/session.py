@@ -63,6 +63,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 }
 
 ABUSE_WINDOW_S = 10.0
+# The server's own channels: nobody publishes into them, not even the admin.
+SERVER_CHANNELS = frozenset({"$sys.stats", "$sys.tail"})
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -256,6 +258,8 @@ class Session:
             self._check_channel(name)
         if not self.principal.can_publish(name):
             raise Forbidden(f"not allowed to publish to {name}")
+        if name in SERVER_CHANNELS:
+            raise Forbidden(f"{name} is written by the server only")
         data = bytes(frame.data)
         if len(data) > self.limits.max_data_bytes:
             raise TooLarge(f"data is larger than {self.limits.max_data_bytes} bytes")

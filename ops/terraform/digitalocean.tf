@@ -82,7 +82,8 @@ locals {
     urlencode(digitalocean_database_user.ferry.password),
   ])
   db_url = format(
-    "mysql://%s@%s:%d/%s",
+    # DigitalOcean's managed MySQL takes TLS only: the sink's ssl-mode option turns it on.
+    "mysql://%s@%s:%d/%s?ssl-mode=REQUIRED",
     local.db_userinfo,
     digitalocean_database_cluster.mysql.private_host,
     digitalocean_database_cluster.mysql.port,

@@ -146,3 +146,60 @@ def test_token_command() -> None:
     claims = jwt.decode(proc.stdout.strip(), "s" * 32, algorithms=["HS256"])
     assert claims["sub"] == "alice" and claims["pub"] == ["room.*"] and claims["subs"] == ["room.*"]
     assert claims["exp"] > claims["iat"]
+
+
+async def test_idle_client_that_never_pongs_is_dropped(start_relay) -> None:  # type: ignore[no-untyped-def]
+    from picows import WSListener, ws_connect
+
+    relay = await start_relay(idle_timeout=0.3, ping_timeout=0.3)
+
+    class Mute(WSListener):  # type: ignore[misc]
+        pass
+
+    # enable_auto_pong=False: this client ignores the server's pings
+    transport, _ = await ws_connect(Mute, relay.url, enable_auto_pong=False)
+    answering = await Client.connect(relay.url)  # websockets answers pings by itself
+    await asyncio.wait_for(transport.wait_disconnected(), UNIT)
+    assert len(relay.hub.connections) == 1  # only the one that answers pings is left
+    await answering.send({"op": "ping"})
+    await answering.expect("pong")
+
+
+async def test_second_signal_forces_exit(tmp_path: Path) -> None:
+    """A client that never reads keeps a graceful shutdown waiting; a second SIGTERM ends it."""
+    from picows import WSListener, WSMsgType, ws_connect
+
+    server = ServeProcess(
+        {
+            "FERRY_LOG": "memory",
+            "FERRY_SHUTDOWN_TIMEOUT": "60",
+            "FERRY_MAX_OUTBOX_BYTES": str(64 * 1024 * 1024),
+            "FERRY_PUBLISH_RATE": "1000000",
+            "FERRY_PUBLISH_BURST": "1000000",
+        }
+    ).start(tmp_path / "serve.log")
+    try:
+        server.wait_healthy()
+        transport, _ = await ws_connect(WSListener, server.url)
+        transport.send(WSMsgType.TEXT, b'{"op":"sub","ch":"flood"}')
+        transport.underlying_transport.pause_reading()
+        publisher = await Client.connect(server.url)
+        for i in range(2000):
+            await publisher.pub("flood", "x" * 4000, str(i))
+            if i % 100 == 99:
+                for _ in range(100):
+                    await publisher.expect("ack")
+        server.signal(signal.SIGTERM)
+        out_deadline = asyncio.get_running_loop().time() + UNIT
+        while "shutting down gracefully" not in server.output():
+            assert asyncio.get_running_loop().time() < out_deadline, server.output()
+            await asyncio.sleep(0.02)
+        assert (
+            server.proc is not None and server.proc.poll() is None
+        )  # still draining the stalled client
+        server.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait) == 1
+        assert "forcing exit" in server.output()
+        transport.disconnect(False)
+    finally:
+        server.kill()

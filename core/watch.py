@@ -1,0 +1,100 @@
+"""Operational watch: turns state changes into webhook notifications (core.notifier).
+
+Once a second it looks at the database state (from the replayer), the replay backlog and
+the WAL's fsync latency, and notifies on: start, db_down, db_up, wal_backlog (lag past
+`alert_backlog_records`), slow_fsync (p99 past `alert_fsync_ms`). The notifier rate-limits
+per kind and never blocks the loop; without FERRY_WEBHOOK_URL this service is not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from core.notifier import Notifier
+
+log = logging.getLogger("ferry.watch")
+
+CHECK_INTERVAL_S = 1.0
+
+
+class OpsWatch:
+    def __init__(
+        self,
+        webhook_url: str,
+        node_id: str,
+        backlog_records: int,
+        fsync_ms: float,
+        min_interval_s: float = 60.0,
+    ) -> None:
+        self.notifier = Notifier(webhook_url, node_id=node_id, min_interval_s=min_interval_s)
+        self.backlog_records = backlog_records
+        self.fsync_ms = fsync_ms
+        self._task: asyncio.Task[None] | None = None
+        self._db_state: str | None = None
+        self._server: Any = None
+
+    async def start(self, server: Any) -> None:
+        self._server = server
+        self.notifier.start()
+        config = server.config
+        self.notifier.notify(
+            "start",
+            f"ferry {config.node_id} serving on port {server.port} "
+            f"(log={config.log}, sync={config.wal_sync})",
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self.notifier.close()
+
+    def _db_section(self) -> dict[str, Any]:
+        for service in self._server.services:
+            section = getattr(service, "stats_section", None)
+            if section is not None and service is not self:
+                db = section().get("db")
+                if db:
+                    return dict(db)
+        return {}
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                self.check()
+            except Exception:
+                log.exception("watch check failed")
+
+    def check(self) -> None:
+        db = self._db_section()
+        state = db.get("state")
+        if state in ("down", "up") and state != self._db_state:
+            if state == "down":
+                self.notifier.notify(
+                    "db_down",
+                    f"database down: {db.get('last_error') or 'unreachable'} "
+                    f"({db.get('url')}); the WAL keeps every message",
+                )
+            elif self._db_state is not None:
+                self.notifier.notify(
+                    "db_up", f"database back up ({db.get('url')}); replaying the backlog"
+                )
+            self._db_state = state
+        lag = int(db.get("lag_records") or 0)
+        if lag > self.backlog_records:
+            self.notifier.notify(
+                "wal_backlog", f"replay backlog {lag} records ({db.get('lag_seconds')} s behind)"
+            )
+        wal = self._server.log.stats()
+        p99 = wal.get("fsync_p99_ms")
+        if p99 is not None and p99 > self.fsync_ms:
+            self.notifier.notify(
+                "slow_fsync", f"WAL fsync p99 {p99:.1f} ms (threshold {self.fsync_ms:g} ms)"
+            )

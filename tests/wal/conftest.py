@@ -1,0 +1,206 @@
+"""Fixtures and helpers for the WAL tests: real files in tmp_path, waits with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from core.log import Entry, RecoveredState
+from wal import WalLog
+from wal.errors import RecordError
+from wal.reader import SegmentReader
+from wal.record import Frame
+from wal.segment import list_segments
+
+# One time unit for every deadline (FERRY_TEST_UNIT seconds, as in tests/helpers.py).
+UNIT = float(os.environ.get("FERRY_TEST_UNIT", "5"))
+
+
+def message(channel: str, seq: int, data: bytes | None = None, **kw: Any) -> Entry:
+    return Entry(
+        channel,
+        seq,
+        kw.get("ts_ms", 1_700_000_000_000 + seq),
+        kw.get("sender", "alice"),
+        kw.get("client_msg_id", f"c-{channel}-{seq}"),
+        kw.get("encoding", 0),
+        data if data is not None else b'{"n":%d,"ch":"%s"}' % (seq, channel.encode()),
+        kw.get("origin"),
+    )
+
+
+class Handlers:
+    """Records what the log reports; waits for it with deadlines, never sleeps."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Entry]] = []
+        self.failed: list[tuple[list[Entry], str]] = []
+        self.durable_lsn = 0
+        self._changed = asyncio.Event()
+
+    def on_durable(self, entries: list[Entry]) -> None:
+        self.batches.append(list(entries))
+        self.durable_lsn = entries[-1].lsn
+        self._changed.set()
+
+    def on_failed(self, entries: list[Entry], reason: str) -> None:
+        self.failed.append((list(entries), reason))
+        self._changed.set()
+
+    @property
+    def durable(self) -> list[Entry]:
+        return [e for batch in self.batches for e in batch]
+
+    async def until_durable(self, lsn: int, timeout: float = UNIT) -> None:
+        """Until `lsn` is durable, or the log failed."""
+        await self.until(lambda: self.durable_lsn >= lsn or bool(self.failed), timeout)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = UNIT) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class LogFactory:
+    """Opens WalLogs (closed at teardown) and fills them with messages."""
+
+    def __init__(self) -> None:
+        self.logs: list[WalLog] = []
+
+    async def open(
+        self, path: Path | str, history_size: int = 10, **kw: Any
+    ) -> tuple[WalLog, RecoveredState, Handlers]:
+        kw.setdefault("node_id", "node-a")
+        log = WalLog(path, **kw)
+        state = await log.open(history_size)
+        handlers = Handlers()
+        log.set_handlers(handlers.on_durable, handlers.on_failed)
+        self.logs.append(log)
+        return log, state, handlers
+
+
+async def fill(
+    log: WalLog,
+    handlers: Handlers,
+    count: int,
+    channels: tuple[str, ...] = ("room.1", "room.2", "room.3"),
+    heads: dict[str, int] | None = None,
+    data: Callable[[str, int], bytes] | None = None,
+    per_tick: int = 50,
+    wait: bool = False,
+) -> list[Entry]:
+    """Append `count` messages round-robin over `channels` and wait until all are durable.
+
+    `per_tick` messages are appended per loop iteration; with `wait`, each group waits to
+    be durable before the next (one group per batch: predictable segment sizes).
+    `heads` carries on each channel's seq (updated in place)."""
+    heads = {} if heads is None else heads
+    entries = []
+    for i in range(count):
+        ch = channels[i % len(channels)]
+        heads[ch] = heads.get(ch, 0) + 1
+        entry = message(ch, heads[ch], data(ch, heads[ch]) if data else None)
+        log.append(entry)
+        entries.append(entry)
+        if i % per_tick == per_tick - 1:
+            if wait:
+                await handlers.until_durable(entry.lsn)
+            await asyncio.sleep(0)  # let batches form and complete, as on a live loop
+    await handlers.until_durable(entries[-1].lsn if entries else 0)
+    return entries
+
+
+@pytest.fixture
+async def logs() -> AsyncIterator[LogFactory]:
+    factory = LogFactory()
+    yield factory
+    for log in factory.logs:
+        await log.close()
+
+
+def frames(path: Path | str) -> list[Frame]:
+    """The good records of one segment, up to any damage (offsets are file offsets)."""
+    good: list[Frame] = []
+    with SegmentReader(str(path)) as reader:
+        try:
+            for f in reader.frames():
+                good.append(msgspec.structs.replace(f, payload=memoryview(b"")))
+        except RecordError:
+            pass
+    return good
+
+
+def segment_paths(wal_dir: Path | str) -> list[Path]:
+    return [Path(p) for _, p in list_segments(str(wal_dir))]
+
+
+class SyncCounter:
+    """Wraps os.fdatasync: counts calls and the threads they ran on; can be told to fail."""
+
+    def __init__(self, real: Callable[[int], None]) -> None:
+        self.real = real
+        self.calls = 0
+        self.threads: set[str] = set()
+        self.fail_with: OSError | None = None
+        self.failures = 0
+        self.calls_after_failure = 0
+        self.gate: threading.Event | None = None  # when set: block the call until released
+        self.entered = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, fd: int) -> None:
+        with self._lock:
+            self.calls += 1
+            self.threads.add(threading.current_thread().name)
+            if self.failures:
+                self.calls_after_failure += 1
+        if self.gate is not None:
+            self.entered.set()
+            self.gate.wait(UNIT)
+        if self.fail_with is not None:
+            with self._lock:
+                self.failures += 1
+            raise self.fail_with
+        self.real(fd)
+
+
+@pytest.fixture
+def fdatasync(monkeypatch: pytest.MonkeyPatch) -> Iterator[SyncCounter]:
+    counter = SyncCounter(os.fdatasync)
+    monkeypatch.setattr(os, "fdatasync", counter)
+    yield counter
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (needs root / CAP_SYS_ADMIN; skipped where mount is refused)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def grow_disk(mnt: Path, size: str = "4m") -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(mnt)], check=True)
+
+
+Waiter = Callable[[Callable[[], bool]], Awaitable[None]]

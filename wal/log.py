@@ -1,0 +1,395 @@
+"""`WalLog`: the write-ahead log behind the durability seam (`core.log.DurableLog`).
+
+WalLog.open()      recovery (thread) ─▶ RecoveredState; GroupCommitWriter started
+WalLog.append()    ─▶ GroupCommitWriter.append (frame the record, assign the LSN)
+batch durable      ─▶ metrics, on_durable(entries), durable listeners, retention
+set_checkpoint()   ─▶ retention: delete old segments (off the loop)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+
+from core.log import DurableHandler, Entry, FailedHandler, LogUnavailable, RecoveredState
+from wal.metrics import WalMetrics
+from wal.record import ConnectionEvent
+from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_window
+from wal.segment import lock_dir, node_id_bytes, open_for_append, segment_name, unlock_dir
+from wal.writer import Batch, GroupCommitWriter
+
+if TYPE_CHECKING:
+    from core.config import Config
+
+log = logging.getLogger("ferry.wal")
+
+DurableListener = Callable[[Batch], None]
+_RECENT = 1024  # batches behind the "recent" figures in stats()
+_RETENTION_RETRY_S = 1.0
+
+
+class WalLog:
+    """The WAL in a directory, opened by `open()`; one writer per directory (a lock file).
+
+    Parameters beyond `core.config.Config` (`max_batch_bytes`, `history_max_bytes`) are
+    for tests and tuning; `from_config` is how the server builds one.
+    """
+
+    def __init__(
+        self,
+        wal_dir: str | os.PathLike[str],
+        *,
+        node_id: str,
+        sync: str = "fsync",
+        segment_bytes: int = 64 * 1024 * 1024,
+        max_batch_delay_ms: float = 0.0,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        history_max_bytes: int = 1024 * 1024 * 1024,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        if sync not in ("fsync", "write"):
+            raise ValueError(f"sync must be 'fsync' or 'write', got {sync!r}")
+        node_id_bytes(node_id)  # validate now, not at the first rotation
+        self.wal_dir = os.fspath(wal_dir)
+        self.node_id = node_id
+        self.sync = sync
+        self.segment_bytes = segment_bytes
+        self.max_batch_delay_ms = max_batch_delay_ms
+        self.max_batch_bytes = max_batch_bytes
+        self.history_max_bytes = history_max_bytes
+        self.tail_window = tail_window(max_batch_bytes)
+        # The log's own registry unless one is passed; the server merges it into its own.
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = WalMetrics(self.registry)
+        self._writer: GroupCommitWriter | None = None
+        self._lock_fd: int | None = None
+        self._on_durable: DurableHandler | None = None
+        self._on_failed: FailedHandler | None = None
+        self._listeners: list[DurableListener] = []
+        self._segments: list[SegmentMeta] = []
+        self._bytes = 0
+        self._history_size = 0
+        self._checkpoint = 0
+        self._retention_retry_at = 0.0  # history kept a segment: look again after this
+        self._failure_reported = False
+        self._opened_next_lsn = 1
+        self._deleting: set[asyncio.Future[None]] = set()
+        self._first_lsn = 1
+        self._closed = False
+        self._sync_ms: collections.deque[float] = collections.deque(maxlen=_RECENT)
+        self._batch_records: collections.deque[int] = collections.deque(maxlen=_RECENT)
+        self._batches = 0
+
+    @classmethod
+    def from_config(cls, config: Config, registry: CollectorRegistry | None = None) -> WalLog:
+        return cls(
+            config.wal_dir,
+            node_id=config.node_id,
+            sync=config.wal_sync,
+            segment_bytes=config.wal_segment_bytes,
+            max_batch_delay_ms=config.wal_max_batch_delay_ms,
+            registry=registry,
+        )
+
+    # -- DurableLog ----------------------------------------------------------------------
+
+    async def open(self, history_size: int) -> RecoveredState:
+        """Recover the directory (see the package docstring) and start the writer.
+
+        Raises `wal.errors.CorruptLog`, `NodeIdMismatch` or `WalLocked` when it cannot.
+        """
+        if self._writer is not None or self._closed:
+            raise RuntimeError("WalLog.open() may be called once")
+        os.makedirs(self.wal_dir, exist_ok=True)
+        self._lock_fd = lock_dir(self.wal_dir)
+        try:
+            rec = await asyncio.to_thread(
+                recover, self.wal_dir, self.node_id, history_size, self.tail_window
+            )
+            active = rec.segments[-1]
+            fd = open_for_append(active.path)
+        except BaseException:
+            unlock_dir(self._lock_fd)
+            self._lock_fd = None
+            raise
+        self._history_size = history_size
+        self._segments = rec.segments
+        self._bytes = sum(seg.size for seg in rec.segments)
+        self._first_lsn = rec.segments[0].first_lsn
+        state = rec.state
+        self._opened_next_lsn = state.next_lsn
+        self._writer = GroupCommitWriter(
+            self.wal_dir,
+            self.node_id,
+            fd=fd,
+            segment_first_lsn=active.first_lsn,
+            segment_size=active.size,
+            segment_header_size=rec.active_header.size,
+            segment_heads=rec.active_header.heads,
+            next_lsn=state.next_lsn,
+            heads=dict(state.heads),
+            on_batch=self._batch_done,
+            on_failed=self._batch_failed,
+            sync=self.sync == "fsync",
+            segment_bytes=self.segment_bytes,
+            max_batch_bytes=self.max_batch_bytes,
+            max_batch_delay_s=self.max_batch_delay_ms / 1000.0,
+        )
+        m = self.metrics
+        m.writable.set(1)
+        m.segments.set(len(self._segments))
+        m.size_bytes.set(self._bytes)
+        m.durable_lsn.set(state.next_lsn - 1)
+        m.recovery_seconds.set(rec.seconds)
+        m.truncated_bytes.set(rec.truncation.dropped_bytes if rec.truncation else 0)
+        lsns = (
+            f"LSN {self._first_lsn}..{state.next_lsn - 1}"
+            if state.next_lsn > self._first_lsn
+            else f"empty, next LSN {state.next_lsn}"
+        )
+        log.info(
+            "WAL %s: %d segments, %s, %d records, %d channels; recovered in %.2fs%s",
+            self.wal_dir,
+            len(self._segments),
+            lsns,
+            rec.records,
+            len(state.heads),
+            rec.seconds,
+            "" if self.sync == "fsync" else " (wal_sync=write: NOT safe on power loss)",
+        )
+        return state
+
+    def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None:
+        self._on_durable = on_durable
+        self._on_failed = on_failed
+
+    def append(self, entry: Entry) -> None:
+        """Frame `entry`, give it the next LSN; `on_durable` reports it once it is synced."""
+        writer = self._writer
+        if writer is None:
+            raise LogUnavailable("WAL is closed" if self._closed else "WAL is not open")
+        writer.append(entry)
+
+    def append_event(self, event: ConnectionEvent) -> int:
+        """Log a connection event (for `ferry_events`); returns its LSN. No callback: events
+        are durable with the batch they share, visible to `iter_records` and listeners."""
+        writer = self._writer
+        if writer is None:
+            raise LogUnavailable("WAL is closed" if self._closed else "WAL is not open")
+        return writer.append_event(event)
+
+    @property
+    def writable(self) -> bool:
+        writer = self._writer
+        return writer is not None and writer.failure is None and not self._closed
+
+    @property
+    def failure(self) -> str | None:
+        writer = self._writer
+        if writer is not None and writer.failure is not None:
+            return writer.failure
+        if self._closed:
+            return "closed"
+        return None if writer is not None else "not open"
+
+    @property
+    def durable_lsn(self) -> int:
+        """Every record up to this LSN is on disk (synced, with wal_sync=fsync)."""
+        writer = self._writer
+        return writer.durable_lsn if writer is not None else 0
+
+    @property
+    def head_lsn(self) -> int:
+        """The last LSN handed out (durable or not)."""
+        writer = self._writer
+        return writer.next_lsn - 1 if writer is not None else 0
+
+    def stats(self) -> dict[str, float]:
+        writer = self._writer
+        syncs = sorted(self._sync_ms)
+        counts = self._batch_records
+        return {
+            "head_lsn": float(self.head_lsn),
+            "durable_lsn": float(self.durable_lsn),
+            "first_lsn": float(self._first_lsn),
+            "checkpoint_lsn": float(self._checkpoint),
+            "bytes": float(self._bytes),
+            "segments": float(len(self._segments)),
+            "fsync_p50_ms": _percentile(syncs, 0.50),
+            "fsync_p99_ms": _percentile(syncs, 0.99),
+            "records_per_fsync": sum(counts) / len(counts) if counts else 0.0,
+            "batches": float(self._batches),
+            "appends": float(writer.next_lsn - self._opened_next_lsn) if writer else 0.0,
+            "writable": 1.0 if self.writable else 0.0,
+            "last_fsync_error": float(writer.failure_errno) if writer else 0.0,
+        }
+
+    async def close(self) -> None:
+        """Finish every appended record (durable or failed callbacks fire), stop, unlock."""
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is not None:
+            await writer.close()
+        await self.wait_deletions()
+        if self._lock_fd is not None:
+            unlock_dir(self._lock_fd)
+            self._lock_fd = None
+        self.metrics.writable.set(0)
+
+    # -- beyond the seam: replayer and events -------------------------------------------
+
+    def add_durable_listener(self, listener: DurableListener) -> None:
+        """Call `listener(batch)` on the loop for each durable batch, after `on_durable`.
+
+        `batch.buf` holds the framed records as written (decode with `wal.record`); the
+        in-process replayer can take them from here instead of reading the file back.
+        """
+        self._listeners.append(listener)
+
+    def set_checkpoint(self, lsn: int) -> None:
+        """The replayer committed everything up to `lsn`: old segments may go.
+
+        A segment is deleted when all of these hold: it is not the active one, its last LSN
+        is <= the checkpoint, every older segment is deleted too (the log stays gap-free),
+        and no channel's last `history_size` messages are in it -- unless the WAL is over
+        `history_max_bytes`, where history alone no longer keeps segments.
+        """
+        if lsn <= self._checkpoint:
+            return
+        self._checkpoint = lsn
+        self.metrics.checkpoint_lsn.set(lsn)
+        self._apply_retention()
+
+    async def wait_deletions(self) -> None:
+        """Wait until the segment deletions retention has started are done (they run off
+        the loop; `set_checkpoint` only decides)."""
+        while self._deleting:
+            await asyncio.gather(*self._deleting, return_exceptions=True)
+
+    def segment_for(self, lsn: int) -> str | None:
+        """Path of the segment that holds `lsn` (None if it was deleted or not written)."""
+        if not self._segments or lsn < self._segments[0].first_lsn or lsn > self.head_lsn:
+            return None
+        firsts = [seg.first_lsn for seg in self._segments]
+        return self._segments[bisect.bisect_right(firsts, lsn) - 1].path
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _batch_done(self, batch: Batch) -> None:
+        if batch.rotation is not None:
+            self._rotated(batch)
+        records = batch.records
+        size = len(batch.buf)
+        self._bytes += size
+        self._segments[-1].size += size
+        self._batches += 1
+        self._sync_ms.append(batch.sync_s * 1000.0)
+        self._batch_records.append(records)
+        m = self.metrics
+        m.appends.inc(records)
+        m.bytes.inc(size)
+        m.batches.inc()
+        if self.sync == "fsync":
+            m.fsync_seconds.observe(batch.sync_s)
+        m.batch_records.observe(records)
+        m.durable_lsn.set(batch.last_lsn)
+        m.size_bytes.set(self._bytes)
+        if batch.entries and self._on_durable is not None:
+            try:
+                self._on_durable(batch.entries)
+            except Exception:
+                log.exception("on_durable failed (LSN %d..%d)", batch.first_lsn, batch.last_lsn)
+        for listener in self._listeners:
+            try:
+                listener(batch)
+            except Exception:
+                log.exception("WAL durable listener failed")
+
+    def _rotated(self, batch: Batch) -> None:
+        rotation = batch.rotation
+        assert rotation is not None
+        sealed = self._segments[-1]
+        sealed.last_lsn = batch.first_lsn - 1
+        sealed.last_seqs = rotation.sealed_last_seqs
+        path = os.path.join(self.wal_dir, segment_name(batch.first_lsn))
+        header_size = len(rotation.header)
+        self._segments.append(SegmentMeta(batch.first_lsn, path, header_size))
+        self._bytes += header_size
+        self.metrics.segments.set(len(self._segments))
+        self._retention_retry_at = 0.0
+        self._apply_retention()
+
+    def _batch_failed(self, entries: list[Entry], reason: str) -> None:
+        m = self.metrics
+        if not self._failure_reported:  # the first of the (at most two) calls
+            self._failure_reported = True
+            m.writable.set(0)
+            m.errors.inc()
+            writer = self._writer
+            m.last_error_errno.set(writer.failure_errno if writer else -1)
+        if self._on_failed is not None:
+            self._on_failed(entries, reason)
+
+    def _apply_retention(self) -> None:
+        if self._closed or len(self._segments) < 2 or self._segments[0].last_lsn > self._checkpoint:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._retention_retry_at:
+            return  # history kept the oldest segment a moment ago; don't rescan per commit
+        heads = self._writer.heads if self._writer is not None else {}
+        history = self._history_size
+        doomed: list[SegmentMeta] = []
+        remaining = self._bytes
+        for seg in self._segments[:-1]:
+            if seg.last_lsn > self._checkpoint:
+                break
+            if (
+                history
+                and remaining <= self.history_max_bytes
+                and any(heads.get(ch, 0) - seq < history for ch, seq in seg.last_seqs.items())
+            ):
+                self._retention_retry_at = loop.time() + _RETENTION_RETRY_S
+                break  # some channel's history still reaches into it
+            doomed.append(seg)
+            remaining -= seg.size
+        if not doomed:
+            return
+        del self._segments[: len(doomed)]
+        self._bytes = remaining
+        self._first_lsn = self._segments[0].first_lsn
+        self.metrics.segments.set(len(self._segments))
+        self.metrics.size_bytes.set(self._bytes)
+        log.info(
+            "WAL retention: deleting %d segments up to LSN %d (checkpoint %d)",
+            len(doomed),
+            doomed[-1].last_lsn,
+            self._checkpoint,
+        )
+        future = loop.run_in_executor(None, _delete, [seg.path for seg in doomed])
+        self._deleting.add(future)
+        future.add_done_callback(self._deleting.discard)
+
+
+def _delete(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("WAL retention: cannot delete %s: %s", path, exc)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

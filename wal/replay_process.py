@@ -1,0 +1,299 @@
+"""The replayer as a child process of `ferry serve`.
+
+Why a process: this machine class has 2 cores and the relay's event loop owns one. The
+replayer's work (reading segments, building rows, driving the database client) is pure
+Python; in a thread it would fight the relay for the GIL, in its own process it runs on
+the other core (measured in docs/benchmarks.md).
+
+Pipe protocol (one line each, both directions):
+
+    parent -> child   "D <lsn>"    the WAL's durable head moved (never read past it)
+                      "STOP"       commit what is durable and exit (EOF means the same)
+    child  -> parent  {json}       ReplayStatus.as_dict(), on every change (rate-limited)
+
+The parent turns the child's checkpoint into WAL retention (`WalLog.set_checkpoint`)
+and its status into metrics and the dashboard's database card. A child that dies is
+restarted with backoff; the child dies with its parent (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from wal.replayer import Backoff, Replayer, ReplayLock, ReplayLocked, ReplayStatus
+from wal.sinks.base import make_sink, redact_url
+
+log = logging.getLogger("ferry.replayer")
+
+STATUS_INTERVAL = 0.1  # seconds between status lines while things change
+DURABLE_INTERVAL = 0.005  # seconds between durable-head notifications
+
+
+class ReplayService:
+    """Runs and watches the replay child; a `Server` service (start/stop/stats_section)."""
+
+    def __init__(
+        self, wal_dir: str, db_url: str, node_id: str, *, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.wal_dir = wal_dir
+        self.db_url = db_url
+        self.node_id = node_id
+        self.extra_env = extra_env or {}
+        self.status: dict[str, Any] = {
+            "state": "starting",
+            "last_error": None,
+            "checkpoint": 0,
+            "lag_records": 0,
+            "lag_seconds": 0.0,
+            "rows": 0,
+        }
+        self.rows_per_s = 0.0
+        self._rows_prev = (0, time.monotonic())
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._durable = 0
+        self._sent_durable = 0
+        self._durable_scheduled = False
+        self._stopping = False
+        self._log: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- Server service protocol ---------------------------------------------------------
+
+    async def start(self, server: Any) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._log = server.log
+        add_listener = getattr(self._log, "add_durable_listener", None)
+        if add_listener is not None:
+            add_listener(self._on_durable)
+        self._durable = int(getattr(self._log, "durable_lsn", 0))
+        hub = server.hub
+        hub.readiness.append(lambda: None)  # the relay stays ready while the database is down
+        self._task = self._loop.create_task(self._supervise(), name="ferry-replay-supervisor")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None and proc.stdin is not None:
+            self._send_durable()
+            try:
+                proc.stdin.write(b"STOP\n")
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                await asyncio.wait_for(proc.wait(), 8.0)
+            except TimeoutError:
+                log.warning(
+                    "replayer did not stop in time; killing it (it resumes from its checkpoint)"
+                )
+                proc.kill()
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def stats_section(self) -> dict[str, Any]:
+        now = time.monotonic()
+        rows = int(self.status.get("rows", 0))
+        prev_rows, prev_at = self._rows_prev
+        if now - prev_at >= 0.5:
+            self.rows_per_s = round((rows - prev_rows) / (now - prev_at), 1)
+            self._rows_prev = (rows, now)
+        lag_records = max(0, self._durable - int(self.status.get("checkpoint", 0)))
+        return {
+            "db": {
+                "state": self.status.get("state"),
+                "last_error": self.status.get("last_error"),
+                "url": redact_url(self.db_url),
+                "checkpoint_lsn": self.status.get("checkpoint"),
+                "lag_records": lag_records,
+                "lag_seconds": self.status.get("lag_seconds") if lag_records else 0.0,
+                "rows_per_s": self.rows_per_s,
+            }
+        }
+
+    # --- durable head -> child -----------------------------------------------------------
+
+    def _on_durable(self, _batch: object) -> None:
+        self._durable = int(self._log.durable_lsn)
+        if not self._durable_scheduled and self._loop is not None:
+            self._durable_scheduled = True
+            self._loop.call_later(DURABLE_INTERVAL, self._send_durable)
+
+    def _send_durable(self) -> None:
+        self._durable_scheduled = False
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return
+        if self._durable != self._sent_durable:
+            self._sent_durable = self._durable
+            try:
+                proc.stdin.write(b"D %d\n" % self._durable)
+            except (BrokenPipeError, ConnectionResetError, RuntimeError):
+                pass
+
+    # --- child lifecycle -----------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        backoff = Backoff(base=0.5, cap=10.0)
+        while not self._stopping:
+            started = time.monotonic()
+            env = {**os.environ, **self.extra_env}
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "wal.replay_process",
+                "--wal-dir", self.wal_dir, "--db", self.db_url, "--node", self.node_id,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            )  # fmt: skip
+            self._sent_durable = 0
+            self._send_durable()
+            assert self._proc.stdout is not None
+            async for line in self._proc.stdout:
+                self._on_status(line)
+            code = await self._proc.wait()
+            if self._stopping:
+                return
+            log.error("replayer exited with %s; restarting", code)
+            self.status["state"] = "down"
+            self.status["last_error"] = f"replayer process exited ({code})"
+            if time.monotonic() - started > 30:
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
+
+    def _on_status(self, line: bytes) -> None:
+        try:
+            status = json.loads(line)
+        except ValueError:
+            return
+        self.status = status
+        checkpoint = int(status.get("checkpoint", 0))
+        set_checkpoint = getattr(self._log, "set_checkpoint", None)
+        if checkpoint and set_checkpoint is not None:
+            set_checkpoint(checkpoint)
+
+
+# --- the child ----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _fault_injector() -> Any:
+    """FERRYTEST_REPLAY_FAULT=point:n SIGKILLs parent and child at the n-th `point` (tests only)."""
+    spec = os.environ.get("FERRYTEST_REPLAY_FAULT", "")
+    if not spec:
+        return lambda point: None
+    target, _, count = spec.partition(":")
+    remaining = [int(count or 1)]
+
+    def fault(point: str) -> None:
+        if point != target:
+            return
+        remaining[0] -= 1
+        if remaining[0] <= 0:
+            os.kill(os.getppid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return fault
+
+
+async def child_main(wal_dir: str, db_url: str, node_id: str) -> int:
+    loop = asyncio.get_running_loop()
+    last_sent: list[Any] = [0.0, ""]
+
+    def emit(status: ReplayStatus, force: bool = False) -> None:
+        doc = json.dumps(status.as_dict())
+        now = time.monotonic()
+        if force or (
+            doc != last_sent[1] and (now - last_sent[0] >= STATUS_INTERVAL or status.state != "up")
+        ):
+            sys.stdout.write(doc + "\n")
+            sys.stdout.flush()
+            last_sent[0], last_sent[1] = now, doc
+
+    lock = ReplayLock(wal_dir)
+    status = ReplayStatus()
+    while True:
+        try:
+            lock.acquire()
+            break
+        except ReplayLocked as exc:
+            status.last_error = str(exc)
+            emit(status, force=True)
+            await asyncio.sleep(1.0)
+
+    replayer = Replayer(
+        wal_dir, make_sink(db_url), node_id, on_status=emit, fault=_fault_injector()
+    )
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def control() -> None:
+        async for raw in reader:
+            line = raw.strip()
+            if line.startswith(b"D "):
+                replayer.set_durable(int(line[2:]))
+            elif line == b"STOP":
+                break
+        replayer.stop()
+
+    control_task = loop.create_task(control())
+    ticker_running = True
+
+    async def ticker() -> None:
+        while ticker_running:
+            await asyncio.sleep(1.0)
+            emit(replayer.status, force=True)
+
+    tick_task = loop.create_task(ticker())
+    try:
+        await replayer.run()
+    finally:
+        ticker_running = False
+        tick_task.cancel()
+        control_task.cancel()
+        emit(replayer.status, force=True)
+        await replayer.sink.close()
+        lock.release()
+    return 0
+
+
+def main() -> int:
+    import argparse
+
+    from core import logs
+
+    _die_with_parent()
+    parser = argparse.ArgumentParser(prog="ferry-replay-child")
+    parser.add_argument("--wal-dir", required=True)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--node", required=True)
+    args = parser.parse_args()
+    logs.setup(
+        os.environ.get("FERRY_LOG_LEVEL", "info"), os.environ.get("FERRY_LOG_FORMAT", "text")
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import uvloop
+
+    return uvloop.run(child_main(args.wal_dir, args.db, args.node))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

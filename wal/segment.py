@@ -1,0 +1,203 @@
+"""Segment files: names, the header (with its snapshot of channel heads), creation by
+rotation (`.tmp` + fdatasync + rename + directory fsync), and the directory's writer lock.
+
+Header layout (little endian), followed by the first record at `SegmentHeader.size`:
+
+    offset  size
+    0       8    magic      b"FERRYWAL"
+    8       2    version    u16, 1
+    10      2    node_len   u16, bytes of node id used
+    12      4    heads_len  u32, bytes of the heads snapshot
+    16      8    first_lsn  u64, LSN of the segment's first record (= its name)
+    24      64   node_id    UTF-8, zero-padded
+    88      4    crc        zlib.crc32 over bytes 0..88 and the heads snapshot
+    92      4    zeros
+    96      h    heads      msgpack map {channel: last seq} as of first_lsn - 1
+    96+h    0-7  zeros      to the next multiple of 8
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import msgspec
+
+from wal.errors import BadSegmentHeader, WalLocked
+
+MAGIC = b"FERRYWAL"
+VERSION = 1
+SEGMENT_SUFFIX = ".wal"
+TMP_SUFFIX = ".tmp"
+BROKEN_SUFFIX = ".broken"
+LOCK_NAME = "writer.lock"
+MAX_NODE_ID_BYTES = 64
+MAX_HEADS_BYTES = 256 * 1024 * 1024
+
+_FIXED = struct.Struct("<8sHHIQ64s")  # magic, version, node_len, heads_len, first_lsn, node
+_CRC = struct.Struct("<II")  # crc, zeros
+HEADER_FIXED_SIZE = _FIXED.size + _CRC.size  # 96
+_NAME = re.compile(r"^(\d{20})\.wal$")
+_heads_encoder = msgspec.msgpack.Encoder()
+_heads_decoder = msgspec.msgpack.Decoder(dict[str, int])
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    node_id: str
+    first_lsn: int
+    heads: dict[str, int]  # channel -> last seq before first_lsn
+    size: int  # bytes before the first record
+    version: int = VERSION
+
+
+def segment_name(first_lsn: int) -> str:
+    return f"{first_lsn:020d}{SEGMENT_SUFFIX}"
+
+
+def parse_segment_name(name: str) -> int | None:
+    """The first LSN a segment file name stands for, or None if it is not a segment."""
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def list_segments(wal_dir: str) -> list[tuple[int, str]]:
+    """(first LSN, path) of every segment, in LSN order."""
+    found = []
+    for name in os.listdir(wal_dir):
+        first = parse_segment_name(name)
+        if first is not None:
+            found.append((first, os.path.join(wal_dir, name)))
+    found.sort()
+    return found
+
+
+def list_leftovers(wal_dir: str) -> list[str]:
+    """Segments a rotation left half-made (`*.wal.tmp`): never part of the log."""
+    return sorted(
+        os.path.join(wal_dir, name)
+        for name in os.listdir(wal_dir)
+        if name.endswith(SEGMENT_SUFFIX + TMP_SUFFIX)
+    )
+
+
+def node_id_bytes(node_id: str) -> bytes:
+    raw = node_id.encode()
+    if not 0 < len(raw) <= MAX_NODE_ID_BYTES or b"\0" in raw:
+        raise ValueError(f"node id must be 1..{MAX_NODE_ID_BYTES} UTF-8 bytes, got {node_id!r}")
+    return raw
+
+
+def encode_header(node_id: str, first_lsn: int, heads: dict[str, int]) -> bytes:
+    node = node_id_bytes(node_id)
+    snapshot = _heads_encoder.encode(heads)
+    if len(snapshot) > MAX_HEADS_BYTES:
+        raise ValueError(f"heads snapshot of {len(snapshot)} bytes is over {MAX_HEADS_BYTES}")
+    fixed = _FIXED.pack(MAGIC, VERSION, len(node), len(snapshot), first_lsn, node)
+    crc = zlib.crc32(snapshot, zlib.crc32(fixed))
+    pad = b"\0" * (-len(snapshot) % 8)
+    return b"".join((fixed, _CRC.pack(crc, 0), snapshot, pad))
+
+
+def read_header(f: BinaryIO, path: str) -> SegmentHeader:
+    """Read and check the header of the segment open as `f` (positioned at 0)."""
+    raw = f.read(HEADER_FIXED_SIZE)
+    if len(raw) < HEADER_FIXED_SIZE:
+        raise BadSegmentHeader(path, f"header cut short: {len(raw)} of {HEADER_FIXED_SIZE} bytes")
+    magic, version, node_len, heads_len, first_lsn, node = _FIXED.unpack_from(raw)
+    crc, _ = _CRC.unpack_from(raw, _FIXED.size)
+    if magic != MAGIC:
+        raise BadSegmentHeader(path, f"not a ferry WAL segment (magic {magic!r})")
+    if version != VERSION:
+        raise BadSegmentHeader(path, f"format version {version}, this build reads {VERSION}")
+    if heads_len > MAX_HEADS_BYTES or node_len > MAX_NODE_ID_BYTES:
+        raise BadSegmentHeader(path, "header sizes out of bounds")
+    snapshot = f.read(heads_len)
+    if len(snapshot) < heads_len:
+        raise BadSegmentHeader(path, "heads snapshot cut short")
+    if zlib.crc32(snapshot, zlib.crc32(raw[: _FIXED.size])) != crc:
+        raise BadSegmentHeader(path, "header checksum mismatch")
+    named = parse_segment_name(os.path.basename(path))
+    if named is not None and named != first_lsn:
+        raise BadSegmentHeader(path, f"header says first LSN {first_lsn}, the name {named}")
+    try:
+        heads = _heads_decoder.decode(snapshot)
+        node_id = node[:node_len].decode()
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise BadSegmentHeader(path, f"undecodable header: {exc}") from None
+    size = HEADER_FIXED_SIZE + heads_len + (-heads_len % 8)
+    return SegmentHeader(node_id, first_lsn, heads, size, version)
+
+
+def load_header(path: str) -> SegmentHeader:
+    with open(path, "rb") as f:
+        return read_header(f, path)
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """os.write until everything is written (a short write is not an error by itself)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename/creation/removal in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_segment(wal_dir: str, first_lsn: int, header: bytes) -> int:
+    """Create segment `first_lsn` atomically and return an fd open for appending to it.
+
+    `header` comes from `encode_header`. It goes to `<name>.tmp`, is fdatasync'ed, renamed
+    into place and the directory fsync'ed: a crash leaves either no segment or a whole
+    header, never half of one (a leftover `.tmp` is removed at the next start).
+    """
+    path = os.path.join(wal_dir, segment_name(first_lsn))
+    tmp = path + TMP_SUFFIX
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        write_all(fd, header)
+        os.fdatasync(fd)
+        os.rename(tmp, path)
+        fsync_dir(wal_dir)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return fd
+
+
+def open_for_append(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
+
+def lock_dir(wal_dir: str) -> int:
+    """Take the directory's writer lock (held until the returned fd is closed)."""
+    path = os.path.join(wal_dir, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise WalLocked(f"{wal_dir} is in use by another writer (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def unlock_dir(fd: int) -> None:
+    os.close(fd)  # closing the fd releases the flock

@@ -1,0 +1,85 @@
+"""What every sink takes: batches of message and event rows plus the checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+SCHEMA_VERSION = 1
+
+
+class MessageRow(NamedTuple):
+    node: str
+    lsn: int
+    channel: str
+    seq: int
+    ts_ms: int
+    sender: str
+    client_msg_id: str | None
+    encoding: int
+    payload: bytes
+
+
+class EventRow(NamedTuple):
+    node: str
+    lsn: int
+    ts_ms: int
+    kind: str  # connect | disconnect
+    conn_id: str
+    user: str
+    remote: str
+    close_code: int | None
+    duration_ms: int | None
+
+
+@dataclass
+class Batch:
+    node: str
+    messages: list[MessageRow] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
+    last_lsn: int = 0  # the checkpoint this batch moves to
+
+    def __len__(self) -> int:
+        return len(self.messages) + len(self.events)
+
+
+class SinkError(Exception):
+    """The database could not take the batch; the text is for logs and the dashboard."""
+
+
+class Sink(Protocol):
+    url: str
+    fault: Callable[[str], None]  # test hook, called between the inserts and the commit
+
+    async def open(self) -> None: ...
+
+    async def checkpoint(self, node: str) -> int: ...
+
+    async def write(self, batch: Batch) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and the dashboard."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+def make_sink(url: str) -> Sink:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "sqlite":
+        from wal.sinks.sqlite import SqliteSink
+
+        return SqliteSink(url)
+    if scheme in ("mysql", "mariadb"):
+        from wal.sinks.mysql import MysqlSink
+
+        return MysqlSink(url)
+    raise ValueError(f"unsupported database URL scheme {scheme!r} (use sqlite:/// or mysql://)")
