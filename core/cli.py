@@ -81,22 +81,28 @@ def build_parser() -> argparse.ArgumentParser:
         "wal", help="inspect, verify, dump or repair a WAL directory", add_help=False
     )
     wal.add_argument("rest", nargs=argparse.REMAINDER)
-    wal.set_defaults(func=lambda a: _delegate("wal.tool", a.rest))
+    wal.set_defaults(func=lambda a: _delegate(DELEGATED["wal"], a.rest))
 
     replay = sub.add_parser(
         "replay", help="drain a WAL into a database (same replayer as serve)", add_help=False
     )
     replay.add_argument("rest", nargs=argparse.REMAINDER)
-    replay.set_defaults(func=lambda a: _delegate("wal.replay_tool", a.rest))
+    replay.set_defaults(func=lambda a: _delegate(DELEGATED["replay"], a.rest))
 
     bench = sub.add_parser("bench", help="load generator and peer comparison", add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=lambda a: _delegate("bench.cli", a.rest))
+    bench.set_defaults(func=lambda a: _delegate(DELEGATED["bench"], a.rest))
     return parser
+
+
+DELEGATED = {"wal": "wal.tool", "replay": "wal.replay_tool", "bench": "bench.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        # These parse their own arguments, --help included.
+        return _delegate(DELEGATED[argv[0]], argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     code: int = args.func(args)

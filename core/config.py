@@ -95,7 +95,8 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "wal_max_batch_delay_ms": _non_negative,
     "history_size": _non_negative,
     "auth": _choice("none", "jwt"),
-    "max_frame_bytes": lambda v: None if v >= 256 else "must be >= 256",
+    # A WAL record holds at most 4 MiB of payload: keep every accepted frame below that.
+    "max_frame_bytes": lambda v: None if 256 <= v <= 4_000_000 else "must be 256..4000000",
     "max_outbox_bytes": lambda v: None if v >= 1024 else "must be >= 1024",
     "max_connections": _positive,
     "max_subscriptions": _positive,

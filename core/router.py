@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 
+from core.errors import TooLarge
 from core.log import DurableLog, Encoding, Entry, LogUnavailable, RecoveredState
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, transcode, ws_frame
@@ -179,6 +180,10 @@ class Router:
             ch.last_seq -= 1
             self.counters.publish_failures += 1
             raise
+        except ValueError:
+            # the log refuses the record (too large for its format): no seq is used up
+            ch.last_seq -= 1
+            raise TooLarge("message too large for the log") from None
         self.counters.msgs_in += 1
 
     def publish_ephemeral(self, name: str, data_json: bytes) -> None:

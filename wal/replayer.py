@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.log import RecordType
-from wal.reader import iter_records
+from wal.reader import LogFollower
 from wal.record import ConnectionEvent, MessagePayload
 from wal.sinks.base import Batch, EventRow, MessageRow, Sink, SinkError, redact_url
 
@@ -164,6 +164,7 @@ class Replayer:
         self._wake = asyncio.Event()
         self._stopping = False
         self._next_lsn = 1
+        self._follower: LogFollower | None = None
         self._backoff = Backoff()
 
     # --- inputs --------------------------------------------------------------------------
@@ -253,7 +254,13 @@ class Replayer:
         messages = batch.messages
         events = batch.events
         first_ts = 0
-        for count, record in enumerate(iter_records(self.wal_dir, self._next_lsn, limit), start=1):
+        follower = self._follower
+        if follower is None or follower.next_lsn != self._next_lsn:
+            # (re)position: at start, or after a batch that was read but not committed
+            if follower is not None:
+                follower.close()
+            follower = self._follower = LogFollower(self.wal_dir, self._next_lsn)
+        for count, record in enumerate(follower.records(limit, self.batch_rows), start=1):
             body = record.body
             if record.type == RecordType.MESSAGE:
                 assert isinstance(body, MessagePayload)

@@ -1,0 +1,215 @@
+"""Durability of `ferry serve` end to end: SIGKILL crash loop, `since` across a restart,
+and WAL failures (fdatasync EIO, disk full) -> `unavailable`, /readyz 503, nothing acked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
+from tests.load import Acked, run_load
+from tests.wal.faults import fdatasync_fault_env
+
+ROUNDS = int(os.environ.get("FERRY_CRASH_ROUNDS", "20"))
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        "FERRY_WAL_DIR": str(tmp_path / "wal"),
+        "FERRY_DB_URL": f"sqlite:///{tmp_path / 'ferry.db'}",
+        "FERRY_HISTORY_SIZE": "1000000",
+        "FERRY_WAL_SEGMENT_BYTES": str(512 * 1024),
+        "FERRY_PUBLISH_RATE": "100000",
+        "FERRY_PUBLISH_BURST": "100000",
+        **extra,
+    }
+
+
+def _data_slice(frame_text: str) -> bytes:
+    marker = ',"data":'
+    return frame_text[frame_text.index(marker) + len(marker) : -1].encode()
+
+
+async def _history(url: str, channel: str) -> dict[int, bytes]:
+    """Every message of `channel` from the server's history (sub with since=0)."""
+    async with websockets.connect(url, max_size=None, open_timeout=UNIT) as ws:
+        await ws.recv()
+        await ws.send(json.dumps({"op": "sub", "ch": channel, "since": 0}))
+        subscribed = json.loads(await asyncio.wait_for(ws.recv(), UNIT))
+        assert subscribed["op"] == "subscribed" and subscribed["recovered"] is True, subscribed
+        head = subscribed["seq"]
+        got: dict[int, bytes] = {}
+        seqs = []
+        while len(seqs) < head:
+            text = await asyncio.wait_for(ws.recv(), UNIT)
+            assert isinstance(text, str)
+            frame = json.loads(text)
+            assert frame["op"] == "msg" and frame["ch"] == channel
+            seqs.append(frame["seq"])
+            got[frame["seq"]] = _data_slice(text)
+        assert seqs == list(range(1, head + 1)), f"{channel}: gaps or disorder"
+        return got
+
+
+async def test_sigkill_crash_loop_loses_no_acked_message(tmp_path: Path) -> None:
+    rng = random.Random(20261129)
+    acked = Acked()
+    for round_no in range(ROUNDS):
+        server = ServeProcess(_env(tmp_path)).start(tmp_path / f"serve-{round_no}.log")
+        try:
+            await asyncio.to_thread(server.wait_healthy)
+            # everything acked in earlier rounds survived, with its original seq, once
+            by_channel: dict[str, dict[int, bytes]] = {}
+            for channel in sorted({ch for ch, _ in acked.messages}):
+                by_channel[channel] = await _history(server.url, channel)
+            for (channel, seq), data in acked.messages.items():
+                assert by_channel[channel].get(seq) == data, (
+                    f"round {round_no}: lost or changed {channel}#{seq}"
+                )
+            stop = asyncio.Event()
+            before = acked.count()
+            tasks = await run_load(server.url, 3, stop, acked, window=16)
+            await wait_for(lambda: acked.count() > before + 50, UNIT * 2, "acks in this round")
+            await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment under load
+            server.signal(signal.SIGKILL)
+            assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), UNIT * 2)
+        finally:
+            server.kill()
+    assert acked.count() > ROUNDS * 50
+
+
+async def test_since_across_a_restart(tmp_path: Path) -> None:
+    server = ServeProcess(_env(tmp_path, FERRY_HISTORY_SIZE="100")).start(tmp_path / "a.log")
+    try:
+        await asyncio.to_thread(server.wait_healthy)
+        reader = await Client.connect(server.url)
+        await reader.sub("room.s")
+        writer = await Client.connect(server.url)
+        for i in range(5):
+            await writer.pub("room.s", {"i": i}, str(i))
+            await writer.expect("ack")
+        seen = [(await reader.expect("msg"))["seq"] for _ in range(5)]
+        assert seen == [1, 2, 3, 4, 5]
+        await reader.close()  # the reader goes away...
+        for i in range(5, 12):  # ...and misses these
+            await writer.pub("room.s", {"i": i}, str(i))
+            await writer.expect("ack")
+        server.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.wait) == 0
+    finally:
+        server.kill()
+    restarted = ServeProcess(_env(tmp_path, FERRY_HISTORY_SIZE="100")).start(tmp_path / "b.log")
+    try:
+        await asyncio.to_thread(restarted.wait_healthy)
+        reader = await Client.connect(restarted.url)
+        subscribed = await reader.sub("room.s", since=5)
+        assert subscribed == {"op": "subscribed", "ch": "room.s", "seq": 12, "recovered": True}
+        missed = [await reader.expect("msg") for _ in range(7)]
+        assert [m["seq"] for m in missed] == list(range(6, 13))
+        assert [m["data"] for m in missed] == [{"i": i} for i in range(5, 12)]
+        await reader.assert_silent()
+        writer = await Client.connect(restarted.url)  # live messages continue the seq
+        await writer.pub("room.s", "live", "x")
+        assert (await writer.expect("ack"))["seq"] == 13
+        assert (await reader.expect("msg"))["seq"] == 13
+    finally:
+        restarted.kill()
+
+
+def _readyz(server: ServeProcess) -> tuple[int, bytes]:
+    return http_get(server.http + "/readyz")
+
+
+async def _assert_unavailable(server: ServeProcess, healthy: Client) -> None:
+    """Publishing answers `unavailable`, nothing is acked, /readyz is 503, others still served."""
+    publisher = await Client.connect(server.url)
+    for i in range(3):
+        await publisher.pub("room.f", {"after": i}, f"a{i}")
+        frame = await publisher.recv()
+        assert frame["op"] == "error" and frame["code"] == "unavailable", frame
+        assert "Errno" not in frame["reason"] and "EIO" not in frame["reason"]  # no internal text
+    status, body = await asyncio.to_thread(_readyz, server)
+    assert status == 503 and b"not writable" in body
+    await healthy.send({"op": "ping"})
+    await healthy.expect("pong")
+    _, metrics = await asyncio.to_thread(http_get, server.http + "/metrics")
+    assert b"ferry_log_writable 0.0" in metrics
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {result.stderr.decode()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_fdatasync_eio_stops_acking(tmp_path: Path) -> None:
+    trigger = tmp_path / "fail-now"
+    env = fdatasync_fault_env(tmp_path / "site", trigger=trigger, base={})
+    server = ServeProcess({**_env(tmp_path), "PYTHONPATH": env["PYTHONPATH"]}).start(
+        tmp_path / "serve.log"
+    )
+    try:
+        await asyncio.to_thread(server.wait_healthy)
+        healthy = await Client.connect(server.url)
+        await healthy.sub("room.f")
+        await healthy.pub("room.f", "before", "b")
+        assert (await healthy.expect("ack"))["seq"] == 1
+        await healthy.expect("msg")
+        trigger.touch()  # every fdatasync from now on fails with EIO
+        await _assert_unavailable(server, healthy)
+        await healthy.assert_silent()  # the failed publishes were never delivered
+        out = server.output()
+        assert "fdatasync" in out and ("EIO" in out or "Input/output" in out), out
+    finally:
+        server.kill()
+
+
+async def test_disk_full_stops_acking(tmp_path: Path, tmpfs: Path) -> None:
+    server = ServeProcess(
+        _env(
+            tmp_path,
+            FERRY_WAL_DIR=str(tmpfs / "wal"),
+            FERRY_WAL_SEGMENT_BYTES="4194304",
+            FERRY_MAX_FRAME_BYTES="65536",
+        )
+    )
+    server.start(tmp_path / "serve.log")
+    try:
+        await asyncio.to_thread(server.wait_healthy)
+        healthy = await Client.connect(server.url)
+        publisher = await Client.connect(server.url)
+        acked = 0
+        codes: list[Any] = []
+        for i in range(200):  # ~6 MB into a 1 MiB filesystem
+            await publisher.pub("room.big", "x" * 30000, str(i))
+            frame = await publisher.recv()
+            if frame["op"] == "ack":
+                acked += 1
+            else:
+                codes.append(frame.get("code"))
+                break
+        assert codes == ["unavailable"], codes
+        assert 0 < acked < 200
+        await _assert_unavailable(server, healthy)
+        assert "No space left" in server.output() or "ENOSPC" in server.output()
+    finally:
+        server.kill()
