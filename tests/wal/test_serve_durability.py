@@ -79,7 +79,7 @@ async def test_sigkill_crash_loop_loses_no_acked_message(tmp_path: Path) -> None
             stop = asyncio.Event()
             before = acked.count()
             tasks = await run_load(server.url, 3, stop, acked, window=16)
-            await wait_for(lambda: acked.count() > before + 50, UNIT * 2, "acks in this round")
+            await wait_for(lambda b=before: acked.count() > b + 50, UNIT * 2, "acks in this round")
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment under load
             server.signal(signal.SIGKILL)
             assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
