@@ -95,6 +95,21 @@ def token_from_request(path: str, headers: Mapping[str, str]) -> tuple[str | Non
 class Authenticator:
     def __init__(self, config: Config) -> None:
         self._config = config
+        # Connections of one identity share one Principal (and its permission cache).
+        self._principals: dict[tuple[str, tuple[str, ...], tuple[str, ...]], Principal] = {}
+
+    def _principal(
+        self, user: str, pub: tuple[str, ...] = ("*",), sub: tuple[str, ...] = ("*",)
+    ) -> Principal:
+        key = (user, pub, sub)
+        principal = self._principals.get(key)
+        if principal is None:
+            if len(self._principals) >= 10_000:
+                self._principals.clear()
+            principal = self._principals[key] = Principal(
+                user=user, pub_patterns=pub, sub_patterns=sub
+            )
+        return principal
 
     @property
     def enabled(self) -> bool:
@@ -116,7 +131,7 @@ class Authenticator:
             user = query.get("user") or ANONYMOUS_USER
             if not _USER_RE.fullmatch(user):
                 raise AuthError("user name is not valid")
-            return Principal(user=user)
+            return self._principal(user)
         if not token:
             raise AuthError("missing token")
         try:
@@ -133,11 +148,7 @@ class Authenticator:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not _USER_RE.fullmatch(subject):
             raise AuthError("token subject is not a valid user name")
-        return Principal(
-            user=subject,
-            pub_patterns=_patterns(claims.get("pub")),
-            sub_patterns=_patterns(claims.get("subs")),
-        )
+        return self._principal(subject, _patterns(claims.get("pub")), _patterns(claims.get("subs")))
 
 
 def _patterns(value: object) -> tuple[str, ...]:

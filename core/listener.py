@@ -105,6 +105,11 @@ def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListen
 
 
 class Connection(WSListener):  # type: ignore[misc]
+    __slots__ = (
+        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "active", "conn_id", "connected_at",
+        "encoding", "hub", "outbox", "pinged_at", "principal", "remote", "session", "transport",
+    )  # fmt: skip
+
     def __init__(self, hub: Hub, principal: Principal, encoding: Encoding, remote: str) -> None:
         super().__init__()
         self.hub = hub
@@ -120,11 +125,17 @@ class Connection(WSListener):  # type: ignore[misc]
         self._fragments_text = False
         self._fragments_size = 0
         self._cutoff: object = None
+        # keepalive (core/keepalive.py): any frame marks the connection active
+        self.active = True
+        self.pinged_at = 0.0
 
     # --- picows callbacks ------------------------------------------------------------
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        # picows keeps the upgrade request and response for the connection's lifetime;
+        # their header maps are the largest part of an idle connection after the read
+        # buffer, and nothing reads them after the upgrade (remote is taken below).
         underlying = transport.underlying_transport
         if not self.remote:
             peer = underlying.get_extra_info("peername")
@@ -146,11 +157,14 @@ class Connection(WSListener):  # type: ignore[misc]
         )
         hub.connected(self)
         self.session.start()
+        transport.request.headers = None
+        transport.response.headers = None
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         session = self.session
         if session is None:
             return
+        self.active = True
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
             if frame.fin:

@@ -20,6 +20,7 @@ from picows import ws_create_server
 from core.config import Config
 from core.errors import CloseCode
 from core.hub import Hub
+from core.keepalive import Keepalive
 from core.listener import Connection, upgrade
 from core.log import DurableLog, LogUnavailable, MemoryLog
 from core.metrics import make_registry
@@ -42,6 +43,7 @@ class Server:
         self.log = durable_log if durable_log is not None else make_log(config)
         self.hub: Hub | None = None
         self.stats: StatsPublisher | None = None
+        self.keepalive: Keepalive | None = None
         self.port: int = config.port
         self._server: asyncio.Server | None = None
         self._stopping: asyncio.Event | None = None
@@ -70,9 +72,12 @@ class Server:
             config.host,
             config.port,
             max_frame_size=config.max_frame_bytes,
-            enable_auto_ping=True,
-            auto_ping_idle_timeout=config.idle_timeout,
-            auto_ping_reply_timeout=config.ping_timeout,
+            # Keepalive is one sweep over all connections (core/keepalive.py), not a task
+            # per connection; the read buffer starts small and grows only for big frames.
+            # Both keep an idle connection's memory down.
+            enable_auto_ping=False,
+            read_buffer_init_size=2048,
+            use_aiofastnet=False,
             websocket_handshake_timeout=10,
             reuse_address=True,
             backlog=4096,
@@ -81,6 +86,8 @@ class Server:
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         self.stats = StatsPublisher(hub, self._extra_stats)
         self.stats.start()
+        self.keepalive = Keepalive(hub, config.idle_timeout, config.ping_timeout)
+        self.keepalive.start()
         for service in self.services:
             await service.start(self)
         if not hub.auth.enabled:
@@ -201,6 +208,8 @@ class Server:
                 log.error("%s did not stop in time", type(service).__name__)
         if self.stats is not None:
             await self.stats.stop()
+        if self.keepalive is not None:
+            self.keepalive.stop()
         log.info(
             "ferry stopped",
             extra={

@@ -88,6 +88,13 @@ class ErrorCounter:
 class Session:
     """One client connection's protocol state."""
 
+    # slots: an idle connection's memory is mostly these objects (docs/benchmarks.md)
+    __slots__ = (
+        "_clock", "_decoder", "_encoding_is_json", "_errors", "_request_close", "_strikes", "_tokens",
+        "_tokens_at", "close_code", "conn_id", "encoding", "limits", "node_id", "outbox", "principal",
+        "router", "state", "subscriptions", "user",
+    )  # fmt: skip
+
     def __init__(
         self,
         conn_id: str,
@@ -118,7 +125,7 @@ class Session:
         self._encoding_is_json = encoding == Encoding.JSON
         self._tokens = float(limits.publish_burst)
         self._tokens_at = clock()
-        self._strikes: list[float] = []
+        self._strikes: list[float] | None = None  # created on the first rate_limited
         self.close_code: int | None = None
 
     # --- lifecycle -------------------------------------------------------------------
@@ -281,6 +288,8 @@ class Session:
             return
         self._tokens = tokens
         strikes = self._strikes
+        if strikes is None:
+            strikes = self._strikes = []
         strikes.append(now)
         while strikes and strikes[0] < now - ABUSE_WINDOW_S:
             strikes.pop(0)

@@ -280,6 +280,12 @@ def main() -> int:
     from core import logs
 
     _die_with_parent()
+    # Below the relay in the CPU queue: on a busy 2-core box the relay's acks come first
+    # and the replayer catches up when there is slack (the WAL holds the backlog).
+    try:
+        os.nice(5)
+    except OSError:
+        pass
     parser = argparse.ArgumentParser(prog="ferry-replay-child")
     parser.add_argument("--wal-dir", required=True)
     parser.add_argument("--db", required=True)
