@@ -157,8 +157,8 @@ class Connection(WSListener):  # type: ignore[misc]
         )
         hub.connected(self)
         self.session.start()
-        transport.request.headers = None
-        transport.response.headers = None
+        transport.request.headers = None  # type: ignore[assignment]
+        transport.response.headers = None  # type: ignore[assignment]
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         session = self.session
