@@ -1,0 +1,70 @@
+"""Keepalive for every connection from ONE timer (RFC 6455 §5.5.2 pings).
+
+Each connection carries an `active` flag that any incoming frame sets. Every
+`idle_timeout` the sweep looks at all connections: one that was silent for the whole
+period gets a ping; one still silent `ping_timeout` after its ping is dropped. A timer per
+connection (picows' auto-ping task) would cost a task and a coroutine frame for each
+idle connection; this costs two attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from core.errors import CloseCode
+
+if TYPE_CHECKING:
+    from core.hub import Hub
+
+log = logging.getLogger("ferry.keepalive")
+
+
+class Keepalive:
+    def __init__(self, hub: Hub, idle_timeout: float, ping_timeout: float) -> None:
+        self.hub = hub
+        self.idle_timeout = idle_timeout
+        self.ping_timeout = ping_timeout
+        self.dropped = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._tick = min(idle_timeout, ping_timeout) / 2
+
+    def start(self) -> None:
+        self._last_sweep = time.monotonic()
+        self._handle = self.hub.loop.call_later(self._tick, self._sweep)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        idle_for = now - self._last_sweep
+        check_idle = idle_for >= self.idle_timeout
+        if check_idle:
+            self._last_sweep = now
+        for conn in list(self.hub.connections):
+            transport = conn.transport
+            if transport is None or conn.session is None or not conn.session.is_open:
+                continue
+            if conn.pinged_at:
+                if conn.active:
+                    conn.pinged_at = 0.0  # it answered (any frame counts)
+                elif now - conn.pinged_at >= self.ping_timeout:
+                    self.dropped += 1
+                    log.info(
+                        "dropping %s: no answer to ping within %.1fs",
+                        conn.conn_id,
+                        self.ping_timeout,
+                    )
+                    conn.session.close(CloseCode.GOING_AWAY, "no answer to ping")
+                    continue
+            elif check_idle and not conn.active:
+                conn.pinged_at = now
+                transport.send_ping(b"ferry")
+            if check_idle:
+                conn.active = False
+        self._handle = self.hub.loop.call_later(self._tick, self._sweep)
