@@ -141,7 +141,13 @@ class Router:
         ch = self.channels.get(name)
         if ch is None:
             return False
-        return ch.subs[session.encoding].pop(session.outbox, None) is not None
+        removed = ch.subs[session.encoding].pop(session.outbox, None) is not None
+        if not ch.last_seq and not ch.subscriber_count:
+            # Never published to and nobody left: forget it (a channel that has messages
+            # keeps its seq). Otherwise every inbox and every name ever subscribed to
+            # would stay in memory for good.
+            del self.channels[name]
+        return removed
 
     def drop(self, session: Session, names: Iterable[str]) -> None:
         for name in names:

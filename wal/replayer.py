@@ -165,6 +165,8 @@ class Replayer:
         self._stopping = False
         self._next_lsn = 1
         self._follower: LogFollower | None = None
+        self._first_ts = 0
+        self._pending_since = 0.0  # unix time of the oldest record of a batch not yet written
         self._backoff = Backoff()
 
     # --- inputs --------------------------------------------------------------------------
@@ -212,7 +214,11 @@ class Replayer:
             try:
                 result = await work()
             except SinkError as exc:
+                if self._pending_since:
+                    # the batch in hand is waiting: the lag grows while the database is away
+                    self.status.lag_seconds = max(0.0, time.time() - self._pending_since)
                 self._move(DbState.DOWN, str(exc))
+                self._report()
                 delay = self._backoff.next_delay()
                 try:
                     await asyncio.wait_for(self._wake.wait(), delay)
@@ -310,7 +316,9 @@ class Replayer:
             self.status.lag_seconds = 0.0
             return 0
         self._fault("before_write")
+        self._pending_since = self._first_ts / 1000.0
         written = await self._retry("write", lambda: self.sink.write(batch))
+        self._pending_since = 0.0
         if self._stopping and written is None and self.status.checkpoint < batch.last_lsn:
             return 0
         self._fault("after_commit")

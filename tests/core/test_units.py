@@ -232,3 +232,17 @@ def test_latency_histogram_quantiles() -> None:
     assert p99 is not None and 0.1 <= p99 <= 0.25
     snap = h.snapshot()
     assert h.quantile(0.5, snap) is None
+
+
+async def test_channels_nobody_uses_are_forgotten() -> None:
+    pair = Pair()
+    s, _ = pair.session("u")
+    s.receive(b'{"op":"sub","ch":"ephemeral"}', True)
+    s.receive(b'{"op":"unsub","ch":"ephemeral"}', True)
+    assert "ephemeral" not in pair.router.channels
+    s.receive(b'{"op":"pub","ch":"kept","data":1}', True)
+    s.receive(b'{"op":"sub","ch":"kept"}', True)
+    s.receive(b'{"op":"unsub","ch":"kept"}', True)
+    assert pair.router.channels["kept"].last_seq == 1  # it has a message: its seq stays
+    s.closed()
+    assert "@u" not in pair.router.channels

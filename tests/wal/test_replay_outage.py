@@ -51,6 +51,7 @@ class StatsWatcher:
         self.states: list[str] = []
         self.last: dict[str, Any] = {}
         self.errors: list[str] = []
+        self.max_lag_seconds_down = 0.0
         self._task: asyncio.Task[None] | None = None
         self.client: Client | None = None
 
@@ -70,6 +71,10 @@ class StatsWatcher:
                     self.states.append(db["state"])
                 if db["last_error"]:
                     self.errors.append(db["last_error"])
+                if db["state"] == "down":
+                    self.max_lag_seconds_down = max(
+                        self.max_lag_seconds_down, db["lag_seconds"] or 0.0
+                    )
 
     async def stop(self) -> None:
         if self._task:
@@ -116,6 +121,9 @@ async def _outage(tmp_path: Path, mariadb: PrivateMariaDB, kind: str) -> None:
             f"the relay must keep acking while the database is down (acked {during})"
         )
         assert "down" in watcher.states, watcher.states
+        assert watcher.max_lag_seconds_down > 1.0, (
+            "replay lag in seconds must grow during the outage"
+        )
         if kind == "pause":
             mariadb.resume()
         else:
