@@ -64,6 +64,7 @@ class Outbox:
         "limit",
         "on_overflow",
         "paused",
+        "refill",
         "size",
     )
 
@@ -83,6 +84,9 @@ class Outbox:
         self.dirty = False
         self.paused = False
         self.closed = False
+        # Called after a flush while set: a paced producer (history replay) adds the
+        # next page only once the previous one went to the socket.
+        self.refill: Callable[[], None] | None = None
 
     def push(self, data: bytes) -> None:
         if self.closed:
@@ -109,6 +113,8 @@ class Outbox:
         self.chunks = []
         self.size = 0
         self._writer.writelines(chunks)
+        if self.refill is not None and not self.paused:
+            self.refill()
         return size
 
     def flush_now(self) -> int:
@@ -122,9 +128,13 @@ class Outbox:
 
     def resume(self) -> None:
         self.paused = False
-        if self.chunks and not self.dirty and not self.closed:
+        if self.closed or self.dirty:
+            return
+        if self.chunks:
             self.dirty = True
             self._flusher.mark(self)
+        elif self.refill is not None:
+            self.refill()
 
     def close(self) -> None:
         self.closed = True

@@ -9,6 +9,7 @@ subscriber's outbox: per subscriber the cost is one list append, whatever the ba
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -113,29 +114,52 @@ class Router:
 
     def subscribe(
         self, session: Session, name: str, since: int | None
-    ) -> tuple[int, bool | None, list[Entry]]:
-        """Add `session` to `name`.
+    ) -> tuple[int, bool | None, bool]:
+        """Subscribe `session` to `name`.
 
-        Returns (head, recovered, replay): with `since`, `replay` holds the history entries
-        after it (to send right after `subscribed`, before any live message) and
-        `recovered` says whether history reached back far enough.
+        Returns (head, recovered, attached). Without `since` (or when nothing was missed)
+        the session is attached to the live fan-out at once. With `since` and missed
+        messages in the history ring, `attached` is False: the session replays them
+        with `replay_page` first and `attach`es when caught up, so a long history is
+        paced by the client's socket and never delivered out of order or twice.
         """
         ch = self.channel(name)
-        recovered: bool | None = None
-        replay: list[Entry] = []
-        if since is not None:
-            recovered, replay = self._history_after(ch, since)
-        ch.subs[session.encoding][session.outbox] = session
-        return ch.durable_seq, recovered, replay
-
-    @staticmethod
-    def _history_after(ch: Channel, since: int) -> tuple[bool, list[Entry]]:
-        if since >= ch.durable_seq:
-            return True, []
+        if since is None or since >= ch.durable_seq:
+            self.attach(session, ch)
+            return ch.durable_seq, None if since is None else True, True
         history = ch.history
         if not history or history[0].seq > since + 1:
-            return False, []
-        return True, [entry for entry in history if entry.seq > since]
+            self.attach(session, ch)
+            return ch.durable_seq, False, True
+        return ch.durable_seq, True, False
+
+    def attach(self, session: Session, ch: Channel) -> None:
+        ch.subs[session.encoding][session.outbox] = session
+
+    def replay_page(self, session: Session, name: str, next_seq: int, budget: int) -> int | None:
+        """Push history from `next_seq` until `budget` bytes are queued in the session's
+        outbox. Returns the next seq to replay, 0 once caught up (then the session is
+        attached), or None when the ring no longer holds `next_seq` (overrun)."""
+        ch = self.channels.get(name)
+        if ch is None:
+            return None
+        history = ch.history
+        if next_seq > ch.durable_seq:
+            self.attach(session, ch)
+            return 0
+        if not history or history[0].seq > next_seq:
+            return None
+        outbox = session.outbox
+        encoding = session.encoding
+        for entry in itertools.islice(history, next_seq - history[0].seq, None):
+            outbox.push(frame_for(entry, encoding))
+            next_seq = entry.seq + 1
+            if outbox.size >= budget:
+                break
+        if next_seq > ch.durable_seq:
+            self.attach(session, ch)
+            return 0
+        return next_seq
 
     def unsubscribe(self, session: Session, name: str) -> bool:
         ch = self.channels.get(name)

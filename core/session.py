@@ -47,7 +47,7 @@ from core.protocol import (
     encode_frame,
     valid_channel,
 )
-from core.router import Router, frame_for
+from core.router import Router
 
 
 class State(enum.Enum):
@@ -90,9 +90,26 @@ class Session:
 
     # slots: an idle connection's memory is mostly these objects (docs/benchmarks.md)
     __slots__ = (
-        "_clock", "_decoder", "_encoding_is_json", "_errors", "_request_close", "_strikes", "_tokens",
-        "_tokens_at", "close_code", "conn_id", "encoding", "limits", "node_id", "outbox", "principal",
-        "router", "state", "subscriptions", "user",
+        "_clock",
+        "_decoder",
+        "_encoding_is_json",
+        "_errors",
+        "_replays",
+        "_request_close",
+        "_strikes",
+        "_tokens",
+        "_tokens_at",
+        "close_code",
+        "conn_id",
+        "encoding",
+        "limits",
+        "node_id",
+        "outbox",
+        "principal",
+        "router",
+        "state",
+        "subscriptions",
+        "user",
     )  # fmt: skip
 
     def __init__(
@@ -127,6 +144,7 @@ class Session:
         self._tokens_at = clock()
         self._strikes: list[float] | None = None  # created on the first rate_limited
         self.close_code: int | None = None
+        self._replays: dict[str, int] = {}  # channel -> next seq to replay (sub with since)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -162,6 +180,8 @@ class Session:
     def _drop_subscriptions(self) -> None:
         self.router.drop(self, self.subscriptions)
         self.subscriptions.clear()
+        self._replays.clear()
+        self.outbox.refill = None
 
     @property
     def is_open(self) -> bool:
@@ -246,16 +266,39 @@ class Session:
         else:
             # Idempotent: a repeated sub answers again (and replays when `since` asks).
             self.router.unsubscribe(self, name)
-        head, recovered, replay = self.router.subscribe(self, name, frame.since)
+        self._replays.pop(name, None)
+        head, recovered, attached = self.router.subscribe(self, name, frame.since)
         self.send(Subscribed(ch=name, seq=head, recovered=recovered, id=frame.id))
-        for entry in replay:
-            self.outbox.push(frame_for(entry, self.encoding))
+        if not attached:
+            assert frame.since is not None
+            self._replays[name] = frame.since + 1
+            self.outbox.refill = self._replay_more
+            self._replay_more()
+
+    def _replay_more(self) -> None:
+        """Send the next page of missed messages; called again after each flush."""
+        budget = self.outbox.limit // 4
+        for name in list(self._replays):
+            if self.outbox.size >= budget or self.state is not State.OPEN:
+                return
+            next_seq = self.router.replay_page(self, name, self._replays[name], budget)
+            if next_seq is None:
+                # The ring moved past what this client still had to read: it fell behind.
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: history replay overrun")
+                return
+            if next_seq:
+                self._replays[name] = next_seq
+            else:
+                del self._replays[name]
+        if not self._replays:
+            self.outbox.refill = None
 
     def _unsub(self, frame: Unsub) -> None:
         name = frame.ch
         if name not in self.subscriptions:
             raise NotSubscribed(f"not subscribed to {name}")
         self.subscriptions.discard(name)
+        self._replays.pop(name, None)
         self.router.unsubscribe(self, name)
         self.send(Unsubscribed(ch=name, id=frame.id))
 
