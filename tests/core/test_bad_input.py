@@ -191,7 +191,7 @@ async def test_jwt_auth(start_relay) -> None:  # type: ignore[no-untyped-def]
     relay = await start_relay(auth="jwt", jwt_secret=SECRET, admin_token="admin-tok")
     assert await _status(relay.url) == 401  # no token
     assert await _status(relay.url + "?token=not.a.jwt") == 401
-    wrong = make_token("other-secret", "eve", ["*"], ["*"])
+    wrong = make_token("another-secret-that-is-also-32-bytes!", "eve", ["*"], ["*"])
     assert await _status(relay.url + "?token=" + wrong) == 401
     expired = make_token(SECRET, "eve", ["*"], ["*"], ttl_s=-60)
     assert await _status(relay.url + "?token=" + expired) == 401
