@@ -18,22 +18,28 @@ import time
 
 from tqdm import tqdm
 
-from wal.reader import scan_dir
+from wal.reader import scan_segment
 from wal.replayer import Replayer, ReplayLock, ReplayLocked, ReplayStatus
+from wal.segment import list_segments, read_header
 from wal.sinks.base import make_sink, redact_url
 
 
 def _wal_head(wal_dir: str) -> int:
-    scan = scan_dir(wal_dir, stop_at_error=False)
-    return max((s.last_lsn for s in scan.segments), default=0)
+    """The last LSN on disk: only the newest segment is read."""
+    segments = list_segments(wal_dir)
+    if not segments:
+        return 0
+    return scan_segment(segments[-1][1]).last_lsn
 
 
 def _node_of(wal_dir: str) -> str | None:
-    scan = scan_dir(wal_dir, stop_at_error=False)
-    for segment in scan.segments:
-        if segment.header is not None:
-            return str(segment.header.node_id)
-    return None
+    """The node id in the oldest segment's header."""
+    segments = list_segments(wal_dir)
+    if not segments:
+        return None
+    path = segments[0][1]
+    with open(path, "rb") as fh:
+        return read_header(fh, path).node_id
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from core.log import RecordType
 from wal.reader import LogFollower
@@ -165,7 +165,7 @@ class Replayer:
         self._stopping = False
         self._next_lsn = 1
         self._follower: LogFollower | None = None
-        self._first_ts = 0
+        self._prefetch: tuple[int, asyncio.Future[Batch]] | None = None
         self._pending_since = 0.0  # unix time of the oldest record of a batch not yet written
         self._backoff = Backoff()
 
@@ -248,75 +248,93 @@ class Replayer:
             self._move(DbState.RECOVERING)
         log.info("replaying from LSN %d", self._next_lsn, extra={"db": redact_url(self.sink.url)})
 
-    def _read_batch(self) -> Batch:
-        """Up to `batch_rows` records from `_next_lsn`, never past the durable head."""
+    def _read_batch(self, start: int) -> Batch:
+        """Up to `batch_rows` records from `start`, never past the durable head."""
         batch = Batch(self.node_id)
         limit = self.status.durable_lsn if self._durable_known else None
-        if limit is not None and limit < self._next_lsn:
+        if limit is not None and limit < start:
             return batch
         if limit is not None:
-            limit = min(limit, self._next_lsn + self.batch_rows - 1)
+            limit = min(limit, start + self.batch_rows - 1)
         node = self.node_id
         messages = batch.messages
         events = batch.events
         first_ts = 0
         follower = self._follower
-        if follower is None or follower.next_lsn != self._next_lsn:
+        if follower is None or follower.next_lsn != start:
             # (re)position: at start, or after a batch that was read but not committed
             if follower is not None:
                 follower.close()
-            follower = self._follower = LogFollower(self.wal_dir, self._next_lsn)
+            follower = self._follower = LogFollower(self.wal_dir, start)
+        message_type = RecordType.MESSAGE
+        new_row = tuple.__new__  # a MessageRow built from a plain tuple: no Python-level __new__
         for count, record in enumerate(follower.records(limit, self.batch_rows), start=1):
             body = record.body
-            if record.type == RecordType.MESSAGE:
-                assert isinstance(body, MessagePayload)
+            if record.type == message_type:
+                m = cast(MessagePayload, body)
+                ts = m.ts_ms
                 messages.append(
-                    MessageRow(
-                        node,
-                        record.lsn,
-                        body.channel,
-                        body.seq,
-                        body.ts_ms,
-                        body.sender,
-                        body.client_msg_id,
-                        body.encoding,
-                        body.data,
+                    new_row(
+                        MessageRow,
+                        (
+                            node,
+                            record.lsn,
+                            m.channel,
+                            m.seq,
+                            ts,
+                            m.sender,
+                            m.client_msg_id,
+                            m.encoding,
+                            m.data,
+                        ),
                     )
                 )
-                ts = body.ts_ms
             else:
-                assert isinstance(body, ConnectionEvent)
+                e = cast(ConnectionEvent, body)
+                ts = e.ts_ms
                 events.append(
                     EventRow(
                         node,
                         record.lsn,
-                        body.ts_ms,
-                        body.kind,
-                        getattr(body, "conn_id", ""),
-                        body.user,
-                        body.remote,
-                        body.close_code,
-                        body.duration_ms,
+                        ts,
+                        e.kind,
+                        e.conn_id,
+                        e.user,
+                        e.remote,
+                        e.close_code,
+                        e.duration_ms,
                     )
                 )
-                ts = body.ts_ms
             if not first_ts:
                 first_ts = ts
             batch.last_lsn = record.lsn
             if count >= self.batch_rows:
                 break
-        self._first_ts = first_ts
+        batch.first_ts_ms = first_ts
         return batch
 
     async def step(self) -> int:
-        """Replay one batch; returns rows written (0: nothing to do, or stopping)."""
+        """Replay one batch; returns rows written (0: nothing to do, or stopping).
+
+        While a full batch is being written, the next one is already being read (a
+        backlog drains at the speed of the slower of the two, not of their sum).
+        """
         loop = asyncio.get_running_loop()
-        batch = await loop.run_in_executor(None, self._read_batch)
+        prefetched, self._prefetch = self._prefetch, None
+        if prefetched is not None and prefetched[0] == self._next_lsn:
+            batch = await prefetched[1]
+        else:
+            if prefetched is not None:
+                await asyncio.wait([prefetched[1]])  # let it finish before repositioning
+            batch = await loop.run_in_executor(None, self._read_batch, self._next_lsn)
         if not len(batch):
             self.status.lag_seconds = 0.0
             return 0
+        if len(batch) >= self.batch_rows:
+            start = batch.last_lsn + 1
+            self._prefetch = (start, loop.run_in_executor(None, self._read_batch, start))
         self._fault("before_write")
-        self._pending_since = self._first_ts / 1000.0
+        self._pending_since = batch.first_ts_ms / 1000.0
         written = await self._retry("write", lambda: self.sink.write(batch))
         self._pending_since = 0.0
         if self._stopping and written is None and self.status.checkpoint < batch.last_lsn:
@@ -327,7 +345,9 @@ class Replayer:
         self.status.batches += 1
         self._next_lsn = batch.last_lsn + 1
         behind = self._durable_known and self.status.durable_lsn > self.status.checkpoint
-        self.status.lag_seconds = max(0.0, time.time() - self._first_ts / 1000.0) if behind else 0.0
+        self.status.lag_seconds = (
+            max(0.0, time.time() - batch.first_ts_ms / 1000.0) if behind else 0.0
+        )
         if self.status.state == DbState.DOWN:
             self._move(DbState.RECOVERING)
         if self.status.state == DbState.RECOVERING and not behind:

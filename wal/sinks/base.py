@@ -40,6 +40,7 @@ class Batch:
     messages: list[MessageRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
     last_lsn: int = 0  # the checkpoint this batch moves to
+    first_ts_ms: int = 0  # time of its oldest record (for the replay lag in seconds)
 
     def __len__(self) -> int:
         return len(self.messages) + len(self.events)
