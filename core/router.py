@@ -32,7 +32,7 @@ Origin = tuple["Session | None", "str | int | None", float]
 
 
 class Channel:
-    __slots__ = ("durable_seq", "history", "last_seq", "msg_count", "name", "subs")
+    __slots__ = ("durable_seq", "history", "history_size", "last_seq", "msg_count", "name", "subs")
 
     def __init__(self, name: str, history_size: int, last_seq: int = 0) -> None:
         self.name = name
@@ -40,8 +40,19 @@ class Channel:
         self.durable_seq = last_seq  # last seq acked and delivered
         # one dict of outboxes per encoding: iteration is the fan-out's inner loop
         self.subs: tuple[dict[Outbox, Session], dict[Outbox, Session]] = ({}, {})
-        self.history: deque[Entry] = deque(maxlen=history_size)
+        # The ring is made on the first message: most `@user` inboxes never get one, and
+        # an empty deque per connection was a tenth of an idle connection's memory.
+        self.history: deque[Entry] | tuple[()] = ()
+        self.history_size = history_size
         self.msg_count = 0
+
+    def remember(self, entries: list[Entry]) -> None:
+        history = self.history
+        if not isinstance(history, deque):
+            if not self.history_size:
+                return
+            history = self.history = deque(maxlen=self.history_size)
+        history.extend(entries)
 
     @property
     def subscriber_count(self) -> int:
@@ -94,7 +105,7 @@ class Router:
             ch = self.channel(name)
             ch.last_seq = ch.durable_seq = head
         for name, entries in state.history.items():
-            self.channel(name).history.extend(entries)
+            self.channel(name).remember(entries)
 
     def channel(self, name: str) -> Channel:
         ch = self.channels.get(name)
@@ -260,7 +271,7 @@ class Router:
             ch = channels.get(name) or self.channel(name)
             ch.durable_seq = group[-1].seq
             ch.msg_count += len(group)
-            ch.history.extend(group)
+            ch.remember(group)
             self._deliver(ch, group)
         for tap in self._taps:
             tap(entries)

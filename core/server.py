@@ -9,6 +9,7 @@ A first SIGTERM/SIGINT starts the graceful shutdown; a second one forces exit.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -67,6 +68,12 @@ class Server:
                 registry.register(collector)
         hub.http.registry = registry
         self.registry = registry
+        # What exists now (modules, recovered history) lives as long as the process: keep
+        # it out of every collection, and collect the young generation less often (an
+        # accept burst allocates a lot of short-lived objects).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
         self._server = await ws_create_server(
             lambda request: upgrade(hub, request),
             config.host,
