@@ -17,6 +17,7 @@ import msgspec
 from core.hub import Hub
 from core.log import Encoding, Entry
 from core.protocol import transcode
+from core.tasks import cancel_and_wait
 
 STATS_CHANNEL = "$sys.stats"
 TAIL_CHANNEL = "$sys.tail"
@@ -47,13 +48,8 @@ class StatsPublisher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-stats")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         interval = self.hub.config.stats_interval

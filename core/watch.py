@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from core.notifier import Notifier
+from core.tasks import cancel_and_wait
 
 log = logging.getLogger("ferry.watch")
 
@@ -47,12 +48,7 @@ class OpsWatch:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-watch")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self.notifier.close()
 
     def _db_section(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import sys
 import time
 from typing import Any
 
+from core.tasks import cancel_and_wait
 from wal.replayer import Backoff, Replayer, ReplayLock, ReplayLocked, ReplayStatus
 from wal.sinks.base import make_sink, redact_url
 
@@ -100,12 +101,7 @@ class ReplayService:
                 )
                 proc.kill()
                 await proc.wait()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     def stats_section(self) -> dict[str, Any]:
         now = time.monotonic()
