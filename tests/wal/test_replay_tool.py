@@ -28,7 +28,17 @@ async def _write_wal(wal_dir: Path, n: int, start_seq: int = 1) -> None:
 
     log.set_handlers(on_durable, lambda entries, reason: None)
     for i in range(n):
-        log.append(Entry("room.t", start_seq + i, 1795959335357, "alice", f"m{i}", Encoding.JSON, b'{"i":%d}' % i))
+        log.append(
+            Entry(
+                "room.t",
+                start_seq + i,
+                1795959335357,
+                "alice",
+                f"m{i}",
+                Encoding.JSON,
+                b'{"i":%d}' % i,
+            )
+        )
     await asyncio.wait_for(done.wait(), UNIT)
     await log.close()
 
@@ -60,6 +70,12 @@ async def test_replay_tool_drains_resumes_and_respects_the_lock(tmp_path: Path) 
     second = await asyncio.to_thread(_replay, wal_dir, db)
     assert second.returncode == 0 and "replayed 250 records" in second.stdout, second.stdout
 
-    rows = sqlite3.connect(db).execute("SELECT lsn, seq, payload FROM ferry_messages ORDER BY lsn").fetchall()
-    assert [r[0] for r in rows] == list(range(1, 751)) and [r[1] for r in rows] == list(range(1, 751))
+    rows = (
+        sqlite3.connect(db)
+        .execute("SELECT lsn, seq, payload FROM ferry_messages ORDER BY lsn")
+        .fetchall()
+    )
+    assert [r[0] for r in rows] == list(range(1, 751)) and [r[1] for r in rows] == list(
+        range(1, 751)
+    )
     assert rows[0][2] == b'{"i":0}'
