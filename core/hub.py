@@ -8,7 +8,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.auth import Authenticator
 from core.config import Config
@@ -55,6 +55,8 @@ class Hub:
         # Extra readiness checks (e.g. the replayer) and connection event hooks.
         self.readiness: list[Callable[[], str | None]] = []
         self.on_connect: list[Callable[[Connection], None]] = []
+        # The database log's state for /metrics (set by the replay service when it runs).
+        self.db_status: Callable[[], dict[str, Any]] | None = None
         self.on_disconnect: list[Callable[[Connection], None]] = []
         self._ids = itertools.count(1)
         self._id_prefix = f"{config.node_id}-{int(self.started_at) % 100000:05d}-"

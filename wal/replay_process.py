@@ -80,7 +80,9 @@ class ReplayService:
             add_listener(self._on_durable)
         self._durable = int(getattr(self._log, "durable_lsn", 0))
         hub = server.hub
-        hub.readiness.append(lambda: None)  # the relay stays ready while the database is down
+        # The relay stays ready while the database is down (the WAL holds the backlog);
+        # the database's state is reported in /metrics and $sys.stats instead.
+        hub.db_status = self.metrics_section
         self._task = self._loop.create_task(self._supervise(), name="ferry-replay-supervisor")
 
     async def stop(self) -> None:
@@ -102,6 +104,16 @@ class ReplayService:
                 proc.kill()
                 await proc.wait()
         await cancel_and_wait(self._task)
+
+    def metrics_section(self) -> dict[str, Any]:
+        """Side-effect-free view for /metrics."""
+        return {
+            "up": self.status.get("state") == "up",
+            "checkpoint_lsn": int(self.status.get("checkpoint", 0) or 0),
+            "lag_records": max(0, self._durable - int(self.status.get("checkpoint", 0) or 0)),
+            "lag_seconds": float(self.status.get("lag_seconds") or 0.0),
+            "rows": int(self.status.get("rows", 0) or 0),
+        }
 
     def stats_section(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -271,3 +271,14 @@ async def test_rate_limit_then_abuse_close(start_relay, bystander: Client) -> No
         while True:
             await client.recv()
     assert info.value.rcvd is not None and info.value.rcvd.code == 4429
+
+
+async def test_nobody_publishes_into_server_channels(start_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_relay(admin_token="admin-tok")
+    admin = await Client.connect(relay.url, token="admin-tok")
+    for channel in ("$sys.stats", "$sys.tail"):
+        await admin.pub(channel, {"fake": True}, "x")
+        frame = await _error(admin, "forbidden")
+        assert frame["id"] == "x"
+    await admin.pub("$sys.ops", "admins may use other $sys channels", "y")
+    assert (await admin.expect("ack"))["id"] == "y"

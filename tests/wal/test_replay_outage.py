@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.dbcheck import check_exactly_once, rows_mysql, rows_sqlite
-from tests.helpers import UNIT, Client, ServeProcess, wait_for
+from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
 from tests.load import Acked, run_load
 from tests.mariadb import PrivateMariaDB, require_mariadb
 
@@ -254,6 +254,8 @@ async def test_wrong_credentials_then_fixed(tmp_path: Path, mariadb: PrivateMari
         await _wait_until_state(watcher, "down")
         assert any("Access denied" in e for e in watcher.errors), watcher.errors
         assert "wrong-password" not in json.dumps(watcher.last)
+        _, metrics = await asyncio.to_thread(http_get, server.http + "/metrics")
+        assert b"ferry_db_up 0.0" in metrics and b"ferry_replay_lag_records" in metrics
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), UNIT * 4)
     finally:
@@ -272,6 +274,8 @@ async def test_wrong_credentials_then_fixed(tmp_path: Path, mariadb: PrivateMari
         conn.close()
         check_exactly_once(messages, events, checkpoint, acked)
         assert len(messages) == acked.count()
+        _, metrics = await asyncio.to_thread(http_get, fixed.http + "/metrics")
+        assert b"ferry_db_up 1.0" in metrics and b"ferry_replay_lag_records 0.0" in metrics
     finally:
         await watcher.stop()
         fixed.kill()
