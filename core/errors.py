@@ -9,7 +9,7 @@
     │   └── NotSubscribed          not_subscribed: unsub of a channel the connection lacks
     ├── AuthError                  bad/expired token: HTTP 401 at the upgrade
     └── LocalError                 our side failed; the client only learns the code
-        └── Unavailable            unavailable: the WAL cannot accept writes
+        └── LogUnavailable         unavailable: the WAL cannot accept writes (core.log)
 
 The `reason` of a PeerError is written for the client. The text of any other exception is
 never sent: a client only sees the code and a fixed reason from `PUBLIC_REASONS`.
@@ -82,19 +82,13 @@ class LocalError(FerryError):
     """Our side failed. The message is for logs only."""
 
 
-class Unavailable(LocalError):
+class LogUnavailable(LocalError):
+    """The log cannot accept writes (write/fsync error, disk full, closed)."""
+
     code = ErrorCode.UNAVAILABLE
 
 
+# Fixed texts for local faults: the exception's own text is for the logs only.
 PUBLIC_REASONS: dict[ErrorCode, str] = {
     ErrorCode.UNAVAILABLE: "the log cannot accept writes; the message was not accepted",
 }
-
-
-def public_reason(exc: BaseException) -> tuple[ErrorCode, str]:
-    """The (code, reason) a client may see for `exc`; internal text never leaks."""
-    if isinstance(exc, PeerError):
-        return exc.code, exc.reason
-    if isinstance(exc, Unavailable):
-        return ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE]
-    return ErrorCode.BAD_REQUEST, "the request could not be processed"

@@ -27,6 +27,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from core.errors import LogUnavailable
+
+__all__ = [
+    "DurableLog",
+    "Encoding",
+    "Entry",
+    "LogUnavailable",
+    "MemoryLog",
+    "RecordType",
+    "RecoveredState",
+]
+
 
 class Encoding(enum.IntEnum):
     """Wire encoding a message was published in; `data` is stored verbatim in it."""
@@ -85,10 +97,6 @@ class Entry:
 
     def __repr__(self) -> str:
         return f"Entry(lsn={self.lsn}, channel={self.channel!r}, seq={self.seq})"
-
-
-class LogUnavailable(Exception):
-    """The log cannot accept writes (write/fsync error, disk full, closed)."""
 
 
 @dataclass

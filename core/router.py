@@ -20,7 +20,7 @@ import msgspec
 from core.errors import TooLarge
 from core.log import DurableLog, Encoding, Entry, LogUnavailable, RecoveredState
 from core.outbox import Outbox
-from core.protocol import ENCODE, SYS_PREFIX, Msg, transcode, ws_frame
+from core.protocol import ENCODE, Msg, transcode, ws_frame
 
 if TYPE_CHECKING:
     from core.session import Session
@@ -301,6 +301,3 @@ class Router:
                 outbox.push(frames)
             delivered += len(subs)
         self.counters.deliveries += delivered * len(entries)
-
-    def is_system(self, name: str) -> bool:
-        return name.startswith(SYS_PREFIX)

@@ -32,6 +32,7 @@ from core.log import Encoding, LogUnavailable
 from core.outbox import Outbox
 from core.protocol import (
     DECODERS,
+    SUBPROTOCOL_NAMES,
     Ack,
     Error,
     MsgId,
@@ -243,7 +244,7 @@ class Session:
 
     @property
     def _subprotocol(self) -> str:
-        return "ferry.v1.json" if self._encoding_is_json else "ferry.v1.msgpack"
+        return SUBPROTOCOL_NAMES[self.encoding]
 
     def _check_channel(self, name: str) -> None:
         if not valid_channel(name):
