@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from core.log import Entry, RecoveredState
+from tests.helpers import IN_CI
 from wal import WalLog
 from wal.errors import RecordError
 from wal.reader import SegmentReader
@@ -181,22 +182,39 @@ def fdatasync(monkeypatch: pytest.MonkeyPatch) -> Iterator[SyncCounter]:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs (needs root / CAP_SYS_ADMIN; skipped where mount is refused)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """`tmpfs(size)` mounts a tmpfs of that size (needs root / CAP_SYS_ADMIN): the full-disk
+    tests. Under CI a refused mount fails the test; elsewhere it skips. Unmounted after."""
+    mounts: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounts)}"
+        mnt.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            message = f"cannot mount a {size} tmpfs here: {result.stderr.strip()}"
+            if IN_CI:
+                pytest.fail(message)
+            pytest.skip(message)
+        mounts.append(mnt)
+        return mnt
+
     try:
-        yield mnt
+        yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for mnt in mounts:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmpfs: Callable[[str], Path]) -> Path:
+    """A 256 KiB tmpfs."""
+    return tmpfs("256k")
 
 
 def grow_disk(mnt: Path, size: str = "4m") -> None:

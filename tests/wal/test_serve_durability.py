@@ -8,12 +8,10 @@ import json
 import os
 import random
 import signal
-import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import websockets
 
 from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
@@ -148,19 +146,6 @@ async def _assert_unavailable(server: ServeProcess, healthy: Client) -> None:
     assert b"ferry_log_writable 0.0" in metrics
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {result.stderr.decode()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 async def test_fdatasync_eio_stops_acking(tmp_path: Path) -> None:
     trigger = tmp_path / "fail-now"
     env = fdatasync_fault_env(tmp_path / "site", trigger=trigger, base={})
@@ -183,11 +168,12 @@ async def test_fdatasync_eio_stops_acking(tmp_path: Path) -> None:
         server.kill()
 
 
-async def test_disk_full_stops_acking(tmp_path: Path, tmpfs: Path) -> None:
+async def test_disk_full_stops_acking(tmp_path: Path, tmpfs: Callable[[str], Path]) -> None:
+    small = tmpfs("1m")
     server = ServeProcess(
         _env(
             tmp_path,
-            FERRY_WAL_DIR=str(tmpfs / "wal"),
+            FERRY_WAL_DIR=str(small / "wal"),
             FERRY_WAL_SEGMENT_BYTES="4194304",
             FERRY_MAX_FRAME_BYTES="65536",
         )
