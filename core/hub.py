@@ -52,8 +52,7 @@ class Hub:
         self.closing = False
         self.started_at = time.time()
         self.http = HttpRoutes(self)
-        # Extra readiness checks (e.g. the replayer) and connection event hooks.
-        self.readiness: list[Callable[[], str | None]] = []
+        # Connection event hooks (the log records connects and disconnects).
         self.on_connect: list[Callable[[Connection], None]] = []
         # The database log's state for /metrics (set by the replay service when it runs).
         self.db_status: Callable[[], dict[str, Any]] | None = None
@@ -84,8 +83,4 @@ class Hub:
             return "shutting down"
         if not self.log.writable:
             return f"log not writable: {self.log.failure}"
-        for check in self.readiness:
-            reason = check()
-            if reason:
-                return reason
         return None

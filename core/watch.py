@@ -52,13 +52,9 @@ class OpsWatch:
         await self.notifier.close()
 
     def _db_section(self) -> dict[str, Any]:
-        for service in self._server.services:
-            section = getattr(service, "stats_section", None)
-            if section is not None and service is not self:
-                db = section().get("db")
-                if db:
-                    return dict(db)
-        return {}
+        # The side-effect-free view: stats_section() keeps the dashboard's rows/s window.
+        db_status = self._server.hub.db_status
+        return db_status() if db_status is not None else {}
 
     async def _run(self) -> None:
         while True:

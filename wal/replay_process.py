@@ -106,8 +106,11 @@ class ReplayService:
         await cancel_and_wait(self._task)
 
     def metrics_section(self) -> dict[str, Any]:
-        """Side-effect-free view for /metrics."""
+        """Side-effect-free view of the database log (for /metrics and the webhook watch)."""
         return {
+            "state": self.status.get("state"),
+            "last_error": self.status.get("last_error"),
+            "url": redact_url(self.db_url),
             "up": self.status.get("state") == "up",
             "checkpoint_lsn": int(self.status.get("checkpoint", 0) or 0),
             "lag_records": max(0, self._durable - int(self.status.get("checkpoint", 0) or 0)),
@@ -116,21 +119,21 @@ class ReplayService:
         }
 
     def stats_section(self) -> dict[str, Any]:
+        """The `db` section of `$sys.stats` (moves the rows/s window: one caller only)."""
+        view = self.metrics_section()
         now = time.monotonic()
-        rows = int(self.status.get("rows", 0))
         prev_rows, prev_at = self._rows_prev
         if now - prev_at >= 0.5:
-            self.rows_per_s = round((rows - prev_rows) / (now - prev_at), 1)
-            self._rows_prev = (rows, now)
-        lag_records = max(0, self._durable - int(self.status.get("checkpoint", 0)))
+            self.rows_per_s = round((view["rows"] - prev_rows) / (now - prev_at), 1)
+            self._rows_prev = (view["rows"], now)
         return {
             "db": {
-                "state": self.status.get("state"),
-                "last_error": self.status.get("last_error"),
-                "url": redact_url(self.db_url),
-                "checkpoint_lsn": self.status.get("checkpoint"),
-                "lag_records": lag_records,
-                "lag_seconds": self.status.get("lag_seconds") if lag_records else 0.0,
+                "state": view["state"],
+                "last_error": view["last_error"],
+                "url": view["url"],
+                "checkpoint_lsn": view["checkpoint_lsn"],
+                "lag_records": view["lag_records"],
+                "lag_seconds": view["lag_seconds"] if view["lag_records"] else 0.0,
                 "rows_per_s": self.rows_per_s,
             }
         }
