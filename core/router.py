@@ -266,9 +266,8 @@ class Router:
             else:
                 group.append(entry)
         self.counters.acks += acks
-        channels = self.channels
         for name, group in groups.items():
-            ch = channels.get(name) or self.channel(name)
+            ch = self.channel(name)
             ch.durable_seq = group[-1].seq
             ch.msg_count += len(group)
             ch.remember(group)
