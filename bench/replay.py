@@ -32,6 +32,7 @@ from bench import procfs
 from bench.profiling import py_spy, top_functions
 from bench.report import Result
 from bench.targets import ROOT
+from core.log import HistoryLimits
 
 NEEDS = (
     "ferry bench replay needs the WAL and the replayer "
@@ -58,7 +59,7 @@ async def write_wal(wal_dir: str, records: int, payload: int, node: str) -> floa
 
     config = replace(Config(), log="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)
     log: Any = WalLog.from_config(config)
-    await log.open(0)
+    await log.open(HistoryLimits(size=0))
     log.set_handlers(lambda entries: None, lambda entries, reason: None)
     data = b'{"p":"' + b"x" * max(0, payload - 8) + b'"}'
     seqs: dict[str, int] = {}

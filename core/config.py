@@ -27,6 +27,10 @@ class Config:
     host: str = "0.0.0.0"
     port: int = 8080
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-For is believed
+    handshake_timeout: float = 5.0  # seconds for a client to finish its HTTP upgrade request
+    max_handshakes: int = 1024  # unfinished upgrade requests at once (all clients)
+    max_handshakes_per_ip: int = 32  # unfinished upgrade requests at once from one address
     # storage
     log: str = "wal"  # wal | memory (memory keeps nothing across restarts)
     wal_dir: str = "./data/wal"
@@ -34,6 +38,8 @@ class Config:
     wal_segment_bytes: int = 64 * 1024 * 1024
     wal_max_batch_delay_ms: float = 0.0
     history_size: int = 1000
+    history_channel_bytes: int = 1024 * 1024  # history bytes per channel
+    history_total_bytes: int = 256 * 1024 * 1024  # history bytes over all channels
     db_url: str = "sqlite:///./data/ferry.db"
     replayer: bool = True
     node_id: str = field(default_factory=socket.gethostname)
@@ -41,11 +47,17 @@ class Config:
     auth: str = "none"  # none | jwt
     jwt_secret: str = ""
     admin_token: str = ""
+    jwt_max_ttl: float = 86400.0  # longest token lifetime accepted (exp - now); 0: any
     # limits
     max_frame_bytes: int = 64 * 1024
     max_outbox_bytes: int = 4 * 1024 * 1024
     max_connections: int = 20_000
+    max_connections_per_user: int = 1000  # 0: no limit
+    max_connections_per_ip: int = 1000  # 0: no limit
     max_subscriptions: int = 1000
+    max_channels: int = 100_000  # channels held in memory (idle ones are forgotten first)
+    max_channels_per_user: int = 10_000  # channels one user may have created and held
+    max_data_depth: int = 32  # nesting of arrays/maps inside a published value
     publish_rate: float = 1000.0  # sustained publishes/s per connection
     publish_burst: int = 2000
     rate_abuse_limit: int = 100  # rate_limited errors within one window before close 4429
@@ -94,6 +106,17 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "wal_segment_bytes": lambda v: None if v >= 4096 else "must be >= 4096",
     "wal_max_batch_delay_ms": _non_negative,
     "history_size": _non_negative,
+    "history_channel_bytes": _non_negative,
+    "history_total_bytes": _non_negative,
+    "handshake_timeout": _positive,
+    "max_handshakes": _positive,
+    "max_handshakes_per_ip": _positive,
+    "jwt_max_ttl": _non_negative,
+    "max_connections_per_user": _non_negative,
+    "max_connections_per_ip": _non_negative,
+    "max_channels": _positive,
+    "max_channels_per_user": _positive,
+    "max_data_depth": lambda v: None if 1 <= v <= 256 else "must be 1..256",
     "auth": _choice("none", "jwt"),
     # A WAL record holds at most 4 MiB of payload: keep every accepted frame below that.
     "max_frame_bytes": lambda v: None if 256 <= v <= 4_000_000 else "must be 256..4000000",
@@ -119,22 +142,34 @@ HELP: dict[str, str] = {
     "host": "address to listen on",
     "port": "port for /ws, /metrics, /healthz, /readyz and the dashboard",
     "allowed_origins": "comma-separated Origin allow-list for /ws (empty: any origin)",
+    "trusted_proxies": "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
+    "handshake_timeout": "seconds a client has to send its whole upgrade request",
+    "max_handshakes": "unfinished upgrade requests at once (more are dropped)",
+    "max_handshakes_per_ip": "unfinished upgrade requests at once from one address",
     "log": "durability log: wal (default) or memory (nothing survives a restart)",
     "wal_dir": "write-ahead log directory",
     "wal_sync": "fsync (default) or write (page cache only, unsafe on power loss)",
     "wal_segment_bytes": "WAL segment size in bytes",
     "wal_max_batch_delay_ms": "extra time a WAL batch may wait to grow (ms)",
     "history_size": "messages per channel kept for `sub` with `since`",
+    "history_channel_bytes": "history bytes kept per channel (oldest dropped first)",
+    "history_total_bytes": "history bytes kept over all channels (oldest dropped first)",
     "db_url": "sqlite:///path or mysql://user:pass@host:port/db",
     "replayer": "run the WAL -> database replayer inside serve",
     "node_id": "this node's id in the WAL and the database (default: hostname)",
     "auth": "none or jwt",
-    "jwt_secret": "HS256 secret for client tokens",
-    "admin_token": "token that grants everything, $sys.* included",
+    "jwt_secret": "HS256 secret for client tokens (>= 32 bytes)",
+    "admin_token": "token that grants everything, $sys.* included (>= 32 bytes)",
+    "jwt_max_ttl": "longest accepted token lifetime in seconds (exp - now); 0: any",
     "max_frame_bytes": "largest frame a client may send (close 1009 past it)",
     "max_outbox_bytes": "unsent bytes per connection before close 4408 (slow consumer)",
     "max_connections": "connections at once (HTTP 503 past it)",
+    "max_connections_per_user": "connections at once per user (HTTP 429 past it; 0: no limit)",
+    "max_connections_per_ip": "connections at once per client address (HTTP 429 past it; 0: no limit)",
     "max_subscriptions": "channels per connection",
+    "max_channels": "channels held in memory; idle ones are forgotten first",
+    "max_channels_per_user": "channels one user may have created and the node still holds",
+    "max_data_depth": "deepest nesting of arrays/maps accepted in a published value",
     "publish_rate": "publishes per second per connection (token bucket rate)",
     "publish_burst": "publish token bucket size",
     "rate_abuse_limit": "rate_limited errors in 10 s before close 4429",
@@ -150,6 +185,10 @@ HELP: dict[str, str] = {
     "alert_fsync_ms": "notify when the WAL's fsync p99 passes this (ms)",
     "shutdown_timeout": "seconds a graceful shutdown may take",
 }
+
+# HS256 keys and the admin token: shorter ones can be brute-forced offline from one token.
+MIN_SECRET_BYTES = 32
+GENERATE_SECRET = "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
 ENV_PREFIX = "FERRY_"
@@ -254,7 +293,16 @@ def load(
 
     config = Config(**values)
     if config.auth_enabled and not config.jwt_secret:
-        raise ConfigError("auth = 'jwt' needs jwt_secret (FERRY_JWT_SECRET)")
+        raise ConfigError(
+            f"auth = 'jwt' needs jwt_secret (FERRY_JWT_SECRET); generate one with {GENERATE_SECRET}"
+        )
+    for name in ("jwt_secret", "admin_token"):
+        secret: str = getattr(config, name)
+        if secret and len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"{name} ({env_name(name)}) is {len(secret.encode())} bytes; it must be at least "
+                f"{MIN_SECRET_BYTES} bytes: generate one with {GENERATE_SECRET}"
+            )
     if config.max_outbox_bytes < config.max_frame_bytes:
         raise ConfigError("max_outbox_bytes must be >= max_frame_bytes")
     return config

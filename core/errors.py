@@ -6,7 +6,8 @@
     │   ├── Forbidden              forbidden: not allowed by the token, $sys.* without admin
     │   ├── TooLarge               too_large: a frame or value over a limit
     │   ├── RateLimited            rate_limited: publish token bucket empty
-    │   └── NotSubscribed          not_subscribed: unsub of a channel the connection lacks
+    │   ├── NotSubscribed          not_subscribed: unsub of a channel the connection lacks
+    │   └── LimitExceeded          limit_exceeded: channel cardinality limits (node, user)
     ├── AuthError                  bad/expired token: HTTP 401 at the upgrade
     └── LocalError                 our side failed; the client only learns the code
         └── LogUnavailable         unavailable: the WAL cannot accept writes (core.log)
@@ -27,6 +28,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     NOT_SUBSCRIBED = "not_subscribed"
+    LIMIT_EXCEEDED = "limit_exceeded"
 
 
 class CloseCode(enum.IntEnum):
@@ -37,7 +39,9 @@ class CloseCode(enum.IntEnum):
     PROTOCOL_ERROR = 1002  # broken fragmentation
     INVALID_TEXT = 1007  # text frame that is not UTF-8 (RFC 6455 §8.1)
     MESSAGE_TOO_BIG = 1009  # frame over max_frame_bytes
-    INTERNAL_ERROR = 1011
+    INTERNAL_ERROR = 1011  # this connection hit a server fault; others are unaffected
+    TOKEN_EXPIRED = 4401  # the token expired or a refresh was refused: get a new one
+    AUTH_FORBIDDEN = 4403  # the token may not be used here (another user): stop
     SLOW_CONSUMER = 4408  # outbox passed max_outbox_bytes
     RATE_ABUSE = 4429  # kept publishing while rate limited
 
@@ -72,6 +76,10 @@ class RateLimited(PeerError):
 
 class NotSubscribed(PeerError):
     code = ErrorCode.NOT_SUBSCRIBED
+
+
+class LimitExceeded(PeerError):
+    code = ErrorCode.LIMIT_EXCEEDED
 
 
 class AuthError(FerryError):

@@ -14,6 +14,13 @@ Contract every implementation keeps:
 * After a write or sync error the log turns unwritable for good (an fsync is never
   retried): the failed batch goes to `on_failed` and every later `append` raises.
 * `close()` finishes what was appended (durable or failed callbacks fire) and is idempotent.
+* `head_of(channel)` is the channel's last durable seq (0 if the log never held one). The
+  router keeps only a bounded set of channels in memory and asks the log for the head of
+  any other channel when it comes back, so a forgotten channel continues its seq. The
+  router only forgets a channel whose every append is durable.
+* `set_history_floor(lsn)`: the oldest LSN still held by any in-memory history ring.
+  Retention keeps the records from there on, so the rings are rebuilt as they were
+  after a restart (within the `HistoryLimits` given to `open`).
 
 `MemoryLog` is the in-memory stand-in: durable only in the sense that the process is
 alive. `wal.WalLog` is the real one.
@@ -33,6 +40,7 @@ __all__ = [
     "DurableLog",
     "Encoding",
     "Entry",
+    "HistoryLimits",
     "LogUnavailable",
     "MemoryLog",
     "RecordType",
@@ -99,14 +107,40 @@ class Entry:
         return f"Entry(lsn={self.lsn}, channel={self.channel!r}, seq={self.seq})"
 
 
+# What one history entry costs in memory beyond its data: the Entry object, its strings
+# and the ring slot (measured with tracemalloc: ~180 bytes for a short channel name).
+ENTRY_OVERHEAD_BYTES = 192
+
+
+def entry_bytes(entry: Entry) -> int:
+    """The memory an entry held in a history ring is accounted with."""
+    return len(entry.data) + ENTRY_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """Bounds of the in-memory history the router keeps (and recovery rebuilds)."""
+
+    size: int = 1000  # messages per channel
+    channel_bytes: int = 1024 * 1024  # entry_bytes() per channel
+    total_bytes: int = 256 * 1024 * 1024  # entry_bytes() over all channels
+    max_channels: int = 100_000  # channels held in memory
+
+
 @dataclass
 class RecoveredState:
-    """What the log hands the router at startup."""
+    """What the log hands the router at startup.
+
+    Bounded by the `HistoryLimits` given to `open`: at most `max_channels` channels (the
+    most recently written), each ring within `size` and `channel_bytes`, all rings within
+    `total_bytes` (the oldest entries dropped first). Channels not in `heads` are still
+    known to the log: `head_of` answers for them.
+    """
 
     next_lsn: int = 1
-    # channel -> last seq written for it
+    # channel -> last seq written for it (the channels the router should hold)
     heads: dict[str, int] = field(default_factory=dict)
-    # channel -> the newest entries (at most the history size), oldest first
+    # channel -> its newest entries, oldest first, consecutive seqs ending at its head
     history: dict[str, list[Entry]] = field(default_factory=dict)
 
 
@@ -115,7 +149,7 @@ FailedHandler = Callable[[list[Entry], str], None]
 
 
 class DurableLog(Protocol):
-    async def open(self, history_size: int) -> RecoveredState: ...
+    async def open(self, limits: HistoryLimits) -> RecoveredState: ...
 
     def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None: ...
 
@@ -127,6 +161,14 @@ class DurableLog(Protocol):
     @property
     def failure(self) -> str | None:
         """Why the log is unwritable (for logs, /readyz and the dashboard), else None."""
+        ...
+
+    def head_of(self, channel: str) -> int:
+        """The channel's last durable seq, 0 if the log holds none."""
+        ...
+
+    def set_history_floor(self, lsn: int) -> None:
+        """The oldest LSN any in-memory history ring still holds (0: none)."""
         ...
 
     def stats(self) -> dict[str, float]: ...
@@ -148,9 +190,10 @@ class MemoryLog:
         self._on_failed: FailedHandler | None = None
         self._closed = False
         self._scheduled = False
+        self._heads: dict[str, int] = {}
         self.appended = 0
 
-    async def open(self, history_size: int) -> RecoveredState:
+    async def open(self, limits: HistoryLimits) -> RecoveredState:
         return RecoveredState(next_lsn=self._next_lsn)
 
     def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None:
@@ -171,8 +214,17 @@ class MemoryLog:
     def _flush(self) -> None:
         self._scheduled = False
         batch, self._batch = self._batch, []
+        heads = self._heads
+        for entry in batch:
+            heads[entry.channel] = entry.seq
         if batch and self._on_durable is not None:
             self._on_durable(batch)
+
+    def head_of(self, channel: str) -> int:
+        return self._heads.get(channel, 0)
+
+    def set_history_floor(self, lsn: int) -> None:
+        pass  # nothing to retain: the memory log keeps nothing
 
     @property
     def writable(self) -> bool:

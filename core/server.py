@@ -23,7 +23,7 @@ from core.errors import CloseCode
 from core.hub import Hub
 from core.keepalive import Keepalive
 from core.listener import Connection, upgrade
-from core.log import DurableLog, LogUnavailable, MemoryLog
+from core.log import DurableLog, HistoryLimits, LogUnavailable, MemoryLog
 from core.metrics import make_registry
 from core.stats import StatsPublisher
 
@@ -36,6 +36,15 @@ def make_log(config: Config) -> DurableLog:
     from wal.log import WalLog
 
     return WalLog.from_config(config)
+
+
+def history_limits(config: Config) -> HistoryLimits:
+    return HistoryLimits(
+        size=config.history_size,
+        channel_bytes=config.history_channel_bytes,
+        total_bytes=config.history_total_bytes,
+        max_channels=config.max_channels,
+    )
 
 
 class Server:
@@ -57,7 +66,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         t0 = time.monotonic()
-        state = await self.log.open(config.history_size)
+        state = await self.log.open(history_limits(config))
         hub = self.hub = Hub(config, self.log, loop)
         hub.router.restore(state)
         self._log_connection_events(hub)

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from core.log import DurableHandler, Entry, FailedHandler, LogUnavailable, RecoveredState
+from core.log import (
+    DurableHandler,
+    Entry,
+    FailedHandler,
+    HistoryLimits,
+    LogUnavailable,
+    RecoveredState,
+)
 from wal.metrics import WalMetrics
 from wal.record import ConnectionEvent
 from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_window
@@ -77,6 +84,7 @@ class WalLog:
         self._bytes = 0
         self._history_size = 0
         self._checkpoint = 0
+        self._history_floor = 0
         self._retention_retry_at = 0.0  # history kept a segment: look again after this
         self._failure_reported = False
         self._opened_next_lsn = 1
@@ -100,13 +108,14 @@ class WalLog:
 
     # -- DurableLog ----------------------------------------------------------------------
 
-    async def open(self, history_size: int) -> RecoveredState:
+    async def open(self, limits: HistoryLimits) -> RecoveredState:
         """Recover the directory (see the package docstring) and start the writer.
 
         Raises `wal.errors.CorruptLog`, `NodeIdMismatch` or `WalLocked` when it cannot.
         """
         if self._writer is not None or self._closed:
             raise RuntimeError("WalLog.open() may be called once")
+        history_size = limits.size
         os.makedirs(self.wal_dir, exist_ok=True)
         self._lock_fd = lock_dir(self.wal_dir)
         try:
@@ -198,6 +207,13 @@ class WalLog:
         if self._closed:
             return "closed"
         return None if writer is not None else "not open"
+
+    def head_of(self, channel: str) -> int:
+        writer = self._writer
+        return writer.heads.get(channel, 0) if writer is not None else 0
+
+    def set_history_floor(self, lsn: int) -> None:
+        self._history_floor = lsn
 
     @property
     def durable_lsn(self) -> int:

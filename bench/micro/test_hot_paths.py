@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from core.auth import Principal
-from core.log import Encoding, Entry, RecoveredState
+from core.log import Encoding, Entry, HistoryLimits, RecoveredState
 from core.outbox import Flusher, Outbox
 from core.protocol import DECODERS, Pub
 from core.router import Router, frame_for
@@ -150,8 +150,14 @@ class NullLog:
     def __init__(self) -> None:
         self.appended: list[Entry] = []
 
-    async def open(self, history_size: int) -> RecoveredState:
+    async def open(self, limits: HistoryLimits) -> RecoveredState:
         return RecoveredState()
+
+    def head_of(self, channel: str) -> int:
+        return 0
+
+    def set_history_floor(self, lsn: int) -> None:
+        pass
 
     def set_handlers(self, on_durable: Any, on_failed: Any) -> None:
         pass

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from core.log import Entry
+from core.log import Entry, HistoryLimits
 from wal import WalLog
 
 pytestmark = pytest.mark.bench
@@ -35,7 +35,7 @@ class Harness:
     def __init__(self, wal_dir: str) -> None:
         self.loop = asyncio.new_event_loop()
         self.log = WalLog(wal_dir, node_id="bench")
-        self.loop.run_until_complete(self.log.open(0))
+        self.loop.run_until_complete(self.log.open(HistoryLimits(size=0)))
         self.log.set_handlers(self._durable, lambda entries, reason: None)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.seq = 0

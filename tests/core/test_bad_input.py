@@ -14,6 +14,7 @@ from core.auth import make_token
 from tests.helpers import UNIT, Client, Relay
 
 SECRET = "test-secret-of-at-least-32-bytes!!"
+ADMIN_TOKEN = "admin-token-of-at-least-32-bytes-long"
 
 
 @pytest.fixture
@@ -188,7 +189,7 @@ async def _status(url: str, headers: dict[str, str] | None = None) -> int:
 
 
 async def test_jwt_auth(start_relay) -> None:  # type: ignore[no-untyped-def]
-    relay = await start_relay(auth="jwt", jwt_secret=SECRET, admin_token="admin-tok")
+    relay = await start_relay(auth="jwt", jwt_secret=SECRET, admin_token=ADMIN_TOKEN)
     assert await _status(relay.url) == 401  # no token
     assert await _status(relay.url + "?token=not.a.jwt") == 401
     wrong = make_token("another-secret-that-is-also-32-bytes!", "eve", ["*"], ["*"])
@@ -211,7 +212,7 @@ async def test_jwt_auth(start_relay) -> None:  # type: ignore[no-untyped-def]
     await alice.pub("$sys.x", 1)
     await _error(alice, "forbidden")
 
-    admin = await Client.connect(relay.url, token="admin-tok")
+    admin = await Client.connect(relay.url, token=ADMIN_TOKEN)
     assert admin.welcome["user"] == "admin"
     await admin.sub("$sys.stats")
     stats = await admin.expect("msg", timeout=UNIT)
@@ -274,8 +275,8 @@ async def test_rate_limit_then_abuse_close(start_relay, bystander: Client) -> No
 
 
 async def test_nobody_publishes_into_server_channels(start_relay) -> None:  # type: ignore[no-untyped-def]
-    relay = await start_relay(admin_token="admin-tok")
-    admin = await Client.connect(relay.url, token="admin-tok")
+    relay = await start_relay(admin_token=ADMIN_TOKEN)
+    admin = await Client.connect(relay.url, token=ADMIN_TOKEN)
     for channel in ("$sys.stats", "$sys.tail"):
         await admin.pub(channel, {"fake": True}, "x")
         frame = await _error(admin, "forbidden")

@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
 ]
 DIST = ROOT / "dashboard" / "dist"
 ARTIFACTS = ROOT / "artifacts"
-ADMIN = "e2e-admin-token"
+ADMIN = "e2e-admin-token-0123456789abcdef0123"
 # Playwright counts in milliseconds; every deadline still derives from UNIT.
 MS = UNIT * 1000
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from core.log import Entry, RecoveredState
+from core.log import Entry, HistoryLimits, RecoveredState
 from tests.helpers import IN_CI
 from wal import WalLog
 from wal.errors import RecordError
@@ -82,7 +82,7 @@ class LogFactory:
     ) -> tuple[WalLog, RecoveredState, Handlers]:
         kw.setdefault("node_id", "node-a")
         log = WalLog(path, **kw)
-        state = await log.open(history_size)
+        state = await log.open(HistoryLimits(size=history_size))
         handlers = Handlers()
         log.set_handlers(handlers.on_durable, handlers.on_failed)
         self.logs.append(log)

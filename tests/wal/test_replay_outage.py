@@ -20,7 +20,7 @@ from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
 from tests.load import Acked, run_load
 from tests.mariadb import PrivateMariaDB, require_mariadb
 
-ADMIN = "admin-token-for-tests"
+ADMIN = "admin-token-for-the-replay-outage-tests"
 OUTAGE_S = 10.0
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.log import Encoding, Entry
+from core.log import Encoding, Entry, HistoryLimits
 from tests.helpers import ROOT, UNIT
 from wal.log import WalLog
 from wal.replayer import ReplayLock
@@ -17,7 +17,7 @@ from wal.replayer import ReplayLock
 
 async def _write_wal(wal_dir: Path, n: int, start_seq: int = 1) -> None:
     log = WalLog(str(wal_dir), node_id="tool-node")
-    await log.open(10)
+    await log.open(HistoryLimits(size=10))
     done = asyncio.Event()
     durable: list[int] = []
 

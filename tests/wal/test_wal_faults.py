@@ -123,7 +123,7 @@ async def test_disk_full_on_a_small_tmpfs(logs: LogFactory, small_disk: Path) ->
 
 CHILD = """
 import asyncio, json, resource, signal, sys
-from core.log import Entry, LogUnavailable
+from core.log import Entry, HistoryLimits, LogUnavailable
 from wal import WalLog
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
@@ -132,7 +132,7 @@ if sys.argv[2] == "rlimit":
 
 async def main():
     log = WalLog(sys.argv[1], node_id="child")
-    await log.open(10)
+    await log.open(HistoryLimits(size=10))
     out = {"durable": 0, "failed": [], "raised": None}
     done = asyncio.Event()
     def durable(es): out.update(durable=es[-1].lsn)
