@@ -1,9 +1,16 @@
 """Who a connection is and what it may do.
 
 Tokens are HS256 JWTs (PyJWT): `sub` is the user (the registered JWT claim, so it must be a
-string); `pub` and `subs` are lists of channel glob patterns for publishing and subscribing (fnmatch syntax: `room.*`, `@alice`), `exp` is honoured. The admin
-token (`FERRY_ADMIN_TOKEN`) is presented like any token and grants everything, `$sys.*`
-included. With auth off every connection may use every channel except `$sys.*`.
+string); `pub` and `subs` are lists of channel glob patterns for publishing and subscribing
+(fnmatch syntax: `room.*`, `@alice`). `exp` is required, and may lie at most `jwt_max_ttl`
+seconds ahead; the connection is closed with 4401 when it passes (a fresh token can be
+presented with `{"op":"auth"}` before that). The admin token (`FERRY_ADMIN_TOKEN`) is
+presented like any token and grants everything, `$sys.*` included. With auth off every
+connection may use every channel except `$sys.*`.
+
+Two rules hold whatever the patterns say: another user's inbox (`@bob`) can be subscribed
+to only through a pattern that names it exactly (no wildcard ever reaches an inbox), and
+the names the server itself uses (`RESERVED_USERS`) are nobody's user name.
 """
 
 from __future__ import annotations
@@ -24,6 +31,10 @@ from core.protocol import SYS_PREFIX
 
 ADMIN_USER = "admin"
 ANONYMOUS_USER = "anonymous"
+SERVER_USER = "ferry"  # the `from` of the server's own messages ($sys.*)
+# Names a client may not take: they would speak as the server or read the admin's inbox.
+RESERVED_USERS = frozenset({ADMIN_USER, SERVER_USER})
+_GLOB_CHARS = frozenset("*?[")
 _USER_RE = re.compile(r"[A-Za-z0-9_.:@$-]{1,199}")
 _CACHE_LIMIT = 1024
 
@@ -43,11 +54,13 @@ class Principal:
     sub_patterns: tuple[str, ...] = ("*",)
     _pub_re: re.Pattern[str] | None = field(default=None, repr=False)
     _sub_re: re.Pattern[str] | None = field(default=None, repr=False)
+    _sub_exact: frozenset[str] = field(default=frozenset(), repr=False)
     _cache: dict[tuple[bool, str], bool] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._pub_re = _compile(self.pub_patterns)
         self._sub_re = _compile(self.sub_patterns)
+        self._sub_exact = frozenset(p for p in self.sub_patterns if not _GLOB_CHARS & set(p))
 
     @property
     def inbox(self) -> str:
@@ -64,6 +77,8 @@ class Principal:
             ok = False
         elif not publish and channel == self.inbox:
             ok = True
+        elif not publish and channel.startswith("@"):
+            ok = channel in self._sub_exact  # another user's inbox: only by its exact name
         else:
             pattern = self._pub_re if publish else self._sub_re
             ok = pattern is not None and pattern.fullmatch(channel) is not None
@@ -92,6 +107,14 @@ def token_from_request(path: str, headers: Mapping[str, str]) -> tuple[str | Non
     return token, query
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a token grants one connection: who it is, and until when (Unix seconds)."""
+
+    principal: Principal
+    expires_at: float | None = None
+
+
 class Authenticator:
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -115,11 +138,11 @@ class Authenticator:
     def enabled(self) -> bool:
         return self._config.auth_enabled
 
-    def authenticate(self, token: str | None, query: Mapping[str, str]) -> Principal:
-        """Resolve a connection's principal; raise AuthError (HTTP 401) when refused."""
+    def authenticate(self, token: str | None, query: Mapping[str, str]) -> Grant:
+        """Resolve a connection's grant; raise AuthError (HTTP 401, close 4401) when refused."""
         admin = self._config.admin_token
         if token and admin and hmac.compare_digest(token.encode(), admin.encode()):
-            return Principal(user=ADMIN_USER, admin=True)
+            return Grant(_ADMIN)
         if not self.enabled:
             # Auth off: `?user=` names the connection (useful for @user inboxes in dev).
             if token:
@@ -131,7 +154,9 @@ class Authenticator:
             user = query.get("user") or ANONYMOUS_USER
             if not _USER_RE.fullmatch(user):
                 raise AuthError("user name is not valid")
-            return self._principal(user)
+            if user in RESERVED_USERS:
+                raise AuthError(f"user name {user} is reserved")
+            return Grant(self._principal(user))
         if not token:
             raise AuthError("missing token")
         try:
@@ -139,16 +164,36 @@ class Authenticator:
                 token,
                 self._config.jwt_secret,
                 algorithms=["HS256"],
-                options={"require": ["sub"]},
+                options={"require": ["sub", "exp"]},
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token has no {exc.claim!r} claim") from None
         except jwt.PyJWTError:
             raise AuthError("token is not valid") from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not _USER_RE.fullmatch(subject):
             raise AuthError("token subject is not a valid user name")
-        return self._principal(subject, _patterns(claims.get("pub")), _patterns(claims.get("subs")))
+        if subject in RESERVED_USERS or subject == ANONYMOUS_USER:
+            raise AuthError(f"user name {subject} is reserved")
+        exp = float(claims["exp"])
+        max_ttl = self._config.jwt_max_ttl
+        if max_ttl and exp - time.time() > max_ttl:
+            raise AuthError(
+                f"token lifetime is over the server's limit of {max_ttl:g} s (jwt_max_ttl)"
+            )
+        principal = self._principal(
+            subject, _patterns(claims.get("pub")), _patterns(claims.get("subs"))
+        )
+        return Grant(principal, exp)
+
+    def refresh(self, token: str) -> Grant:
+        """A token presented on an open connection (`{"op":"auth"}`)."""
+        return self.authenticate(token, {})
+
+
+_ADMIN = Principal(user=ADMIN_USER, admin=True)
 
 
 def _patterns(value: object) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from core.auth import Authenticator
 from core.config import Config
 from core.http import HttpRoutes
 from core.latency import LatencyHistogram
-from core.log import DurableLog
+from core.log import DurableLog, HistoryLimits
 from core.outbox import Flusher
 from core.router import Router
 from core.session import ErrorCounter, Limits
@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ferry.hub")
 
 
+def history_limits(config: Config) -> HistoryLimits:
+    return HistoryLimits(
+        size=config.history_size,
+        channel_bytes=config.history_channel_bytes,
+        total_bytes=config.history_total_bytes,
+        max_channels=config.max_channels,
+    )
+
+
 class Hub:
     def __init__(
         self, config: Config, durable_log: DurableLog, loop: asyncio.AbstractEventLoop
@@ -33,7 +42,12 @@ class Hub:
         self.loop = loop
         self.log = durable_log
         self.ack_latency = LatencyHistogram()
-        self.router = Router(durable_log, config.history_size, self.ack_latency.observe)
+        self.router = Router(
+            durable_log,
+            history_limits(config),
+            self.ack_latency.observe,
+            max_channels_per_user=config.max_channels_per_user,
+        )
         self.flusher = Flusher(loop)
         self.auth = Authenticator(config)
         self.limits = Limits(
@@ -42,6 +56,7 @@ class Hub:
             publish_rate=config.publish_rate,
             publish_burst=config.publish_burst,
             rate_abuse_limit=config.rate_abuse_limit,
+            max_data_depth=config.max_data_depth,
         )
         self.errors = ErrorCounter()
         self.connections: dict[Connection, None] = {}

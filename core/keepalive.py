@@ -61,6 +61,7 @@ class Keepalive:
                         self.ping_timeout,
                     )
                     conn.session.close(CloseCode.GOING_AWAY, "no answer to ping")
+                    transport.disconnect(graceful=False)  # dead: no close reply will come
                     continue
             elif check_idle and not conn.active:
                 conn.pinged_at = now

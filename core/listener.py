@@ -27,7 +27,7 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 
-from core.auth import Principal, token_from_request
+from core.auth import Grant, token_from_request
 from core.errors import AuthError, CloseCode
 from core.log import Encoding
 from core.outbox import Outbox
@@ -86,7 +86,7 @@ def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListen
         return WSUpgradeResponseWithListener(_http_error(503, "too many connections"), None)
     token, query = token_from_request(raw_path, headers)
     try:
-        principal = hub.auth.authenticate(token, query)
+        grant = hub.auth.authenticate(token, query)
     except AuthError as exc:
         hub.metrics_rejected("auth")
         return WSUpgradeResponseWithListener(_http_error(401, str(exc)), None)
@@ -100,20 +100,22 @@ def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListen
     if headers.get("Sec-WebSocket-Protocol"):
         extra["Sec-WebSocket-Protocol"] = SUBPROTOCOL_NAMES[encoding]
     remote = headers.get("X-Forwarded-For", "")
-    conn = Connection(hub, principal, encoding, remote)
+    conn = Connection(hub, grant, encoding, remote)
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
 
 
 class Connection(WSListener):  # type: ignore[misc]
     __slots__ = (
-        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "active", "conn_id", "connected_at",
-        "encoding", "hub", "outbox", "pinged_at", "principal", "remote", "session", "transport",
+        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "_peer_closed", "active",
+        "conn_id", "connected_at", "encoding", "grant", "hub", "outbox", "pinged_at", "principal",
+        "remote", "session", "transport",
     )  # fmt: skip
 
-    def __init__(self, hub: Hub, principal: Principal, encoding: Encoding, remote: str) -> None:
+    def __init__(self, hub: Hub, grant: Grant, encoding: Encoding, remote: str) -> None:
         super().__init__()
         self.hub = hub
-        self.principal = principal
+        self.grant = grant
+        self.principal = grant.principal
         self.encoding = encoding
         self.remote = remote
         self.conn_id = hub.next_conn_id()
@@ -125,6 +127,7 @@ class Connection(WSListener):  # type: ignore[misc]
         self._fragments_text = False
         self._fragments_size = 0
         self._cutoff: object = None
+        self._peer_closed = False
         # keepalive (core/keepalive.py): any frame marks the connection active
         self.active = True
         self.pinged_at = 0.0
@@ -142,7 +145,11 @@ class Connection(WSListener):  # type: ignore[misc]
             self.remote = f"{peer[0]}:{peer[1]}" if peer else ""
         hub = self.hub
         self.outbox = Outbox(
-            underlying, hub.flusher, hub.config.max_outbox_bytes, self._slow_consumer
+            underlying,
+            hub.flusher,
+            hub.config.max_outbox_bytes,
+            self._slow_consumer,
+            self._fault,
         )
         self.session = Session(
             self.conn_id,
@@ -154,6 +161,9 @@ class Connection(WSListener):  # type: ignore[misc]
             hub.config.node_id,
             self._request_close,
             hub.errors,
+            expires_at=self.grant.expires_at,
+            schedule=hub.loop.call_later,
+            authenticate=hub.auth.refresh,
         )
         hub.connected(self)
         self.session.start()
@@ -192,9 +202,12 @@ class Connection(WSListener):  # type: ignore[misc]
                 self._fragments = None
                 self._deliver(payload, self._fragments_text)
         elif msg_type is WSMsgType.CLOSE:
-            # RFC 6455 §5.5.1: answer the close, then let the client close the TCP connection.
+            if transport.is_close_frame_sent:
+                transport.disconnect(graceful=True)  # the answer to our close: done
+                return
+            # RFC 6455 §5.5.1: answer the close (after the acks this client is owed).
+            self._peer_closed = True
             session.close(CloseCode.NORMAL, "")
-            transport.disconnect()
 
     def _deliver(self, payload: bytes, is_text: bool) -> None:
         assert self.session is not None
@@ -234,6 +247,14 @@ class Connection(WSListener):  # type: ignore[misc]
         self.hub.slow_consumer_closes += 1
         self.hub.loop.call_soon(self._request_close_slow)
 
+    def _fault(self) -> None:
+        # A server fault while writing to this connection: close it alone (1011).
+        self.hub.loop.call_soon(self._request_close_fault)
+
+    def _request_close_fault(self) -> None:
+        if self.session is not None:
+            self.session.close(CloseCode.INTERNAL_ERROR, "internal error")
+
     def _request_close_slow(self) -> None:
         if self.session is not None:
             log.info(
@@ -254,7 +275,11 @@ class Connection(WSListener):  # type: ignore[misc]
             self.outbox.close()
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code), reason.encode()[:120])
-        transport.disconnect(graceful=True)
-        # A graceful disconnect waits for the peer to read what is buffered; one that
-        # never reads is cut off.
+        if self._peer_closed:
+            transport.disconnect(graceful=True)  # its close came first: ours was the answer
+        # Otherwise wait for the client's close frame before closing TCP (RFC 6455 §7.1.1):
+        # closing a socket that still holds unread client data resets the connection, and
+        # a reset can destroy what the client has not read yet (its last acks, the close
+        # frame). Frames that arrive meanwhile are read and dropped. A client that never
+        # answers (or never reads) is cut off.
         self._cutoff = self.hub.loop.call_later(CLOSE_GRACE_S, transport.disconnect, False)

@@ -43,6 +43,29 @@ class RelayCollector(Collector):
             "ferry_channels", "Channels known to this node", value=len(router.channels)
         )
         yield CounterMetricFamily(
+            "ferry_channels_forgotten",
+            "Idle channels dropped from memory (their seq continues from the log)",
+            value=c.channels_forgotten,
+        )
+        yield CounterMetricFamily(
+            "ferry_channels_refused",
+            "New channels refused with limit_exceeded (node or user channel bound)",
+            value=c.channels_refused,
+        )
+        yield GaugeMetricFamily(
+            "ferry_history_bytes", "Bytes held by the history rings", value=router.history_bytes
+        )
+        yield CounterMetricFamily(
+            "ferry_history_dropped",
+            "History entries dropped to stay within the history bounds",
+            value=c.history_dropped,
+        )
+        yield CounterMetricFamily(
+            "ferry_fanout_faults",
+            "Channel groups whose fan-out raised (the others were delivered)",
+            value=c.fanout_faults,
+        )
+        yield CounterMetricFamily(
             "ferry_messages_in", "Messages accepted for publishing", value=c.msgs_in
         )
         yield CounterMetricFamily("ferry_acks", "Publishes acknowledged (durable)", value=c.acks)

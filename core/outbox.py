@@ -8,16 +8,27 @@ connection, not one per message.
 
 Slow-consumer policy: while the transport says `pause_writing` (its buffer passed the
 high-water mark) nothing is written and chunks accumulate here. When the unsent bytes
-pass `limit`, the outbox drops its chunks and calls `on_overflow` exactly once; the
-connection is then closed with 4408. Other connections are unaffected: their outboxes,
-and the shared frames they reference, are independent.
+pass `limit`, the outbox drops its chunks, discards whatever else is pushed and calls
+`on_overflow` exactly once; the connection is then closed with 4408 (its session lets
+the acks it still owes through first: `accept_again`). Other connections are unaffected:
+their outboxes, and the shared frames they reference, are independent.
+
+Isolation: an exception while one outbox flushes or refills (a paced producer that
+fails) is that outbox's alone: the `Flusher` goes on with the others and the outbox
+reports it through `on_fault` (the connection is closed with 1011).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
+
+from core.logs import Throttle
+
+log = logging.getLogger("ferry.outbox")
+_faults = Throttle(log, 10.0)
 
 
 class Writer(Protocol):
@@ -48,7 +59,11 @@ class Flusher:
         pending, self._pending = self._pending, []
         for outbox in pending:
             outbox.dirty = False
-            sent = outbox.flush()
+            try:
+                sent = outbox.flush()
+            except Exception:
+                outbox.fault()
+                continue
             if sent:
                 self.bytes_out += sent
                 self.writes += 1
@@ -61,7 +76,9 @@ class Outbox:
         "chunks",
         "closed",
         "dirty",
+        "discarding",
         "limit",
+        "on_fault",
         "on_overflow",
         "paused",
         "refill",
@@ -74,22 +91,25 @@ class Outbox:
         flusher: Flusher,
         limit: int,
         on_overflow: Callable[[], None],
+        on_fault: Callable[[], None] | None = None,
     ) -> None:
         self._writer = writer
         self._flusher = flusher
         self.limit = limit
         self.on_overflow = on_overflow
+        self.on_fault = on_fault
         self.chunks: list[bytes] = []
         self.size = 0
         self.dirty = False
         self.paused = False
         self.closed = False
+        self.discarding = False  # overflowed: pushes are dropped until `accept_again`
         # Called after a flush while set: a paced producer (history replay) adds the
         # next page only once the previous one went to the socket.
         self.refill: Callable[[], None] | None = None
 
     def push(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or self.discarding:
             return
         self.chunks.append(data)
         self.size += len(data)
@@ -102,8 +122,23 @@ class Outbox:
     def _overflow(self) -> None:
         self.chunks = []
         self.size = 0
-        self.closed = True
+        self.discarding = True
+        self.refill = None
         self.on_overflow()
+
+    def accept_again(self) -> None:
+        """After an overflow: take frames again (the closing session's last acks)."""
+        self.discarding = False
+
+    def fault(self) -> None:
+        """Flushing or refilling this outbox raised: drop it, tell the connection."""
+        _faults.exception("outbox flush failed; closing that connection")
+        self.chunks = []
+        self.size = 0
+        self.refill = None
+        self.discarding = True
+        if self.on_fault is not None:
+            self.on_fault()
 
     def flush(self) -> int:
         """Write everything queued in one call; returns bytes written (0 when paused)."""
@@ -134,7 +169,10 @@ class Outbox:
             self.dirty = True
             self._flusher.mark(self)
         elif self.refill is not None:
-            self.refill()
+            try:
+                self.refill()
+            except Exception:
+                self.fault()
 
     def close(self) -> None:
         self.closed = True

@@ -60,7 +60,14 @@ class Ping(msgspec.Struct, tag="ping", tag_field="op"):
     id: MsgId = None
 
 
-ClientFrame = Sub | Unsub | Pub | Ping
+class Auth(msgspec.Struct, tag="auth", tag_field="op"):
+    """Present a fresh token on an open connection (before the old one expires)."""
+
+    token: Annotated[str, msgspec.Meta(max_length=8192)]
+    id: MsgId = None
+
+
+ClientFrame = Sub | Unsub | Pub | Ping | Auth
 
 DECODERS: dict[
     Encoding, msgspec.json.Decoder[ClientFrame] | msgspec.msgpack.Decoder[ClientFrame]
@@ -90,6 +97,16 @@ class Subscribed(msgspec.Struct, tag="subscribed", tag_field="op", omit_defaults
 class Unsubscribed(msgspec.Struct, tag="unsubscribed", tag_field="op", omit_defaults=True):
     ch: str
     id: MsgId = None
+    # set when the server ended the subscription itself (a refreshed token no longer allows it)
+    reason: str | None = None
+
+
+class Refreshed(msgspec.Struct, tag="refreshed", tag_field="op", omit_defaults=True):
+    """The answer to `auth` on an open connection: the new token is in force."""
+
+    user: str
+    exp: int | None = None  # Unix seconds when the new token expires
+    id: MsgId = None
 
 
 class Ack(msgspec.Struct, tag="ack", tag_field="op", omit_defaults=True):
@@ -116,7 +133,20 @@ class Msg(msgspec.Struct, tag="msg", tag_field="op"):
     data: msgspec.Raw = msgspec.Raw(b"null")
 
 
-ServerFrame = Welcome | Subscribed | Unsubscribed | Ack | Pong | Error | Msg
+class UntranscodableMsg(msgspec.Struct, tag="msg", tag_field="op"):
+    """A `msg` whose value cannot be represented in this subscriber's encoding. `pub`
+    refuses such values, so only a message logged before that check existed (an old WAL)
+    can come out like this: the seq still arrives, with `data` null and an `error`."""
+
+    ch: str
+    seq: int
+    ts: int
+    from_: str = msgspec.field(name="from")
+    data: None = None
+    error: str = "untranscodable"
+
+
+ServerFrame = Welcome | Subscribed | Unsubscribed | Refreshed | Ack | Pong | Error | Msg
 
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
@@ -165,6 +195,79 @@ def transcode(data: bytes, source: Encoding, target: Encoding) -> bytes:
         except OverflowError:
             return _msgpack_encoder.encode(data.decode())
     return _json_encoder.encode(_msgpack_any.decode(data))
+
+
+class UnportableValue(ValueError):
+    """A published value that cannot be delivered in both encodings (the reason says why)."""
+
+
+# Bytes that may start an array or a map in msgpack (fixmap, fixarray, array16/32,
+# map16/32): how many of them a value holds bounds how deeply it can nest.
+_MSGPACK_NOT_CONTAINER = bytes(
+    b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF)
+)
+
+
+def check_value(data: bytes, encoding: Encoding, max_depth: int) -> None:
+    """Raise `UnportableValue` unless `data` can reach subscribers of both encodings.
+
+    `pub` calls this, so fan-out and history replay never meet a value they cannot
+    encode: a value is accepted exactly when `transcode` to the other encoding succeeds
+    and its arrays/maps nest at most `max_depth` deep. The transcode costs ~0.25 us for a
+    60-byte value here; the nesting bound is one C-level count for nearly every value
+    (the number of brackets bounds the depth) and a walk only when that count is high.
+    """
+    other = Encoding.MSGPACK if encoding == Encoding.JSON else Encoding.JSON
+    try:
+        transcode(data, encoding, other)
+        if encoding == Encoding.JSON:
+            containers = data.count(b"[") + data.count(b"{")
+        else:
+            containers = len(data.translate(None, _MSGPACK_NOT_CONTAINER))
+        if containers > max_depth:
+            value = (_json_any if encoding == Encoding.JSON else _msgpack_any).decode(data)
+            if _nests_deeper(value, max_depth):
+                raise UnportableValue(f"data nests deeper than {max_depth} levels")
+    except RecursionError:
+        raise UnportableValue(f"data nests deeper than {max_depth} levels") from None
+    except (msgspec.DecodeError, TypeError, ValueError, UnicodeError) as exc:
+        if isinstance(exc, UnportableValue):
+            raise
+        raise UnportableValue(_unportable_reason(exc, encoding)) from None
+
+
+def _nests_deeper(value: object, limit: int) -> bool:
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:  # type: ignore[attr-defined]
+            if isinstance(child, (list, dict)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _unportable_reason(exc: Exception, encoding: Encoding) -> str:
+    """A client-facing reason for a value `transcode` refused (never the exception text of
+    something unexpected)."""
+    text = str(exc)
+    if encoding == Encoding.JSON:
+        if "out of range" in text:
+            return "data holds a number that no msgpack number can hold"
+        if isinstance(exc, UnicodeError):
+            return "data holds a string with an unpaired UTF-16 surrogate"
+        return "data cannot be represented in msgpack"
+    if "Ext" in text:
+        return "data holds a msgpack extension type, which JSON cannot represent"
+    if "keys" in text:
+        return "data holds a map key that is not a string or number"
+    if "UTF-8" in text:
+        return "data holds a string that is not valid UTF-8"
+    if "timestamp" in text.lower():
+        return "data holds a malformed msgpack timestamp"
+    return "data cannot be represented in JSON"
 
 
 def valid_channel(name: str) -> bool:

@@ -1,15 +1,36 @@
-"""Channels -> subscribers, per-channel seq, history ring, and the durable fan-out.
+"""Channels -> subscribers, per-channel seq, history rings, and the durable fan-out.
 
 A publish gets its channel seq here, goes to the `DurableLog`, and is acked and fanned
 out only in `on_durable`, once the log says its batch is on disk (DESIGN §2). Fan-out
 groups a durable batch by channel, encodes the channel's new `msg` frames ONCE per wire
 encoding (joined into one bytes object) and pushes that same object to every
 subscriber's outbox: per subscriber the cost is one list append, whatever the batch size.
+
+Bounded state (docs/protocol.md, "Limits"):
+
+* Channels in memory: at most `HistoryLimits.max_channels`, and `max_channels_per_user`
+  created by one user. Past a bound, the least recently used *idle* channel (no
+  subscriber, nothing in flight, nobody replaying it) is forgotten to make room — the
+  user's own first when it is the user's bound. Only if none is idle is the new channel
+  refused (`limit_exceeded`). A forgotten channel's seq continues when it comes back
+  (`DurableLog.head_of`); its in-memory history is gone (`since` then answers
+  `recovered: false`). `self.channels` is ordered least recently used first.
+* History: per channel at most `size` messages and `channel_bytes`; over all channels
+  `total_bytes`, the globally oldest message dropped first. A ring always holds
+  consecutive seqs ending at the channel's durable head, so `since` replay can never
+  skip a message inside it.
+
+Failure isolation: every channel group of a durable batch is fanned out on its own, so
+one failure can't stop the acks, seqs, history or delivery of the others; a value that
+can't be encoded for a subscriber (possible only for messages logged before `pub`
+checked values) reaches it as an `UntranscodableMsg`, never as an exception.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -17,24 +38,41 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 
-from core.errors import TooLarge
-from core.log import DurableLog, Encoding, Entry, LogUnavailable, RecoveredState
+from core.errors import LimitExceeded, TooLarge
+from core.log import (
+    DurableLog,
+    Encoding,
+    Entry,
+    HistoryLimits,
+    LogUnavailable,
+    RecoveredState,
+    entry_bytes,
+)
+from core.logs import Throttle
 from core.outbox import Outbox
-from core.protocol import ENCODE, Msg, transcode, ws_frame
+from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
 
 if TYPE_CHECKING:
     from core.session import Session
 
+logger = logging.getLogger("ferry.router")
+
 SERVER_USER = "ferry"
+# How many least-recently-used channels one attempt to make room looks at. Channels in use
+# that it passes are moved to the recent end, so the front stays mostly idle ones.
+FORGET_SCAN = 64
 
 # Entry.origin as the router sets it: who published, their message id, when it arrived.
 Origin = tuple["Session | None", "str | int | None", float]
 
 
 class Channel:
-    __slots__ = ("durable_seq", "history", "history_size", "last_seq", "msg_count", "name", "subs")
+    __slots__ = (
+        "durable_seq", "forgotten", "history", "history_bytes", "last_seq", "msg_count",
+        "name", "owner", "replayers", "stale", "stats_mark", "subs",
+    )  # fmt: skip
 
-    def __init__(self, name: str, history_size: int, last_seq: int = 0) -> None:
+    def __init__(self, name: str, last_seq: int = 0, owner: str | None = None) -> None:
         self.name = name
         self.last_seq = last_seq  # last seq handed out (may not be durable yet)
         self.durable_seq = last_seq  # last seq acked and delivered
@@ -43,41 +81,89 @@ class Channel:
         # The ring is made on the first message: most `@user` inboxes never get one, and
         # an empty deque per connection was a tenth of an idle connection's memory.
         self.history: deque[Entry] | tuple[()] = ()
-        self.history_size = history_size
+        self.history_bytes = 0
+        self.stale = 0  # this channel's references in the router's FIFO whose entry is gone
         self.msg_count = 0
-
-    def remember(self, entries: list[Entry]) -> None:
-        history = self.history
-        if not isinstance(history, deque):
-            if not self.history_size:
-                return
-            history = self.history = deque(maxlen=self.history_size)
-        history.extend(entries)
+        self.stats_mark = 0  # msg_count at the last stats snapshot
+        self.replayers = 0  # sessions replaying its history (subscribed, not yet attached)
+        self.owner = owner  # the user whose pub/sub created it (None: exempt from user limits)
+        self.forgotten = False
 
     @property
     def subscriber_count(self) -> int:
         return len(self.subs[0]) + len(self.subs[1])
 
+    @property
+    def idle(self) -> bool:
+        """Nothing would notice if it were forgotten (its head lives on in the log)."""
+        return (
+            not self.subs[0]
+            and not self.subs[1]
+            and not self.replayers
+            and self.last_seq == self.durable_seq
+            and not self.name.startswith(SYS_PREFIX)  # their seq lives only in memory
+        )
+
+    def first_index(self, seq: int) -> int:
+        """Index of `seq` in the ring (which must hold it)."""
+        history = self.history
+        assert isinstance(history, deque)
+        index = seq - history[0].seq
+        if 0 <= index < len(history) and history[index].seq == seq:
+            return index
+        return bisect.bisect_left(history, seq, key=lambda e: e.seq)  # never expected
+
+
+class Replay:
+    """A session catching up on a channel's history (`sub` with `since`)."""
+
+    __slots__ = ("channel", "done", "next_seq")
+
+    def __init__(self, channel: Channel, next_seq: int) -> None:
+        self.channel = channel
+        self.next_seq = next_seq
+        self.done = False
+
 
 class Counters:
     """Plain integer counters on the hot path; exported by the metrics collector."""
 
-    __slots__ = ("acks", "deliveries", "msgs_in", "publish_failures")
+    __slots__ = (
+        "acks", "channels_forgotten", "channels_refused", "deliveries", "fanout_faults",
+        "history_dropped", "msgs_in", "publish_failures",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.msgs_in = 0
         self.deliveries = 0
         self.acks = 0
         self.publish_failures = 0
+        self.fanout_faults = 0
+        self.channels_forgotten = 0
+        self.channels_refused = 0
+        self.history_dropped = 0
+
+
+_untranscodable = Throttle(logger, 10.0)
 
 
 def frame_for(entry: Entry, encoding: Encoding) -> bytes:
-    """One `msg` WebSocket frame for `entry` in `encoding`."""
-    data = (
-        entry.data
-        if entry.encoding == encoding
-        else transcode(entry.data, Encoding(entry.encoding), encoding)
-    )
+    """One `msg` WebSocket frame for `entry` in `encoding`. Never raises for a value it
+    cannot transcode: that subscriber gets an `UntranscodableMsg` (same seq, no data)."""
+    if entry.encoding == encoding:
+        msg = Msg(entry.channel, entry.seq, entry.ts_ms, entry.sender, msgspec.Raw(entry.data))
+        return ws_frame(encoding, ENCODE[encoding](msg))
+    try:
+        data = transcode(entry.data, Encoding(entry.encoding), encoding)
+    except (msgspec.MsgspecError, TypeError, ValueError, UnicodeError, RecursionError):
+        _untranscodable.warning(
+            "message %s#%d (LSN %d) cannot be transcoded: its subscribers get it without data",
+            entry.channel,
+            entry.seq,
+            entry.lsn,
+        )
+        bad = UntranscodableMsg(entry.channel, entry.seq, entry.ts_ms, entry.sender)
+        return ws_frame(encoding, ENCODE[encoding](bad))
     msg = Msg(entry.channel, entry.seq, entry.ts_ms, entry.sender, msgspec.Raw(data))
     return ws_frame(encoding, ENCODE[encoding](msg))
 
@@ -86,15 +172,26 @@ class Router:
     def __init__(
         self,
         log: DurableLog,
-        history_size: int,
+        history: HistoryLimits | None = None,
         ack_observer: Callable[[float], None] | None = None,
+        max_channels_per_user: int = 10_000,
     ) -> None:
         self.log = log
-        self.history_size = history_size
-        self.channels: dict[str, Channel] = {}
+        self.history = history if history is not None else HistoryLimits()
+        self.max_channels_per_user = max_channels_per_user
+        self.channels: dict[str, Channel] = {}  # least recently used first
         self.counters = Counters()
         self._ack_observer = ack_observer
         self._taps: list[Callable[[list[Entry]], None]] = []
+        self._owned: dict[str, dict[str, None]] = {}  # user -> channels created, oldest first
+        self._subscriptions = 0
+        # One reference per history entry held, in LSN order: the globally oldest entry is
+        # the first live reference (see `_trim_history`).
+        self._fifo: deque[Channel] = deque()
+        self.history_bytes = 0
+        self._floor = 0
+        self._active: dict[Channel, None] = {}  # channels with messages since `take_active`
+        self._faults = Throttle(logger, 10.0)
         log.set_handlers(self.on_durable, self.on_failed)
 
     # --- state -----------------------------------------------------------------------
@@ -102,16 +199,91 @@ class Router:
     def restore(self, state: RecoveredState) -> None:
         """Rebuild seqs and history rings from what the log recovered."""
         for name, head in state.heads.items():
-            ch = self.channel(name)
+            ch = self.channels.get(name)
+            if ch is None:
+                ch = self.channels[name] = Channel(name, head)
             ch.last_seq = ch.durable_seq = head
         for name, entries in state.history.items():
-            self.channel(name).remember(entries)
+            ch = self.channels.get(name) or self.open_channel(name, None)
+            self._remember(ch, entries)
+        self._trim_history()
 
-    def channel(self, name: str) -> Channel:
+    def get(self, name: str) -> Channel | None:
+        return self.channels.get(name)
+
+    def open_channel(self, name: str, owner: str | None) -> Channel:
+        """The channel `name`, brought into memory if needed (its seq from the log).
+
+        `owner` is the user on whose behalf it is created, for the per-user bound; None
+        (the server, an inbox, the admin) is exempt from refusals. Raises `LimitExceeded`.
+        """
         ch = self.channels.get(name)
-        if ch is None:
-            ch = self.channels[name] = Channel(name, self.history_size)
+        if ch is not None:
+            return ch
+        self._make_room(owner)
+        ch = self.channels[name] = Channel(name, self.log.head_of(name), owner)
+        if owner is not None:
+            owned = self._owned.get(owner)
+            if owned is None:
+                owned = self._owned[owner] = {}
+            owned[name] = None
         return ch
+
+    def _make_room(self, owner: str | None) -> None:
+        if owner is not None:
+            owned = self._owned.get(owner)
+            if (
+                owned is not None
+                and len(owned) >= self.max_channels_per_user
+                and not self._forget_one(owned)
+            ):
+                self.counters.channels_refused += 1
+                raise LimitExceeded(
+                    f"user {owner} holds {len(owned)} channels, the most one user may "
+                    "create, and none is idle"
+                )
+        if (
+            len(self.channels) >= self.history.max_channels
+            and not self._forget_one(self.channels)
+            and owner is not None
+        ):
+            self.counters.channels_refused += 1
+            raise LimitExceeded(
+                f"this node holds {len(self.channels)} channels, its most, and none is "
+                "idle; try again later"
+            )
+
+    def _forget_one(self, order: dict[str, None] | dict[str, Channel]) -> bool:
+        for name in list(itertools.islice(order, FORGET_SCAN)):
+            ch = self.channels[name]
+            if ch.idle:
+                self._forget(ch)
+                return True
+            del order[name]  # in use: to the recent end, so the scan finds idle ones
+            order[name] = ch if order is self.channels else None  # type: ignore[assignment]
+        return False
+
+    def _forget(self, ch: Channel) -> None:
+        name = ch.name
+        del self.channels[name]
+        ch.forgotten = True
+        if ch.owner is not None:
+            owned = self._owned.get(ch.owner)
+            if owned is not None:
+                owned.pop(name, None)
+                if not owned:
+                    del self._owned[ch.owner]
+        if ch.history:
+            self.history_bytes -= ch.history_bytes
+        ch.history = ()
+        ch.history_bytes = 0
+        self._active.pop(ch, None)
+        self.counters.channels_forgotten += 1
+
+    def _touch(self, ch: Channel) -> None:
+        channels = self.channels
+        del channels[ch.name]
+        channels[ch.name] = ch
 
     def add_tap(self, tap: Callable[[list[Entry]], None]) -> None:
         """Observe every durable batch (the sampled $sys.tail uses this)."""
@@ -119,69 +291,171 @@ class Router:
 
     @property
     def subscription_count(self) -> int:
-        return sum(ch.subscriber_count for ch in self.channels.values())
+        return self._subscriptions
+
+    def take_active(self) -> list[tuple[Channel, int]]:
+        """Channels that got messages since the last call, with how many: O(active)."""
+        out = []
+        for ch in self._active:
+            out.append((ch, ch.msg_count - ch.stats_mark))
+            ch.stats_mark = ch.msg_count
+        self._active = {}
+        return out
+
+    # --- history ---------------------------------------------------------------------
+
+    def _remember(self, ch: Channel, entries: list[Entry]) -> None:
+        limits = self.history
+        if not limits.size or ch.forgotten:
+            return
+        history = ch.history
+        if not isinstance(history, deque):
+            history = ch.history = deque()
+        elif history and entries[0].seq != history[-1].seq + 1:
+            # Never expected: a ring must stay gapless, so start it over rather than let a
+            # `since` replay skip a seq.
+            self._drop_oldest(ch, len(history))
+        fifo = self._fifo
+        added = 0
+        for entry in entries:
+            history.append(entry)
+            added += entry_bytes(entry)
+            fifo.append(ch)
+        ch.history_bytes += added
+        self.history_bytes += added
+        excess = len(history) - limits.size
+        if excess > 0:
+            self._drop_oldest(ch, excess)
+        while ch.history_bytes > limits.channel_bytes and history:
+            self._drop_oldest(ch, 1)
+
+    def _drop_oldest(self, ch: Channel, n: int) -> None:
+        history = ch.history
+        assert isinstance(history, deque)
+        freed = 0
+        for _ in range(n):
+            freed += entry_bytes(history.popleft())
+        ch.history_bytes -= freed
+        self.history_bytes -= freed
+        ch.stale += n  # their FIFO references go when they reach the front
+        self.counters.history_dropped += n
+
+    def _trim_history(self) -> None:
+        """Drop the globally oldest entries while over `total_bytes`; report the floor."""
+        fifo = self._fifo
+        total = self.history.total_bytes
+        while fifo:
+            ch = fifo[0]
+            if ch.forgotten:
+                fifo.popleft()
+            elif ch.stale:
+                ch.stale -= 1
+                fifo.popleft()
+            elif self.history_bytes > total:
+                fifo.popleft()
+                history = ch.history
+                assert isinstance(history, deque)
+                size = entry_bytes(history.popleft())
+                ch.history_bytes -= size
+                self.history_bytes -= size
+                self.counters.history_dropped += 1
+            else:
+                break
+        floor = 0
+        if fifo:
+            oldest = fifo[0].history
+            assert isinstance(oldest, deque)
+            floor = oldest[0].lsn
+        if floor != self._floor:
+            self._floor = floor
+            self.log.set_history_floor(floor)
 
     # --- subscriptions ---------------------------------------------------------------
 
     def subscribe(
-        self, session: Session, name: str, since: int | None
-    ) -> tuple[int, bool | None, bool]:
+        self, session: Session, name: str, since: int | None, owner: str | None
+    ) -> tuple[int, bool | None, Replay | None]:
         """Subscribe `session` to `name`.
 
-        Returns (head, recovered, attached). Without `since` (or when nothing was missed)
-        the session is attached to the live fan-out at once. With `since` and missed
-        messages in the history ring, `attached` is False: the session replays them
-        with `replay_page` first and `attach`es when caught up, so a long history is
-        paced by the client's socket and never delivered out of order or twice.
+        Returns (head, recovered, replay). Without `since` (or when nothing was missed, or
+        nothing can be recovered) the session is attached to the live fan-out at once.
+        With `since` and missed messages in the history ring, a `Replay` comes back: the
+        session pages through it with `replay_page` and is attached when caught up, so a
+        long history is paced by the client's socket and never delivered out of order or
+        twice. `since` beyond the head means the client saw a stream this node no longer
+        has (the seq went backwards): `recovered` is False.
         """
-        ch = self.channel(name)
-        if since is None or since >= ch.durable_seq:
+        ch = self.open_channel(name, owner)
+        self._touch(ch)
+        head = ch.durable_seq
+        if since is None:
             self.attach(session, ch)
-            return ch.durable_seq, None if since is None else True, True
+            return head, None, None
+        if since >= head:
+            self.attach(session, ch)
+            return head, since == head, None
         history = ch.history
         if not history or history[0].seq > since + 1:
             self.attach(session, ch)
-            return ch.durable_seq, False, True
-        return ch.durable_seq, True, False
+            return head, False, None
+        ch.replayers += 1
+        return head, True, Replay(ch, since + 1)
 
     def attach(self, session: Session, ch: Channel) -> None:
-        ch.subs[session.encoding][session.outbox] = session
+        subs = ch.subs[session.encoding]
+        if session.outbox not in subs:
+            subs[session.outbox] = session
+            self._subscriptions += 1
 
-    def replay_page(self, session: Session, name: str, next_seq: int, budget: int) -> int | None:
-        """Push history from `next_seq` until `budget` bytes are queued in the session's
-        outbox. Returns the next seq to replay, 0 once caught up (then the session is
-        attached), or None when the ring no longer holds `next_seq` (overrun)."""
-        ch = self.channels.get(name)
-        if ch is None:
+    def replay_page(self, session: Session, replay: Replay, budget: int) -> bool | None:
+        """Push history from `replay.next_seq` until `budget` bytes are queued in the
+        session's outbox, moving `next_seq` past each entry pushed. Returns True once
+        caught up (the session is then attached), False while more is left, None when the
+        ring no longer holds `next_seq` (the client fell behind: overrun)."""
+        ch = replay.channel
+        if ch.forgotten:
+            self.end_replay(replay)
             return None
+        if replay.next_seq > ch.durable_seq:
+            self._finish_replay(session, replay)
+            return True
         history = ch.history
-        if next_seq > ch.durable_seq:
-            self.attach(session, ch)
-            return 0
-        if not history or history[0].seq > next_seq:
+        if not history or history[0].seq > replay.next_seq:
+            self.end_replay(replay)
             return None
         outbox = session.outbox
         encoding = session.encoding
-        for entry in itertools.islice(history, next_seq - history[0].seq, None):
+        for entry in itertools.islice(history, ch.first_index(replay.next_seq), None):
             outbox.push(frame_for(entry, encoding))
-            next_seq = entry.seq + 1
+            replay.next_seq = entry.seq + 1
             if outbox.size >= budget:
                 break
-        if next_seq > ch.durable_seq:
-            self.attach(session, ch)
-            return 0
-        return next_seq
+        if replay.next_seq > ch.durable_seq:
+            self._finish_replay(session, replay)
+            return True
+        return False
+
+    def _finish_replay(self, session: Session, replay: Replay) -> None:
+        self.end_replay(replay)
+        self.attach(session, replay.channel)
+
+    def end_replay(self, replay: Replay) -> None:
+        """The session stops replaying (caught up, overrun, unsub or gone)."""
+        if not replay.done:
+            replay.done = True
+            replay.channel.replayers -= 1
 
     def unsubscribe(self, session: Session, name: str) -> bool:
         ch = self.channels.get(name)
         if ch is None:
             return False
         removed = ch.subs[session.encoding].pop(session.outbox, None) is not None
-        if not ch.last_seq and not ch.subscriber_count:
-            # Never published to and nobody left: forget it (a channel that has messages
-            # keeps its seq). Otherwise every inbox and every name ever subscribed to
-            # would stay in memory for good.
-            del self.channels[name]
+        if removed:
+            self._subscriptions -= 1
+        if not ch.history and ch.idle:
+            # Nobody left and no history to keep: forget it now (its head stays in the
+            # log). Otherwise every inbox and every name ever subscribed to would stay.
+            self._forget(ch)
         return removed
 
     def drop(self, session: Session, names: Iterable[str]) -> None:
@@ -198,12 +472,14 @@ class Router:
         encoding: Encoding,
         msg_id: str | int | None,
         sender: str,
+        owner: str | None = None,
     ) -> None:
         """Hand a publish to the log; ack + fan-out follow in `on_durable`.
 
-        Raises LogUnavailable when the log cannot accept it (nothing is acked).
+        Raises LogUnavailable when the log cannot accept it (nothing is acked) and
+        LimitExceeded when the channel would be one too many.
         """
-        ch = self.channel(name)
+        ch = self.open_channel(name, owner)
         ch.last_seq += 1
         entry = Entry(
             name,
@@ -229,7 +505,7 @@ class Router:
 
     def publish_ephemeral(self, name: str, data_json: bytes) -> None:
         """Deliver a server message ($sys.*) without logging it: it is state, not history."""
-        ch = self.channel(name)
+        ch = self.open_channel(name, None)
         ch.last_seq += 1
         entry = Entry(
             name,
@@ -256,7 +532,10 @@ class Router:
                 session, msg_id, t0 = cast(Origin, origin)
                 entry.origin = None
                 if session is not None:
-                    session.ack(entry.channel, entry.seq, msg_id)
+                    try:
+                        session.ack(entry.channel, entry.seq, msg_id)
+                    except Exception:
+                        self._fault(entry.channel)
                     acks += 1
                     if observe is not None:
                         observe(now - t0)
@@ -267,13 +546,31 @@ class Router:
                 group.append(entry)
         self.counters.acks += acks
         for name, group in groups.items():
-            ch = self.channel(name)
-            ch.durable_seq = group[-1].seq
-            ch.msg_count += len(group)
-            ch.remember(group)
-            self._deliver(ch, group)
+            # Each channel on its own: one failure must not cost the others their
+            # delivery, seq or history.
+            try:
+                ch = self.channels.get(name)
+                if ch is None:  # never expected: a channel with appends in flight is kept
+                    ch = self.open_channel(name, None)
+                else:
+                    self._touch(ch)
+                ch.durable_seq = group[-1].seq
+                ch.msg_count += len(group)
+                self._active[ch] = None
+                self._remember(ch, group)
+                self._deliver(ch, group)
+            except Exception:
+                self._fault(name)
+        self._trim_history()
         for tap in self._taps:
-            tap(entries)
+            try:
+                tap(entries)
+            except Exception:
+                self._fault("(tap)")
+
+    def _fault(self, name: str) -> None:
+        self.counters.fanout_faults += 1
+        self._faults.exception("fan-out failed for channel %s", name)
 
     def on_failed(self, entries: list[Entry], reason: str) -> None:
         for entry in entries:
@@ -283,6 +580,10 @@ class Router:
                 session, msg_id, _ = cast(Origin, origin)
                 if session is not None:
                     session.unavailable(msg_id)
+            ch = self.channels.get(entry.channel)
+            if ch is not None and ch.last_seq >= entry.seq:
+                # Nothing after a failure is ever acked: the seqs handed out are void.
+                ch.last_seq = min(ch.last_seq, entry.seq - 1)
         self.counters.publish_failures += len(entries)
 
     def _deliver(self, ch: Channel, entries: list[Entry]) -> None:

@@ -20,10 +20,10 @@ from picows import ws_create_server
 
 from core.config import Config
 from core.errors import CloseCode
-from core.hub import Hub
+from core.hub import Hub, history_limits
 from core.keepalive import Keepalive
 from core.listener import Connection, upgrade
-from core.log import DurableLog, HistoryLimits, LogUnavailable, MemoryLog
+from core.log import DurableLog, LogUnavailable, MemoryLog
 from core.metrics import make_registry
 from core.stats import StatsPublisher
 
@@ -36,15 +36,6 @@ def make_log(config: Config) -> DurableLog:
     from wal.log import WalLog
 
     return WalLog.from_config(config)
-
-
-def history_limits(config: Config) -> HistoryLimits:
-    return HistoryLimits(
-        size=config.history_size,
-        channel_bytes=config.history_channel_bytes,
-        total_bytes=config.history_total_bytes,
-        max_channels=config.max_channels,
-    )
 
 
 class Server:

@@ -6,6 +6,11 @@ Connection states, all in one table:
 
     OPEN ──close(code)──▶ CLOSING ──closed()──▶ CLOSED
       └──────────────────closed()──────────────────┘
+
+`close(code)` leaves OPEN at once (no more input is read, no more messages are delivered)
+but asks the transport to close only once every publish it accepted has its `ack` (or
+`unavailable`) in the outbox, so the close frame comes after them; a log that does not
+answer within `CLOSE_ACK_GRACE_S` does not hold the connection open.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 
-from core.auth import Principal
+from core.auth import Grant, Principal
 from core.errors import (
     PUBLIC_REASONS,
+    AuthError,
     BadRequest,
     CloseCode,
     ErrorCode,
@@ -33,22 +40,27 @@ from core.outbox import Outbox
 from core.protocol import (
     DECODERS,
     SUBPROTOCOL_NAMES,
+    SYS_PREFIX,
     Ack,
+    Auth,
     Error,
     MsgId,
     Ping,
     Pong,
     Pub,
+    Refreshed,
     ServerFrame,
     Sub,
     Subscribed,
+    UnportableValue,
     Unsub,
     Unsubscribed,
     Welcome,
+    check_value,
     encode_frame,
     valid_channel,
 )
-from core.router import Router
+from core.router import Replay, Router
 
 
 class State(enum.Enum):
@@ -66,6 +78,20 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 ABUSE_WINDOW_S = 10.0
 # The server's own channels: nobody publishes into them, not even the admin.
 SERVER_CHANNELS = frozenset({"$sys.stats", "$sys.tail"})
+# A `since` replay adds at most this much per flush, and only after the previous page was
+# handed to the socket: a client that never reads pins one page, not its whole history.
+REPLAY_PAGE_BYTES = 64 * 1024
+# How long a closing connection waits for the acks of publishes it already accepted.
+CLOSE_ACK_GRACE_S = 5.0
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+# loop.call_later's shape: the session's only way to schedule (token expiry, close grace).
+Scheduler = Callable[[float, Callable[[], None]], Cancellable]
+Authenticate = Callable[[str], Grant]
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -74,6 +100,7 @@ class Limits(msgspec.Struct, frozen=True):
     publish_rate: float = 1000.0
     publish_burst: int = 2000
     rate_abuse_limit: int = 100
+    max_data_depth: int = 32
 
 
 class ErrorCounter:
@@ -91,26 +118,11 @@ class Session:
 
     # slots: an idle connection's memory is mostly these objects (docs/benchmarks.md)
     __slots__ = (
-        "_clock",
-        "_decoder",
-        "_encoding_is_json",
-        "_errors",
-        "_replays",
-        "_request_close",
-        "_strikes",
-        "_tokens",
-        "_tokens_at",
-        "close_code",
-        "conn_id",
-        "encoding",
-        "limits",
-        "node_id",
-        "outbox",
-        "principal",
-        "router",
-        "state",
-        "subscriptions",
-        "user",
+        "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
+        "_errors", "_expiry", "_pending_close", "_replays", "_request_close", "_schedule",
+        "_strikes", "_tokens", "_tokens_at", "_wall", "close_code", "conn_id", "encoding",
+        "expires_at", "inflight", "limits", "node_id", "outbox", "principal", "router",
+        "state", "subscriptions", "user",
     )  # fmt: skip
 
     def __init__(
@@ -125,6 +137,11 @@ class Session:
         request_close: Callable[[int, str], None],
         errors: ErrorCounter | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        expires_at: float | None = None,
+        schedule: Scheduler | None = None,
+        authenticate: Authenticate | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.conn_id = conn_id
         self.principal = principal
@@ -139,13 +156,21 @@ class Session:
         self._request_close = request_close
         self._errors = errors or ErrorCounter()
         self._clock = clock
+        self._wall = wall_clock
+        self._schedule = schedule
+        self._authenticate = authenticate
         self._decoder = DECODERS[encoding]
         self._encoding_is_json = encoding == Encoding.JSON
         self._tokens = float(limits.publish_burst)
         self._tokens_at = clock()
         self._strikes: list[float] | None = None  # created on the first rate_limited
         self.close_code: int | None = None
-        self._replays: dict[str, int] = {}  # channel -> next seq to replay (sub with since)
+        self._replays: dict[str, Replay] = {}  # sub with since: channel -> its replay
+        self.inflight = 0  # publishes handed to the log, not yet acked or failed
+        self._pending_close: tuple[int, str] | None = None
+        self._close_timer: Cancellable | None = None
+        self.expires_at = expires_at  # Unix seconds the token expires at (None: never)
+        self._expiry: Cancellable | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -158,17 +183,45 @@ class Session:
         """Greet the client and subscribe it to its own `@user` inbox."""
         self.send(Welcome(client=self.conn_id, user=self.user, node=self.node_id))
         inbox = self.principal.inbox
-        self.router.subscribe(self, inbox, None)
+        self.router.subscribe(self, inbox, None, None)
         self.subscriptions.add(inbox)
+        self._arm_expiry()
+
+    def _arm_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.expires_at is not None and self._schedule is not None:
+            delay = max(0.0, self.expires_at - self._wall())
+            self._expiry = self._schedule(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.close(CloseCode.TOKEN_EXPIRED, "token expired: connect again with a new one")
 
     def close(self, code: int, reason: str) -> None:
-        """Ask the transport to close with `code`; idempotent."""
+        """Stop reading and delivering, then ask the transport to close with `code` once
+        the acks this connection is owed are queued. Idempotent."""
         if self.state is not State.OPEN:
             return
         self._move(State.CLOSING)
         self.close_code = code
         self._drop_subscriptions()
-        self._request_close(code, reason)
+        self.outbox.accept_again()  # after an overflow: the owed acks still go out
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self.inflight and self._schedule is not None:
+            self._pending_close = (code, reason)
+            self._close_timer = self._schedule(CLOSE_ACK_GRACE_S, self._close_now)
+        else:
+            self._request_close(code, reason)
+
+    def _close_now(self) -> None:
+        self._close_timer = None
+        pending, self._pending_close = self._pending_close, None
+        if pending is not None and self.state is State.CLOSING:
+            self._request_close(*pending)
 
     def closed(self) -> None:
         """The transport is gone: forget every subscription."""
@@ -177,10 +230,17 @@ class Session:
         self._move(State.CLOSED)
         self._drop_subscriptions()
         self.outbox.close()
+        for timer in (self._expiry, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry = self._close_timer = None
+        self._pending_close = None
 
     def _drop_subscriptions(self) -> None:
         self.router.drop(self, self.subscriptions)
         self.subscriptions.clear()
+        for replay in self._replays.values():
+            self.router.end_replay(replay)
         self._replays.clear()
         self.outbox.refill = None
 
@@ -198,12 +258,25 @@ class Session:
         self.send(Error(code=code, reason=reason, id=msg_id))
 
     def ack(self, channel: str, seq: int, msg_id: MsgId) -> None:
-        if self.state is State.OPEN:
-            self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id)))
+        if self.state is State.CLOSED:
+            return
+        self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id)))
+        self._settled()
 
     def unavailable(self, msg_id: MsgId) -> None:
-        if self.state is State.OPEN:
-            self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], msg_id)
+        if self.state is State.CLOSED:
+            return
+        self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], msg_id)
+        self._settled()
+
+    def _settled(self) -> None:
+        """One accepted publish got its answer; a deferred close may go now."""
+        if self.inflight:
+            self.inflight -= 1
+        if not self.inflight and self._pending_close is not None:
+            if self._close_timer is not None:
+                self._close_timer.cancel()
+            self._close_now()
 
     # --- input -----------------------------------------------------------------------
 
@@ -229,6 +302,12 @@ class Session:
                 f"malformed {'JSON' if self._encoding_is_json else 'msgpack'}",
             )
             return
+        except RecursionError:
+            self.error(
+                ErrorCode.BAD_REQUEST,
+                f"frame nests deeper than {self.limits.max_data_depth} levels",
+            )
+            return
         try:
             match frame:
                 case Pub():
@@ -239,6 +318,8 @@ class Session:
                     self._unsub(frame)
                 case Ping():
                     self.send(Pong(id=frame.id))
+                case Auth():
+                    self._auth(frame)
         except PeerError as exc:
             self.error(exc.code, exc.reason, frame.id)
 
@@ -250,46 +331,58 @@ class Session:
         if not valid_channel(name):
             raise BadRequest("channel must be 1-200 characters of A-Z a-z 0-9 _ . : @ $ -")
 
+    def _owner(self, name: str) -> str | None:
+        """Whom a new channel counts against (None: exempt from the per-user bound)."""
+        principal = self.principal
+        if principal.admin or name == principal.inbox or name.startswith(SYS_PREFIX):
+            return None
+        return self.user
+
     def _sub(self, frame: Sub) -> None:
         name = frame.ch
-        if name not in self.router.channels:
+        if self.router.get(name) is None:
             self._check_channel(name)
         if not self.principal.can_subscribe(name):
             raise Forbidden(f"not allowed to subscribe to {name}")
         if frame.since is not None and frame.since < 0:
             raise BadRequest("since must be >= 0")
-        if name not in self.subscriptions:
+        new = name not in self.subscriptions
+        if new:
             if len(self.subscriptions) > self.limits.max_subscriptions:  # the inbox is free
                 raise Forbidden(
                     f"subscription limit reached ({self.limits.max_subscriptions} channels)"
                 )
-            self.subscriptions.add(name)
         else:
             # Idempotent: a repeated sub answers again (and replays when `since` asks).
+            self._stop_replay(name)
             self.router.unsubscribe(self, name)
-        self._replays.pop(name, None)
-        head, recovered, attached = self.router.subscribe(self, name, frame.since)
+        head, recovered, replay = self.router.subscribe(self, name, frame.since, self._owner(name))
+        self.subscriptions.add(name)
         self.send(Subscribed(ch=name, seq=head, recovered=recovered, id=frame.id))
-        if not attached:
-            assert frame.since is not None
-            self._replays[name] = frame.since + 1
+        if replay is not None:
+            self._replays[name] = replay
             self.outbox.refill = self._replay_more
             self._replay_more()
 
+    def _stop_replay(self, name: str) -> None:
+        replay = self._replays.pop(name, None)
+        if replay is not None:
+            self.router.end_replay(replay)
+        if not self._replays:
+            self.outbox.refill = None
+
     def _replay_more(self) -> None:
         """Send the next page of missed messages; called again after each flush."""
-        budget = self.outbox.limit // 4
-        for name in list(self._replays):
+        budget = min(REPLAY_PAGE_BYTES, self.outbox.limit // 4)
+        for name, replay in list(self._replays.items()):
             if self.outbox.size >= budget or self.state is not State.OPEN:
                 return
-            next_seq = self.router.replay_page(self, name, self._replays[name], budget)
-            if next_seq is None:
+            done = self.router.replay_page(self, replay, budget)
+            if done is None:
                 # The ring moved past what this client still had to read: it fell behind.
                 self.close(CloseCode.SLOW_CONSUMER, "slow consumer: history replay overrun")
                 return
-            if next_seq:
-                self._replays[name] = next_seq
-            else:
+            if done:
                 del self._replays[name]
         if not self._replays:
             self.outbox.refill = None
@@ -299,26 +392,63 @@ class Session:
         if name not in self.subscriptions:
             raise NotSubscribed(f"not subscribed to {name}")
         self.subscriptions.discard(name)
-        self._replays.pop(name, None)
+        self._stop_replay(name)
         self.router.unsubscribe(self, name)
         self.send(Unsubscribed(ch=name, id=frame.id))
 
     def _pub(self, frame: Pub) -> None:
         name = frame.ch
-        if name not in self.router.channels:
+        if self.router.get(name) is None:
             self._check_channel(name)
         if not self.principal.can_publish(name):
             raise Forbidden(f"not allowed to publish to {name}")
         if name in SERVER_CHANNELS:
             raise Forbidden(f"{name} is written by the server only")
         data = bytes(frame.data)
-        if len(data) > self.limits.max_data_bytes:
-            raise TooLarge(f"data is larger than {self.limits.max_data_bytes} bytes")
+        limits = self.limits
+        if len(data) > limits.max_data_bytes:
+            raise TooLarge(f"data is larger than {limits.max_data_bytes} bytes")
+        try:
+            check_value(data, self.encoding, limits.max_data_depth)
+        except UnportableValue as exc:
+            raise BadRequest(str(exc)) from None
         self._take_token()
         try:
-            self.router.publish(self, name, data, self.encoding, frame.id, self.user)
+            self.router.publish(
+                self, name, data, self.encoding, frame.id, self.user, self._owner(name)
+            )
         except LogUnavailable:
-            self.unavailable(frame.id)
+            self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], frame.id)
+            return
+        self.inflight += 1
+
+    def _auth(self, frame: Auth) -> None:
+        """A fresh token for this connection: same user, new rights and expiry."""
+        if self._authenticate is None:
+            raise BadRequest("this connection cannot take a new token")
+        try:
+            grant = self._authenticate(frame.token)
+        except AuthError as exc:
+            self.close(CloseCode.TOKEN_EXPIRED, str(exc))
+            return
+        if grant.principal.user != self.user:
+            self.close(
+                CloseCode.AUTH_FORBIDDEN,
+                f"the token is for {grant.principal.user}, this connection is {self.user}",
+            )
+            return
+        self.principal = grant.principal
+        self.expires_at = grant.expires_at
+        self._arm_expiry()
+        inbox = self.principal.inbox
+        for name in sorted(self.subscriptions):
+            if name != inbox and not self.principal.can_subscribe(name):
+                self.subscriptions.discard(name)
+                self._stop_replay(name)
+                self.router.unsubscribe(self, name)
+                self.send(Unsubscribed(ch=name, reason="the new token does not allow it"))
+        exp = None if grant.expires_at is None else int(grant.expires_at)
+        self.send(Refreshed(user=self.user, exp=exp, id=frame.id))
 
     def _take_token(self) -> None:
         now = self._clock()

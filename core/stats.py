@@ -8,6 +8,8 @@ whatever the traffic through the relay.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +18,8 @@ import msgspec
 
 from core.hub import Hub
 from core.log import Encoding, Entry
-from core.protocol import transcode
+from core.logs import Throttle
+from core.protocol import SYS_PREFIX, transcode
 from core.tasks import cancel_and_wait
 
 STATS_CHANNEL = "$sys.stats"
@@ -25,6 +28,7 @@ TOP_CHANNELS = 10
 PREVIEW_CHARS = 200
 
 _json = msgspec.json.Encoder()
+_faults = Throttle(logging.getLogger("ferry.stats"), 10.0)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -39,7 +43,6 @@ class StatsPublisher:
         self._prev: dict[str, float] = {}
         self._prev_at = time.monotonic()
         self._prev_hist = hub.ack_latency.snapshot()
-        self._prev_channel_counts: dict[str, int] = {}
         self._tail_tokens = float(hub.config.tail_rate)
         self._tail_at = time.monotonic()
         hub.router.add_tap(self._tail)
@@ -55,10 +58,13 @@ class StatsPublisher:
         interval = self.hub.config.stats_interval
         while True:
             await asyncio.sleep(interval)
-            ch = self.hub.router.channels.get(STATS_CHANNEL)
-            snapshot = self.snapshot()
-            if ch is not None and ch.subscriber_count:
-                self.hub.router.publish_ephemeral(STATS_CHANNEL, _json.encode(snapshot))
+            try:
+                ch = self.hub.router.get(STATS_CHANNEL)
+                snapshot = self.snapshot()
+                if ch is not None and ch.subscriber_count:
+                    self.hub.router.publish_ephemeral(STATS_CHANNEL, _json.encode(snapshot))
+            except Exception:  # one bad snapshot must not end $sys.stats for good
+                _faults.exception("$sys.stats snapshot failed")
 
     def snapshot(self) -> dict[str, Any]:
         """One stats object (the `$sys.stats` data); rates are since the previous call."""
@@ -76,14 +82,13 @@ class StatsPublisher:
         rates = {k: round((v - self._prev.get(k, 0.0)) / elapsed, 1) for k, v in totals.items()}
         hist = hub.ack_latency
         since = self._prev_hist
-        counts = {}
-        top = []
-        for name, ch in router.channels.items():
-            delta = ch.msg_count - self._prev_channel_counts.get(name, 0)
-            counts[name] = ch.msg_count
-            if delta:
-                top.append((delta, name, ch.subscriber_count))
-        top.sort(reverse=True)
+        # O(channels that got messages in the interval), never O(all channels)
+        top = [
+            (delta, ch.name, ch.subscriber_count)
+            for ch, delta in router.take_active()
+            if delta and not ch.name.startswith(SYS_PREFIX)
+        ]
+        top = heapq.nlargest(TOP_CHANNELS, top)
         doc: dict[str, Any] = {
             "node": hub.config.node_id,
             "uptime_s": round(time.time() - hub.started_at, 1),
@@ -91,6 +96,7 @@ class StatsPublisher:
             "connections": len(hub.connections),
             "subscriptions": router.subscription_count,
             "channels": len(router.channels),
+            "history_bytes": router.history_bytes,
             "msgs_in_per_s": rates["msgs_in"],
             "deliveries_per_s": rates["deliveries"],
             "bytes_in_per_s": rates["bytes_in"],
@@ -101,7 +107,7 @@ class StatsPublisher:
             "errors": dict(hub.errors.by_code),
             "top_channels": [
                 {"ch": name, "rate": round(delta / elapsed, 1), "subscribers": subs}
-                for delta, name, subs in top[:TOP_CHANNELS]
+                for delta, name, subs in top
             ],
             "wal": {
                 "writable": hub.log.writable,
@@ -127,13 +133,12 @@ class StatsPublisher:
         self._prev = totals
         self._prev_at = now
         self._prev_hist = hist.snapshot()
-        self._prev_channel_counts = counts
         return doc
 
     def _tail(self, entries: list[Entry]) -> None:
         """Sample durable messages into `$sys.tail`, at most `tail_rate` per second."""
         router = self.hub.router
-        ch = router.channels.get(TAIL_CHANNEL)
+        ch = router.get(TAIL_CHANNEL)
         if ch is None or not ch.subscriber_count:
             return
         rate = self.hub.config.tail_rate
@@ -146,11 +151,14 @@ class StatsPublisher:
             if entry.channel.startswith("$sys."):
                 continue
             self._tail_tokens -= 1.0
-            text = (
-                entry.data
-                if entry.encoding == Encoding.JSON
-                else transcode(entry.data, Encoding.MSGPACK, Encoding.JSON)
-            )
+            try:
+                text = (
+                    entry.data
+                    if entry.encoding == Encoding.JSON
+                    else transcode(entry.data, Encoding.MSGPACK, Encoding.JSON)
+                )
+            except Exception:  # only a value logged before `pub` checked values
+                text = b"(a value JSON cannot show)"
             item = {
                 "ch": entry.channel,
                 "seq": entry.seq,

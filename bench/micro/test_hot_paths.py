@@ -183,10 +183,10 @@ class NullLog:
 def test_router_durable_batch_to_100(benchmark: Benchmark) -> None:
     """A durable batch of 16 msgs on one channel -> 100 subscribers: encode once, push,
     flush. Divide the time by 1600 for the in-process cost per delivery."""
-    router = Router(NullLog(), history_size=100)
+    router = Router(NullLog(), HistoryLimits(size=100))
     flusher = _flusher()
     boxes, writers = _outboxes(flusher, SUBSCRIBERS)
-    channel = router.channel("room.1")
+    channel = router.open_channel("room.1", None)
     for box in boxes:
         channel.subs[Encoding.JSON][box] = cast(Session, None)
     seq = iter(range(1, 1 << 62))
@@ -206,7 +206,7 @@ def test_router_durable_batch_to_100(benchmark: Benchmark) -> None:
 def test_session_receive_pub(benchmark: Benchmark) -> None:
     """A pub frame through the sans-I/O session: decode, authorize, rate-limit, route."""
     log = NullLog()
-    router = Router(log, history_size=100)
+    router = Router(log, HistoryLimits(size=100))
     flusher = _flusher()
     boxes, _ = _outboxes(flusher, 1)
     limits = Limits(publish_rate=1e12, publish_burst=1 << 40)

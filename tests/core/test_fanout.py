@@ -70,6 +70,7 @@ async def test_long_history_replay_is_paced_not_dropped(start_relay) -> None:  #
         max_frame_bytes=4096,
         max_outbox_bytes=16 * 1024,
         history_size=5000,
+        history_channel_bytes=8 * 1024 * 1024,
         publish_rate=1e6,
         publish_burst=10**6,
     )

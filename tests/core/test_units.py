@@ -13,7 +13,7 @@ from core import config as config_mod
 from core.auth import Principal
 from core.errors import CloseCode
 from core.latency import LatencyHistogram
-from core.log import Encoding, MemoryLog
+from core.log import Encoding, HistoryLimits, MemoryLog
 from core.outbox import Flusher, Outbox
 from core.protocol import frame_header
 from core.router import Router
@@ -122,8 +122,8 @@ async def test_outbox_coalesces_one_write_per_tick() -> None:
     assert writer.writes[-1] == [b"later"]
     box.pause()
     box.push(b"x" * 1001)
-    assert overflowed == [1] and box.closed and box.size == 0
-    box.push(b"more")  # closed: ignored
+    assert overflowed == [1] and box.discarding and box.size == 0
+    box.push(b"more")  # overflowed: ignored until the closing session takes its acks
     assert box.size == 0
 
 
@@ -135,7 +135,7 @@ class Pair:
 
     def __init__(self, **limits: object) -> None:
         self.log = MemoryLog()
-        self.router = Router(self.log, history_size=5)
+        self.router = Router(self.log, HistoryLimits(size=5))
         self.flusher = Flusher()
         self.limits = Limits(**limits)  # type: ignore[arg-type]
         self.closed: dict[str, tuple[int, str]] = {}
@@ -243,6 +243,6 @@ async def test_channels_nobody_uses_are_forgotten() -> None:
     s.receive(b'{"op":"pub","ch":"kept","data":1}', True)
     s.receive(b'{"op":"sub","ch":"kept"}', True)
     s.receive(b'{"op":"unsub","ch":"kept"}', True)
-    assert pair.router.channels["kept"].last_seq == 1  # it has a message: its seq stays
+    assert pair.router.channels["kept"].last_seq == 1  # it has history: it stays
     s.closed()
     assert "@u" not in pair.router.channels
