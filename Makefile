@@ -1,6 +1,6 @@
 # The two set-up commands of the README: `make run` and `make test`.
 # Both work on a fresh machine: they create the venv and install what they need.
-.PHONY: run test lint deps dashboard
+.PHONY: run test lint deps dashboard fuzz
 
 run: deps dashboard
 	.venv/bin/ferry serve
@@ -16,3 +16,10 @@ dashboard:
 
 lint: deps
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy
+
+# Coverage-guided fuzzing of the session + router (tests/core/fuzz_session.py) under
+# atheris; FUZZ_RUNS inputs (default one million). A crash leaves crash-* files here.
+FUZZ_RUNS ?= 1000000
+fuzz: deps
+	.venv/bin/python -m pip install -q -e '.[fuzz]'
+	.venv/bin/python -m tests.core.fuzz_session -runs=$(FUZZ_RUNS) -max_len=1500 -print_final_stats=1

@@ -40,6 +40,7 @@ import msgspec
 
 from core.errors import LimitExceeded, TooLarge
 from core.log import (
+    ENTRY_OVERHEAD_BYTES,
     DurableLog,
     Encoding,
     Entry,
@@ -315,12 +316,9 @@ class Router:
             # Never expected: a ring must stay gapless, so start it over rather than let a
             # `since` replay skip a seq.
             self._drop_oldest(ch, len(history))
-        fifo = self._fifo
-        added = 0
-        for entry in entries:
-            history.append(entry)
-            added += entry_bytes(entry)
-            fifo.append(ch)
+        history.extend(entries)
+        self._fifo.extend(itertools.repeat(ch, len(entries)))
+        added = sum([len(e.data) for e in entries]) + ENTRY_OVERHEAD_BYTES * len(entries)
         ch.history_bytes += added
         self.history_bytes += added
         excess = len(history) - limits.size
