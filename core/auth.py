@@ -15,6 +15,7 @@ the names the server itself uses (`RESERVED_USERS`) are nobody's user name.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import hmac
 import re
@@ -94,16 +95,32 @@ class Principal:
         return self._allowed(False, channel)
 
 
+# A browser can't set headers on a WebSocket, and a token in the URL ends up in access
+# logs; the subprotocol list is a header it can set: `ferry.token.<base64url(token)>`
+# offered next to `ferry.v1.json` (the server never echoes it back).
+TOKEN_SUBPROTOCOL = "ferry.token."
+
+
 def token_from_request(path: str, headers: Mapping[str, str]) -> tuple[str | None, dict[str, str]]:
-    """The token from `?token=` or `Authorization: Bearer`, and the other query params."""
+    """The token from the `ferry.token.*` subprotocol, `Authorization: Bearer` or
+    `?token=` (in that order), and the other query parameters."""
     query: dict[str, str] = {}
     if "?" in path:
         for key, values in parse_qs(path.split("?", 1)[1]).items():
             query[key] = values[-1]
     token = query.pop("token", None)
     header = headers.get("Authorization") or headers.get("authorization")
-    if token is None and header and header[:7].lower() == "bearer ":
+    if header and header[:7].lower() == "bearer ":
         token = header[7:].strip()
+    for offered in (headers.get("Sec-WebSocket-Protocol") or "").split(","):
+        offered = offered.strip()
+        if offered.startswith(TOKEN_SUBPROTOCOL):
+            encoded = offered[len(TOKEN_SUBPROTOCOL) :]
+            try:
+                token = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                token = "(malformed ferry.token subprotocol)"  # refused like any bad token
+            break
     return token, query
 
 

@@ -19,12 +19,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"ferry: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log_level, config.log_format)
+    import dataclasses
+    import secrets
+
     import uvloop
 
     from core.server import run
 
+    made_admin_token = None
+    if not config.admin_token:
+        # Without one the dashboard can never show anything: make one for this run and
+        # print where to open it (a configured token is never printed).
+        made_admin_token = secrets.token_urlsafe(32)
+        config = dataclasses.replace(config, admin_token=made_admin_token)
     try:
-        return uvloop.run(run(config))
+        return uvloop.run(run(config, announce_admin_token=made_admin_token))
     except Exception as exc:  # startup failures (WAL corruption, port in use) end here
         log.critical("ferry could not start: %s", exc)
         return 1
@@ -37,7 +46,11 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
     secret = args.secret or os.environ.get("FERRY_JWT_SECRET", "")
     if not secret:
-        print("ferry token: needs --secret or FERRY_JWT_SECRET", file=sys.stderr)
+        print(
+            "ferry token: needs the relay's HS256 secret: --secret or FERRY_JWT_SECRET "
+            "(the one `ferry serve` runs with under FERRY_AUTH=jwt)",
+            file=sys.stderr,
+        )
         return 2
     print(make_token(secret, args.user, args.pub, args.sub, args.ttl))
     return 0
@@ -62,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_cmd_serve)
 
     token = sub.add_parser("token", help="print a development JWT")
-    token.add_argument("--user", required=True)
+    token.add_argument("--user", required=True, help="the token's user (its `sub` claim)")
     token.add_argument(
         "--pub", action="append", default=[], metavar="PATTERN", help="publish pattern (repeatable)"
     )
@@ -73,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="subscribe pattern (repeatable)",
     )
-    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    token.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds until it expires (default: 3600)"
+    )
     token.add_argument("--secret", default=None, help="HS256 secret (default: FERRY_JWT_SECRET)")
     token.set_defaults(func=_cmd_token)
 

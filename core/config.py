@@ -84,6 +84,7 @@ def _choice(*allowed: str) -> Callable[[Any], str | None]:
     def check(value: Any) -> str | None:
         return None if value in allowed else f"must be one of {', '.join(allowed)}"
 
+    check.choices = allowed  # type: ignore[attr-defined]
     return check
 
 
@@ -236,6 +237,33 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+_METAVARS = {bool: "{true,false}", tuple: "A,B,...", int: "N", float: "X"}
+# Defaults that are not a constant, or not worth printing, as --help shows them.
+_SHOWN_DEFAULTS = {"node_id": "the hostname", "dashboard_dir": "dashboard/dist"}
+
+
+def _metavar(name: str) -> str:
+    choices = getattr(CHECKS.get(name), "choices", None)
+    if choices:
+        return "{" + ",".join(choices) + "}"
+    kind = _kind(name)
+    return _METAVARS.get(kind) or ("URL" if name.endswith("_url") else name.split("_")[-1].upper())
+
+
+def _shown_default(name: str) -> str:
+    if name in _SHOWN_DEFAULTS:
+        return _SHOWN_DEFAULTS[name]
+    field = FIELDS[name]
+    value = field.default
+    if value in ("", ()):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One `--name` flag per setting; absent flags stay None so lower sources show through."""
     parser.add_argument("--config", metavar="FILE", help="TOML file with settings")
@@ -244,8 +272,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
-            metavar=_kind(name).__name__.upper(),
-            help=f"{HELP.get(name, name)} (env {env_name(name)})",
+            metavar=_metavar(name),
+            help=f"{HELP.get(name, name)} (default: {_shown_default(name)}; env {env_name(name)})",
         )
 
 

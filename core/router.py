@@ -186,6 +186,7 @@ class Router:
         self._taps: list[Callable[[list[Entry]], None]] = []
         self._owned: dict[str, dict[str, None]] = {}  # user -> channels created, oldest first
         self._subscriptions = 0
+        self.internal_channels = 0  # `$sys.*` and `@user` inboxes among self.channels
         # One reference per history entry held, in LSN order: the globally oldest entry is
         # the first live reference (see `_trim_history`).
         self._fifo: deque[Channel] = deque()
@@ -202,7 +203,7 @@ class Router:
         for name, head in state.heads.items():
             ch = self.channels.get(name)
             if ch is None:
-                ch = self.channels[name] = Channel(name, head)
+                ch = self._add(Channel(name, head))
             ch.last_seq = ch.durable_seq = head
         for name, entries in state.history.items():
             ch = self.channels.get(name) or self.open_channel(name, None)
@@ -222,12 +223,18 @@ class Router:
         if ch is not None:
             return ch
         self._make_room(owner)
-        ch = self.channels[name] = Channel(name, self.log.head_of(name), owner)
+        ch = self._add(Channel(name, self.log.head_of(name), owner))
         if owner is not None:
             owned = self._owned.get(owner)
             if owned is None:
                 owned = self._owned[owner] = {}
             owned[name] = None
+        return ch
+
+    def _add(self, ch: Channel) -> Channel:
+        self.channels[ch.name] = ch
+        if ch.name[0] in "$@":
+            self.internal_channels += 1
         return ch
 
     def _make_room(self, owner: str | None) -> None:
@@ -267,6 +274,8 @@ class Router:
     def _forget(self, ch: Channel) -> None:
         name = ch.name
         del self.channels[name]
+        if name[0] in "$@":
+            self.internal_channels -= 1
         ch.forgotten = True
         if ch.owner is not None:
             owned = self._owned.get(ch.owner)

@@ -248,10 +248,20 @@ def default_services(config: Config) -> list[Any]:
     return services
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, announce_admin_token: str | None = None) -> int:
     server = Server(config)
     server.services.extend(default_services(config))
     await server.start()
+    if announce_admin_token is not None:
+        host = config.host if config.host not in ("0.0.0.0", "::", "") else "localhost"
+        # The token rides in the URL's fragment, which browsers never send to a server.
+        log.warning(
+            "dashboard: http://%s:%d/#token=%s (FERRY_ADMIN_TOKEN is not set: this admin "
+            "token was made for this run only; set FERRY_ADMIN_TOKEN to keep one)",
+            host,
+            server.port,
+            announce_admin_token,
+        )
     server.install_signal_handlers()
     await server.serve_forever()
     return 0

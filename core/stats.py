@@ -95,7 +95,8 @@ class StatsPublisher:
             "ts_ms": int(time.time() * 1000),
             "connections": len(hub.connections),
             "subscriptions": router.subscription_count,
-            "channels": len(router.channels),
+            # what users publish on: not the server's $sys.* nor the connections' inboxes
+            "channels": len(router.channels) - router.internal_channels,
             "history_bytes": router.history_bytes,
             "msgs_in_per_s": rates["msgs_in"],
             "deliveries_per_s": rates["deliveries"],

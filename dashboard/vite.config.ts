@@ -2,7 +2,7 @@ import { defineConfig } from "vite";
 
 // Where `npm run dev` forwards /ws and /healthz, so the page's same-origin default reaches
 // a local `ferry serve` while developing.
-const devRelay = process.env.FERRY_DEV_RELAY ?? "http://127.0.0.1:8080";
+const devRelay = process.env.DASHBOARD_DEV_RELAY ?? "http://127.0.0.1:8080";
 
 export default defineConfig({
   // Every asset URL in dist/ is relative, so one build works from ferry itself (served

@@ -1,7 +1,7 @@
 """Shared test helpers: one time unit, a relay started on loopback port 0, clients.
 
 Every wait in the suite is a condition with a deadline derived from `UNIT`
-(FERRY_TEST_UNIT seconds, default 5), never a bare sleep.
+(FERRYTEST_UNIT seconds, default 5), never a bare sleep.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import websockets
 from core.config import Config
 from core.server import Server
 
-UNIT = float(os.environ.get("FERRY_TEST_UNIT", "5"))
+UNIT = float(os.environ.get("FERRYTEST_UNIT", "5"))
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -20,7 +20,16 @@ import {
 } from "./protocol";
 import { PublishBox } from "./publish";
 import { RelayClient, type ConnStatus, type RelayTarget } from "./relay";
-import { defaultRelay, healthUrl, loadSettings, redactToken, saveSettings, wsUrl } from "./settings";
+import {
+  defaultRelay,
+  healthUrl,
+  loadSettings,
+  redactToken,
+  saveSettings,
+  takeFragmentToken,
+  tokenProtocol,
+  wsUrl,
+} from "./settings";
 import { TailView } from "./tail";
 
 /** No stats for this long while connected: say the numbers are stale. */
@@ -125,7 +134,16 @@ function onFrame(f: ServerFrame): void {
       }
       break;
     case "welcome":
-      authProblem = null; // a new session: its subscriptions will tell
+      // A new session: its subscriptions will tell; without a token there are none to
+      // try (asking would only count two `forbidden` errors on the relay).
+      authProblem = tokenInUse
+        ? null
+        : {
+            kind: "forbidden",
+            title: "Admin token missing.",
+            text: `The relay sends ${STATS_CHANNEL} and ${TAIL_CHANNEL} only to the admin token (FERRY_ADMIN_TOKEN).`,
+          };
+      if (authProblem) requestFrame();
       welcomeNode = f.node;
       header.welcome(f.node, f.user);
       if (f.version !== PROTOCOL_VERSION) {
@@ -265,8 +283,15 @@ function targetFor(relay: string, token: string): { target: RelayTarget | null; 
   const base = relay || defaultRelay(location);
   if (!base) return { target: null, problem: "set the relay URL in Settings (this page has no origin to default to)" };
   try {
-    const url = wsUrl(base, token, location);
-    return { target: { url, displayUrl: redactToken(url), healthUrl: healthUrl(base, location) }, problem: "" };
+    const url = wsUrl(base, location);
+    const target: RelayTarget = {
+      url,
+      displayUrl: redactToken(url),
+      healthUrl: healthUrl(base, location),
+      protocols: token ? [tokenProtocol(token)] : [],
+      subscribe: Boolean(token),
+    };
+    return { target, problem: "" };
   } catch (e) {
     return { target: null, problem: `bad relay URL "${base}": ${e instanceof Error ? e.message : e}` };
   }
@@ -281,6 +306,13 @@ function apply(relay: string, token: string): string {
 }
 
 const initial = loadSettings();
+const handedOver = takeFragmentToken(location, () =>
+  history.replaceState(null, "", location.pathname + location.search),
+);
+if (handedOver) {
+  initial.token = handedOver;
+  saveSettings(initial);
+}
 ui.relayUrl.value = initial.relay;
 ui.token.value = initial.token;
 ui.relayUrl.placeholder = defaultRelay(location) ?? "ws://localhost:8080";

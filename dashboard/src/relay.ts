@@ -70,6 +70,10 @@ export interface RelayTarget {
   url: string;
   displayUrl: string;
   healthUrl: string;
+  /** Offered next to ferry.v1.json: the `ferry.token.*` entry when a token is set. */
+  protocols: string[];
+  /** Subscribe to $sys.* once welcomed (only an admin token may: don't ask without one). */
+  subscribe: boolean;
 }
 
 export interface RelayEvents {
@@ -83,6 +87,8 @@ const CLOSE_NAMES: Record<number, string> = {
   1006: "connection lost",
   1009: "frame too large",
   1011: "server error",
+  4401: "token expired",
+  4403: "token refused",
   4408: "slow consumer",
   4429: "rate limited",
 };
@@ -163,7 +169,7 @@ export class RelayClient {
     this.teardown();
     let ws: WebSocket;
     try {
-      ws = new WebSocket(target.url, SUBPROTOCOL);
+      ws = new WebSocket(target.url, [SUBPROTOCOL, ...target.protocols]);
     } catch (e) {
       // Only a malformed URL throws here; retrying won't fix it.
       this.go("idle", { idleReason: `bad relay URL: ${e instanceof Error ? e.message : e}` });
@@ -203,8 +209,10 @@ export class RelayClient {
   private onWelcome(): void {
     this.readySince = Date.now();
     this.go("ready");
-    this.send(subFrame(STATS_CHANNEL));
-    this.send(subFrame(TAIL_CHANNEL));
+    if (this.target?.subscribe) {
+      this.send(subFrame(STATS_CHANNEL));
+      this.send(subFrame(TAIL_CHANNEL));
+    }
     this.startKeepAlive();
   }
 

@@ -77,12 +77,36 @@ function join(u: URL, leaf: string): string {
   return `${u.pathname.replace(/\/+$/, "")}/${leaf}`;
 }
 
-/** `<relay>/ws?token=<token>` (token omitted when empty). Throws on a malformed relay. */
-export function wsUrl(relay: string, token: string, loc: Pick<Location, "protocol">): string {
+/** `<relay>/ws`. Throws on a malformed relay. The token never goes in the URL (URLs reach
+ * access logs): it travels in the subprotocol list, see `tokenProtocol`. */
+export function wsUrl(relay: string, loc: Pick<Location, "protocol">): string {
   const u = relayBase(relay, loc);
   u.pathname = join(u, "ws");
-  if (token) u.searchParams.set("token", token);
   return u.toString();
+}
+
+/** The `ferry.token.<base64url>` subprotocol that carries `token` to the relay. */
+export function tokenProtocol(token: string): string {
+  const bytes = new TextEncoder().encode(token);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return `ferry.token.${btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")}`;
+}
+
+/**
+ * A token handed over in the page's fragment (`#token=…`, as `ferry serve` prints it for
+ * a token made for one run): returned once, and the fragment is wiped from the address
+ * bar and history. Fragments never reach a server, so the token is in no log.
+ */
+export function takeFragmentToken(loc: Pick<Location, "hash">, clear: () => void): string {
+  const m = /(?:^#|&)token=([^&]*)/.exec(loc.hash);
+  if (!m) return "";
+  clear();
+  try {
+    return decodeURIComponent(m[1]);
+  } catch {
+    return "";
+  }
 }
 
 /** `<relay>/healthz` over http(s): probed to tell "relay down" from "upgrade refused". */
@@ -93,7 +117,7 @@ export function healthUrl(relay: string, loc: Pick<Location, "protocol">): strin
   return u.toString();
 }
 
-/** The same URL with the token hidden, for display. */
+/** The same URL with any query token hidden, for display. */
 export function redactToken(url: string): string {
   return url.replace(/([?&]token=)[^&]*/, "$1•••");
 }

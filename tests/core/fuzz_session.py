@@ -160,6 +160,8 @@ class Run:
                 assert seqs[-1] == ch.durable_seq, (name, seqs, ch.durable_seq)
             assert ch.durable_seq <= ch.last_seq and ch.replayers >= 0
         assert subs == router.subscription_count
+        internal = sum(1 for name in router.channels if name[0] in "$@")
+        assert internal == router.internal_channels
         limits = router.history
         assert router.history_bytes <= limits.total_bytes
         assert router.history_bytes == sum(c.history_bytes for c in router.channels.values())

@@ -5,7 +5,7 @@
 //               {"recv":"a","count":2}, {"sendb":"b","b64":"..."}, ...]
 import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
-const WebSocket = require(process.env.FERRY_NODE_MODULES + "/ws");
+const WebSocket = require(process.env.FERRYTEST_NODE_MODULES + "/ws");
 
 const [url, scriptJson] = process.argv.slice(2);
 const script = JSON.parse(scriptJson);

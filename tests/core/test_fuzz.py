@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.core.fuzz_session import target
 
-EXAMPLES = int(os.environ.get("FERRY_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("FERRYTEST_FUZZ_EXAMPLES", "300"))
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))

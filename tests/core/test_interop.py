@@ -227,7 +227,7 @@ async def _run_node(url: str, script: list[dict[str, Any]]) -> list[dict[str, An
         json.dumps(script),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "FERRY_NODE_MODULES": modules},
+        env={**os.environ, "FERRYTEST_NODE_MODULES": modules},
     )
     out, err = await asyncio.wait_for(proc.communicate(), UNIT * 4)
     assert proc.returncode == 0, err.decode()

@@ -246,3 +246,29 @@ async def test_channels_nobody_uses_are_forgotten() -> None:
     assert pair.router.channels["kept"].last_seq == 1  # it has history: it stays
     s.closed()
     assert "@u" not in pair.router.channels
+
+
+def test_no_test_or_dev_variable_takes_the_products_prefix() -> None:
+    """Every FERRY_* name used by the tests, the dashboard's tooling and the docs is a real
+    setting: exporting one never makes `ferry serve` refuse to start."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    files = subprocess.run(
+        ["git", "ls-files", "tests", "dashboard", "docs", "README.md", "Makefile", "scripts"],
+        cwd=root, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    # Not settings of `ferry serve`, and never read by it: the dashboard image's proxy
+    # target, compose's image name, a CI output, a Python constant, the deliberately
+    # unknown names the config tests feed in, and the Vite build variable.
+    others = {"FERRY_UPSTREAM", "FERRY_IMAGE", "FERRY_DIGEST", "FERRY_BENCH_ENV", "FERRY_NOPE",
+              "FERRY_TYPO_SETTING", "FERRY_RELAY"}  # fmt: skip
+    found = set()
+    for name in files:
+        path = root / name
+        if path.suffix in (".png", ".json") or "node_modules" in name or not path.is_file():
+            continue
+        found |= set(re.findall(r"\bFERRY_[A-Z][A-Z0-9_]*", path.read_text(errors="replace")))
+    settings = {config_mod.env_name(name) for name in config_mod.FIELDS}
+    assert found - settings - others == set()

@@ -437,3 +437,19 @@ def test_main_thread_busy_share_under_load(
         f"idle baseline busy {idle['busy_share']:.1%} (cpu {idle['cpu_share']:.1%})"
     )
     assert dash.errors.app_errors() == []
+
+
+def test_a_token_handed_over_in_the_fragment_is_used_and_wiped(page: Page, serve: Serve) -> None:
+    """`ferry serve` prints http://host:port/#token=…: opening it shows the live dashboard,
+    the fragment leaves the address bar, and the token never travels in a URL."""
+    server = serve()
+    urls: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.goto(f"{server.http}/#token={ADMIN}", wait_until="load")
+    dash = Dashboard(page, server)
+    dash.wait_stats(2)
+    expect(dash.by("auth-error")).to_be_hidden()
+    assert "#token" not in page.url and ADMIN not in page.url
+    assert urls and all(ADMIN not in url and "token=" not in url for url in urls)
+    page.reload(wait_until="load")  # kept in the settings, like a typed token
+    dash.wait_stats(1)

@@ -21,8 +21,8 @@ from wal.reader import SegmentReader
 from wal.record import Frame
 from wal.segment import list_segments
 
-# One time unit for every deadline (FERRY_TEST_UNIT seconds, as in tests/helpers.py).
-UNIT = float(os.environ.get("FERRY_TEST_UNIT", "5"))
+# One time unit for every deadline (FERRYTEST_UNIT seconds, as in tests/helpers.py).
+UNIT = float(os.environ.get("FERRYTEST_UNIT", "5"))
 
 
 def message(channel: str, seq: int, data: bytes | None = None, **kw: Any) -> Entry:

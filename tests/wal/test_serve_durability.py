@@ -18,7 +18,7 @@ from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
 from tests.load import Acked, run_load
 from tests.wal.faults import fdatasync_fault_env
 
-ROUNDS = int(os.environ.get("FERRY_CRASH_ROUNDS", "20"))
+ROUNDS = int(os.environ.get("FERRYTEST_CRASH_ROUNDS", "20"))
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
