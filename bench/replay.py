@@ -1,9 +1,9 @@
 """`ferry bench replay`: write a WAL of N records, time draining it into `--db`.
 
-Only the contracts of DESIGN are used, so this runs as soon as they exist:
+Only the contracts of docs/design.md are used, so this runs as soon as they exist:
 * records are written through `wal.log.WalLog` as the relay does (`DurableLog`:
   `from_config`, `open`, `set_handlers`, `append`, `close`);
-* the drain is `ferry replay --wal-dir D --db URL` (DESIGN §5) — run as the module it
+* the drain is `ferry replay --wal-dir D --db URL` (docs/design.md §5) — run as the module it
   delegates to, `wal.replay_tool` — timed from start to exit (process start-up included:
   small against a large N).
 Until `wal.log`, `wal.replayer` and `wal.replay_tool` exist the scenario says so and exits 2.

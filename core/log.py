@@ -1,5 +1,5 @@
 """The durability seam: the relay hands every publish to a `DurableLog` and acts on it
-(ack + fan-out) only when the log says the batch is durable (DESIGN §2).
+(ack + fan-out) only when the log says the batch is durable (docs/design.md §2).
 
     router ──append(entry)──▶ DurableLog ──on_durable([entries…])──▶ router: ack + fan-out
                                       └────on_failed([entries…], reason)──▶ router: `unavailable`

@@ -1,4 +1,4 @@
-"""Protocol v1 (DESIGN §3): every frame is one map with an `op` field.
+"""Protocol v1 (docs/design.md §3): every frame is one map with an `op` field.
 
 Client frames are a tagged union decoded by ONE long-lived decoder per encoding. A
 published value stays `msgspec.Raw`: it is validated for syntax by the decoder, never

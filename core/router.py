@@ -1,7 +1,7 @@
 """Channels -> subscribers, per-channel seq, history rings, and the durable fan-out.
 
 A publish gets its channel seq here, goes to the `DurableLog`, and is acked and fanned
-out only in `on_durable`, once the log says its batch is on disk (DESIGN §2). Fan-out
+out only in `on_durable`, once the log says its batch is on disk (docs/design.md §2). Fan-out
 groups a durable batch by channel, encodes the channel's new `msg` frames ONCE per wire
 encoding (joined into one bytes object) and pushes that same object to every
 subscriber's outbox: per subscriber the cost is one list append, whatever the batch size.

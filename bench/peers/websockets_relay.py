@@ -1,4 +1,4 @@
-"""The protocol-v1 subset (DESIGN §3) on the python `websockets` library (asyncio API),
+"""The protocol-v1 subset (docs/design.md §3) on the python `websockets` library (asyncio API),
 written the way such relays usually are: `json.loads` every frame, `json.dumps` each
 outgoing message once and `websockets.broadcast` it (one write per subscriber). No
 durability, no auth, no limits. Compact separators keep the frames ferry-sized.

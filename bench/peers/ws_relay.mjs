@@ -1,4 +1,4 @@
-// The protocol-v1 subset (DESIGN §3) on Node's `ws`, written the way such relays usually
+// The protocol-v1 subset (docs/design.md §3) on Node's `ws`, written the way such relays usually
 // are: JSON.parse every frame, JSON.stringify each outgoing message once, and one
 // ws.send() per frame per subscriber. No durability, no auth, no limits.
 //

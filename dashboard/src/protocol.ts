@@ -1,6 +1,6 @@
 /**
  * ferry wire protocol v1, JSON encoding (`ferry.v1.json`), as the dashboard speaks it.
- * See DESIGN.md §3. Every frame is one JSON object with an `op` field.
+ * See docs/design.md §3. Every frame is one JSON object with an `op` field.
  *
  * Only the frames the dashboard needs are typed; anything else is ignored. Parsing is
  * pure (text in, typed frame or null out) so it can be reasoned about without a socket.
@@ -11,7 +11,7 @@ export const PROTOCOL_VERSION = 1;
 export const STATS_CHANNEL = "$sys.stats";
 export const TAIL_CHANNEL = "$sys.tail";
 
-/** Channel names: 1–200 chars of [A-Za-z0-9_.:@$-] (DESIGN.md §3). */
+/** Channel names: 1–200 chars of [A-Za-z0-9_.:@$-] (docs/design.md §3). */
 export const CHANNEL_RE = /^[A-Za-z0-9_.:@$-]{1,200}$/;
 
 // ---- the `$sys.*` payloads -------------------------------------------------------------
