@@ -54,7 +54,9 @@ async def test_verify_clean(logs: LogFactory, tmp_path: Path, capsys: Capture) -
     await _log(logs, tmp_path)
     assert main(["verify", str(tmp_path)]) == EXIT_OK
     out = capsys.readouterr().out
-    assert out.startswith("ok: ") and "120 records" in out and "note" not in out
+    last = out.splitlines()[-1]
+    assert last.startswith("ok: ") and "120 records" in last and "note" not in out
+    assert "heads store: " in out and "as of LSN 120, 3 channels" in out
 
 
 async def test_verify_names_file_and_offset(
