@@ -176,8 +176,8 @@ class HeadsReader:
     (`python -m bench.micro.test_wal_micro`). A dirty head answers in ~0.1 us.
     In WAL mode a reader never waits for the flush thread's transaction: it sees the last
     commit. Each lookup's statement is reset when its cursor goes (no snapshot is held).
-    `busy_timeout` 1 s: SQLITE_BUSY is only possible for a reader while the WAL index is
-    rebuilt, which this store's connections never ask for.
+    `busy_timeout` 1 s: a WAL-mode reader only meets SQLITE_BUSY while another connection
+    rebuilds the WAL index (the first open after a crash, before this reader exists).
     """
 
     def __init__(self, path: str) -> None:
