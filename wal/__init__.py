@@ -64,7 +64,7 @@ It is complete up to `as_of` = X: every channel with a MESSAGE record at an LSN 
 a row with the seq and LSN of its last such record (lsn 0: taken from a version 1 header,
 the record's LSN unknown). Rows and `as_of` change in one transaction. A row's seq never
 goes down. It only ever holds durable information: when a batch is durable the writer
-stores the (seq, lsn) of each of its MESSAGE entries in a dirty dict, on the loop; the
+stores each of its MESSAGE entries (seq, lsn) in a dirty dict, on the loop; the
 dirty heads are upserted, with as_of = the last durable LSN, in a thread of their own
 (never the fdatasync thread), one flush at a time: when a segment rotates, when 50,000
 channels are dirty, and at close. `WalLog.head_of(channel)` reads the dirty heads, then

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 from wal.errors import WalError
 from wal.segment import V1_HEADS, fsync_dir
@@ -44,7 +45,26 @@ FLUSH_CHANNELS = 50_000
 # Channels per `IN (...)` lookup (SQLite allows 32766 parameters; keep statements small).
 _LOOKUP_CHUNK = 500
 
-Head = tuple[int, int]  # (seq, lsn) of a channel's last durable MESSAGE record
+
+class Head(Protocol):
+    """A channel's last durable MESSAGE record: its seq and LSN. The writer's dirty heads
+    are the `core.log.Entry` objects themselves (one dict store per entry, no allocation);
+    recovery makes `StoredHead`s."""
+
+    seq: int
+    lsn: int
+
+
+class StoredHead:
+    __slots__ = ("lsn", "seq")
+
+    def __init__(self, seq: int, lsn: int) -> None:
+        self.seq = seq
+        self.lsn = lsn
+
+    def __repr__(self) -> str:
+        return f"StoredHead(seq={self.seq}, lsn={self.lsn})"
+
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS heads(channel TEXT PRIMARY KEY, seq INTEGER NOT NULL, "
@@ -163,8 +183,8 @@ class HeadsStore:
 
 
 def _rows(heads: Mapping[str, Head]) -> Iterator[tuple[str, int, int]]:
-    for channel, (seq, lsn) in heads.items():
-        yield channel, seq, lsn
+    for channel, head in heads.items():
+        yield channel, head.seq, head.lsn
 
 
 class HeadsReader:
@@ -243,8 +263,11 @@ def read_summary(wal_dir: str, *, check: bool = False) -> HeadsSummary | None:
 class HeadsTracker:
     """The loop side of the heads store.
 
-    `dirty` gets the (seq, lsn) of every MESSAGE of a batch when the batch completes (the
-    writer stores them: one dict store per entry, on the loop). A flush moves `dirty` to
+    `dirty` gets every MESSAGE entry of a batch when the batch completes, by channel (the
+    writer stores them: one dict store per entry, on the loop; the entry is the head, its
+    seq and lsn are read when it is flushed). The entries it holds were all appended since
+    the flush before the last one started (at most about two segments' worth, with a
+    flush at each rotation), and are mostly the very objects the router's rings hold. A flush moves `dirty` to
     `flushing` and upserts it with as_of = the durable LSN at that moment, in a thread of
     its own (never the fdatasync thread), one flush at a time; a flush asked for meanwhile
     runs when it is done. So at any moment heads.db(as_of) + `flushing` + `dirty` are the
@@ -282,12 +305,12 @@ class HeadsTracker:
     def head_of(self, channel: str) -> int:
         head = self.dirty.get(channel)
         if head is not None:
-            return head[0]
+            return head.seq
         flushing = self.flushing
         if flushing is not None:
             head = flushing.get(channel)
             if head is not None:
-                return head[0]
+                return head.seq
         if self._closed:
             return 0
         return self._reader.get(channel)

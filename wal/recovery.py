@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 
 from core.log import ENTRY_OVERHEAD_BYTES, Entry, HistoryLimits, RecoveredState
 from wal.errors import BadPayload, CorruptLog, NodeIdMismatch, RecordError, SegmentError
-from wal.heads import FLUSH_CHANNELS, Head, HeadsStore, HeadsStoreError, heads_behind
+from wal.heads import (
+    FLUSH_CHANNELS,
+    Head,
+    HeadsStore,
+    HeadsStoreError,
+    StoredHead,
+    heads_behind,
+)
 from wal.reader import SegmentScan, scan_dir
 from wal.record import (
     EVENT,
@@ -124,7 +131,7 @@ class _Rebuild:
         name, seq = msg.channel, msg.seq
         if lsn > self.as_of:
             dirty = self.dirty
-            dirty[name] = (seq, lsn)
+            dirty[name] = StoredHead(seq, lsn)
             if len(dirty) >= self.flush_channels:
                 self.store.write(dirty, lsn)  # complete up to lsn: the records scanned so far
                 self.dirty = {}
@@ -286,7 +293,7 @@ def _recover(
             # Migration: a directory from before heads.db. The oldest header's snapshot
             # holds every channel's head as of first - 1.
             snapshot = load_header(listed[0][1], decode_heads=True).heads or {}
-            store.write({ch: (seq, 0) for ch, seq in snapshot.items()}, first - 1)
+            store.write({ch: StoredHead(seq, 0) for ch, seq in snapshot.items()}, first - 1)
             migrated = len(snapshot)
             del snapshot
             log.warning(

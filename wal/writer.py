@@ -13,7 +13,8 @@ Exactly one batch is in flight. Everything that arrives while it syncs forms the
 batch (capped at `max_batch_bytes`, so that a torn write can only reach that far back
 from the end of the newest segment: recovery relies on it). The per-record work on the
 loop is one msgpack encode, one CRC and three bytearray appends in `append`, and one dict
-store (the channel's head, into `HeadsTracker.dirty`) when its batch completes; everything
+store (the entry, as its channel's head, into `HeadsTracker.dirty`) when its batch
+completes; everything
 else (callbacks, metrics, futures) is per batch.
 
 After any error in the writer path the writer is dead for good: in the thread (write,
@@ -258,7 +259,7 @@ class GroupCommitWriter:
                 heads = self._heads
                 dirty = heads.dirty
                 for entry in batch.entries:
-                    dirty[entry.channel] = (entry.seq, entry.lsn)
+                    dirty[entry.channel] = entry  # the head: its seq and lsn
                 self.durable_lsn = batch.last_lsn
                 if len(dirty) >= heads.flush_channels:
                     heads.request_flush()

@@ -18,7 +18,7 @@ from core.log import HistoryLimits
 from tests.wal.conftest import LogFactory, fill, frames, message, segment_paths
 from tests.wal.legacy import write_v1_log
 from wal import CorruptLog, iter_records
-from wal.heads import HEADS_NAME, HeadsReader, HeadsStore, read_summary
+from wal.heads import HEADS_NAME, HeadsReader, HeadsStore, StoredHead, read_summary
 from wal.record import framed_size
 from wal.segment import load_header
 from wal.tool import EXIT_CORRUPT, EXIT_OK
@@ -124,7 +124,7 @@ def test_head_of_lookup_cost(tmp_path: Path) -> None:
     of 200-character names. The bound asserted is loose (shared CI machines)."""
     store = HeadsStore.open(str(tmp_path))
     count = 300_000
-    store.write({_name(i): (i + 1, i + 1) for i in range(count)}, count)
+    store.write({_name(i): StoredHead(i + 1, i + 1) for i in range(count)}, count)
     reader = HeadsReader(store.path)
     names = [_name(i) for i in range(0, count, 97)]
     misses = [name + "?" for name in names]
@@ -147,9 +147,9 @@ async def test_a_reader_sees_each_commit(tmp_path: Path) -> None:
     store = HeadsStore.open(str(tmp_path))
     reader = HeadsReader(store.path)
     assert reader.get("x") == 0
-    store.write({"x": (3, 3)}, 3)
+    store.write({"x": StoredHead(3, 3)}, 3)
     assert reader.get("x") == 3
-    store.write({"x": (2, 9)}, 9)  # a seq never goes down
+    store.write({"x": StoredHead(2, 9)}, 9)  # a seq never goes down
     assert reader.get("x") == 3
     reader.close()
     store.close()
@@ -295,7 +295,7 @@ async def test_a_repair_that_cuts_acked_records_leaves_a_gap(
 
 def test_heads_store_schema(tmp_path: Path) -> None:
     store = HeadsStore.open(str(tmp_path))
-    store.write({"a": (1, 1)}, 1)
+    store.write({"a": StoredHead(1, 1)}, 1)
     store.close()
     conn = sqlite3.connect(tmp_path / HEADS_NAME)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
