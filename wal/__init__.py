@@ -1,9 +1,10 @@
 """ferry's write-ahead log: every published message is here, synced, before it is acked.
 
 Package map: `record` (framing + CRC, pure), `segment` (files, header, rotation, lock),
-`writer` (group commit), `reader` (iterate, classify damage), `recovery` (startup scan),
-`repair` (back up, truncate, fsync), `log` (`WalLog`, the `core.log.DurableLog`),
-`metrics` (Prometheus), `tool` (`ferry wal ...`), `errors` (the error tree).
+`writer` (group commit), `heads` (the heads store), `reader` (iterate, classify damage),
+`recovery` (startup scan), `repair` (back up, truncate, fsync), `log` (`WalLog`, the
+`core.log.DurableLog`), `metrics` (Prometheus), `tool` (`ferry wal ...`), `errors` (the
+error tree).
 
 Directory
 ---------
@@ -13,6 +14,7 @@ A WAL is one directory, written by one process at a time (`writer.lock`, flock'e
     00000000000000048213.wal     (20 digits, so names sort in LSN order)
     00000000000000048213.wal.tmp a rotation that did not finish: removed at startup
     00000000000000000001.wal.broken  what recovery or repair cut away: never read again
+    heads.db                     the heads store (SQLite; with heads.db-wal, heads.db-shm)
     writer.lock
 
 A segment is rotated once the next batch would take it past `wal_segment_bytes`
@@ -20,13 +22,19 @@ A segment is rotated once the next batch would take it past `wal_segment_bytes`
 
 Segment header (`segment.py`; little endian)
 --------------------------------------------
-    magic "FERRYWAL" | u16 version (1) | u16 node id length | u32 heads length
+    magic "FERRYWAL" | u16 version | u16 node id length | u32 heads length
     | u64 first LSN | 64-byte node id | u32 CRC | 4 zero bytes         (96 bytes)
-    | heads: msgpack {channel: last seq as of first LSN - 1} | zeros to 8 bytes
+    [version 1 only: | heads: msgpack {channel: last seq as of first LSN - 1}
+                     | zeros to 8 bytes]
 
-The CRC (zlib.crc32) covers the first 88 bytes and the heads. The heads snapshot is what
-lets retention delete old segments without losing per-channel seqs: the newest seq of a
-channel that has been silent since a deleted segment is still in the oldest header.
+This build writes version 2: heads length 0, the header is always exactly 96 bytes
+whatever the number of channels (a version 2 header with a non-zero heads length is a bad
+header). It reads version 1 too, what builds before the heads store wrote: every header
+held the head of every channel ever written, which grew without bound. A version 1
+snapshot is checksummed and counted, and decoded only for the migration (below). The CRC
+(zlib.crc32) covers the first 88 bytes and, in version 1, the heads. A build that only
+knows version 1 refuses a directory with version 2 segments (it would not know heads.db
+and restart channels at seq 1), rather than running on it.
 
 Record (`record.py`), starting at the end of the header, each 8-byte aligned
 -----------------------------------------------------------------------------
@@ -44,7 +52,27 @@ segments too. Payloads are msgpack arrays:
 
 New payload fields may only be appended, with defaults.
 
-Writing and what "durable" means (`writer.py`)
+Heads store (`heads.py`): heads.db
+----------------------------------
+Each channel's last durable seq, outside the segments. Stdlib sqlite3, journal_mode=WAL,
+synchronous=FULL (a commit is fsync'ed before it returns), `WITHOUT ROWID` tables:
+
+    heads(channel TEXT PRIMARY KEY, seq INTEGER NOT NULL, lsn INTEGER NOT NULL)
+    meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL): 'version' = 1, 'as_of' = X
+
+It is complete up to `as_of` = X: every channel with a MESSAGE record at an LSN <= X has
+a row with the seq and LSN of its last such record (lsn 0: taken from a version 1 header,
+the record's LSN unknown). Rows and `as_of` change in one transaction. A row's seq never
+goes down. It only ever holds durable information: when a batch is durable the writer
+stores each of its MESSAGE entries (seq, lsn) in a dirty dict, on the loop; the
+dirty heads are upserted, with as_of = the last durable LSN, in a thread of their own
+(never the fdatasync thread), one flush at a time: when a segment rotates, when 50,000
+channels are dirty, and at close. `WalLog.head_of(channel)` reads the dirty heads, then
+those being flushed, then heads.db (a point lookup on a second, read-only connection):
+~5 us from the page cache, hit or miss. An error writing heads.db makes the log
+unwritable, as a write error does.
+
+
 ---------------------------------------------
 `append` frames the record on the event loop and gives it the next LSN. Records that
 arrive while one batch is being written and fdatasync'ed form the next batch: one
@@ -57,9 +85,12 @@ clean close). `wal_max_batch_delay_ms` lets a batch wait that long to grow (defa
 A batch is at most `max_batch_bytes` (4 MiB) plus one record.
 
 Failure: the first write, fdatasync or segment-creation error (EIO, ENOSPC, ...) makes
-the log unwritable for good. The failed batch and everything pending go to `on_failed`,
-`failure` says why, every later append raises `core.log.LogUnavailable`, and nothing is
-retried: after a failed fsync the kernel may have dropped the dirty pages, so a later
+the log unwritable for good, and so does any exception in the writer's loop side
+(preparing or rotating a batch, its completion's bookkeeping) or a heads.db flush error.
+The failed batch and everything pending go to `on_failed`, each entry once, `failure`
+says why, `writable` is False (/readyz 503, `ferry_wal_writable` 0,
+`ferry_wal_write_errors` counts it), every later append raises
+`core.log.LogUnavailable`, and nothing is retried: after a failed fsync the kernel may have dropped the dirty pages, so a later
 "successful" fsync would prove nothing. A restart (after the disk is fixed) recovers.
 A failed record was never acknowledged, but its write may still have reached the disk and
 be found after the restart (like a commit whose outcome is unknown): failure means "not
@@ -67,7 +98,8 @@ acked", not "certainly absent".
 
 Recovery (`recovery.py`, at `WalLog.open`)
 ------------------------------------------
-Leftover `.tmp` segments are removed. Every segment is read in LSN order: header (magic,
+Leftover `.tmp` segments are removed, heads.db is opened (created, as_of 0, if missing;
+unreadable: refuse with `CorruptLog`). Every segment is read in LSN order: header (magic,
 version, CRC, first LSN = name, one node id), then each record (length bounds, CRC, LSN
 continuity within and across segments, decodable payload). The first damage decides:
 
@@ -83,20 +115,46 @@ continuity within and across segments, decodable payload). The first damage deci
 
 With wal_sync=write several batches may be unsynced at a power loss, so damage can reach
 further back than the window: startup then refuses and `ferry wal repair` cuts it.
-An empty newest segment (header only: a crash right after a rotation) is fine. The scan
-rebuilds the next LSN, each channel's last seq (`heads`, from the oldest header's
-snapshot plus all records) and each channel's last `history_size` messages.
+An empty newest segment (header only: a crash right after a rotation) is fine.
 
-Retention (`WalLog.set_checkpoint`)
------------------------------------
-The replayer reports its committed checkpoint. The oldest segments are deleted while:
-the segment is not the active one, its last LSN <= the checkpoint (the database has all
-of it), and no channel's last `history_size` messages are in it (so the history rings
-are rebuilt exactly after a restart). That last rule is a bound, not a promise: once the
-WAL is larger than `history_max_bytes` (1 GiB), history alone keeps no segment, and a
-channel whose newest messages were deleted comes back with its head (from the heads
-snapshot) but a shorter history, so a `since` reaching further answers
-`recovered: false`. The checkpoint rule is never relaxed.
+Heads: heads.db (as_of X) updated with every record after X; those heads are the
+initial dirty set (stored to heads.db during the scan whenever 50,000 are dirty, so they
+stay bounded). The oldest segment begins at F. F - 1 > X is refused (`CorruptLog`: the
+heads of LSN X+1..F-1 are gone and those channels would restart at seq 1; `ferry wal
+repair` accepts the loss) unless that segment is version 1: the migration. A directory
+written before heads.db (no heads.db, heads in the oldest header) opens by storing the
+oldest header's snapshot in heads.db with as_of F - 1, then the records as above: every
+channel keeps its head. If X is past the end of the log (a repair cut records heads.db had
+seen, or a power loss with wal_sync=write), stored heads win: those channels continue
+after a gap, never reusing a seq, and as_of is set back to the end of the log.
+`ferry wal repair` leaves such a store alone (and says how many channels it concerns);
+it sets an unreadable heads.db aside (`heads.db.broken`, with its -wal and -shm) and moves
+a store that is behind up to F - 1, both of which accept, and say, that channels whose
+last message was only in a deleted segment restart at seq 1. `ferry wal inspect` and
+`verify` show the store's as_of and channel count; `verify` flags what startup refuses.
+
+The returned `RecoveredState` is bounded by the `HistoryLimits` given to `open`, during
+the scan too (nothing is built and trimmed later): at most `max_channels` channels, the
+most recently written among those with records in the log (the least recently written
+evicted as the scan goes; the others are still answered by `head_of`); each ring at most
+`size` messages and `channel_bytes` (`core.log.entry_bytes`), all rings at most
+`total_bytes`, the globally oldest entries dropped first; every ring has consecutive
+seqs ending at its channel's head (a ring that cannot is dropped); `heads` has exactly
+the channels returned, `history` those with a ring.
+
+Retention (`WalLog.set_checkpoint`, `set_history_floor`)
+-------------------------------------------------------
+The replayer reports its committed checkpoint; the router reports the history floor, the
+oldest LSN any in-memory ring holds (0: none; until it does, the oldest LSN of the
+recovered rings, or the first new LSN if there are none and history is on). The oldest
+segments are deleted while: the segment is not the active one, its last LSN <= the
+checkpoint (the database has all of it), its last LSN <= heads.db's as_of (no head is
+lost), and its last LSN < the history floor (so the rings are rebuilt as they were after
+a restart). That last rule is a bound, not a promise: once the WAL is larger than
+`history_max_bytes` (1 GiB), history alone keeps no segment, and a channel whose newest
+messages were deleted comes back with its head (from heads.db) but a shorter history, so
+a `since` reaching further answers `recovered: false`. The checkpoint and heads rules
+are never relaxed.
 
 Reading while the writer appends (`reader.LogFollower`, `reader.iter_records`)
 -----------------------------------------------------------------------------

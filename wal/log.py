@@ -1,9 +1,12 @@
 """`WalLog`: the write-ahead log behind the durability seam (`core.log.DurableLog`).
 
-WalLog.open()      recovery (thread) ─▶ RecoveredState; GroupCommitWriter started
+WalLog.open()      recovery (thread) ─▶ RecoveredState; heads store + GroupCommitWriter
 WalLog.append()    ─▶ GroupCommitWriter.append (frame the record, assign the LSN)
-batch durable      ─▶ metrics, on_durable(entries), durable listeners, retention
+batch durable      ─▶ heads into the dirty set, metrics, on_durable(entries), durable
+                      listeners; at a rotation a heads flush (thread), then retention
+head_of()          ─▶ dirty heads ─▶ the heads being flushed ─▶ heads.db (point lookup)
 set_checkpoint()   ─▶ retention: delete old segments (off the loop)
+set_history_floor()─▶ retention too
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from core.log import (
     LogUnavailable,
     RecoveredState,
 )
+from wal.heads import FLUSH_CHANNELS, HeadsReader, HeadsStoreError, HeadsTracker
 from wal.metrics import WalMetrics
 from wal.record import ConnectionEvent
 from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_window
@@ -39,14 +43,14 @@ log = logging.getLogger("ferry.wal")
 
 DurableListener = Callable[[Batch], None]
 _RECENT = 1024  # batches behind the "recent" figures in stats()
-_RETENTION_RETRY_S = 1.0
 
 
 class WalLog:
     """The WAL in a directory, opened by `open()`; one writer per directory (a lock file).
 
-    Parameters beyond `core.config.Config` (`max_batch_bytes`, `history_max_bytes`) are
-    for tests and tuning; `from_config` is how the server builds one.
+    Parameters beyond `core.config.Config` (`max_batch_bytes`, `history_max_bytes`,
+    `heads_flush_channels`) are for tests and tuning; `from_config` is how the server
+    builds one.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class WalLog:
         max_batch_delay_ms: float = 0.0,
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         history_max_bytes: int = 1024 * 1024 * 1024,
+        heads_flush_channels: int = FLUSH_CHANNELS,
         registry: CollectorRegistry | None = None,
     ) -> None:
         if sync not in ("fsync", "write"):
@@ -71,21 +76,21 @@ class WalLog:
         self.max_batch_delay_ms = max_batch_delay_ms
         self.max_batch_bytes = max_batch_bytes
         self.history_max_bytes = history_max_bytes
+        self.heads_flush_channels = heads_flush_channels
         self.tail_window = tail_window(max_batch_bytes)
         # The log's own registry unless one is passed; the server merges it into its own.
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = WalMetrics(self.registry)
         self._writer: GroupCommitWriter | None = None
+        self._heads: HeadsTracker | None = None
         self._lock_fd: int | None = None
         self._on_durable: DurableHandler | None = None
         self._on_failed: FailedHandler | None = None
         self._listeners: list[DurableListener] = []
         self._segments: list[SegmentMeta] = []
         self._bytes = 0
-        self._history_size = 0
         self._checkpoint = 0
         self._history_floor = 0
-        self._retention_retry_at = 0.0  # history kept a segment: look again after this
         self._failure_reported = False
         self._opened_next_lsn = 1
         self._deleting: set[asyncio.Future[None]] = set()
@@ -111,29 +116,51 @@ class WalLog:
     async def open(self, limits: HistoryLimits) -> RecoveredState:
         """Recover the directory (see the package docstring) and start the writer.
 
+        The state holds at most `limits.max_channels` channels, the rings within `limits`.
         Raises `wal.errors.CorruptLog`, `NodeIdMismatch` or `WalLocked` when it cannot.
         """
         if self._writer is not None or self._closed:
             raise RuntimeError("WalLog.open() may be called once")
-        history_size = limits.size
         os.makedirs(self.wal_dir, exist_ok=True)
         self._lock_fd = lock_dir(self.wal_dir)
         try:
             rec = await asyncio.to_thread(
-                recover, self.wal_dir, self.node_id, history_size, self.tail_window
+                recover,
+                self.wal_dir,
+                self.node_id,
+                limits,
+                self.tail_window,
+                flush_channels=self.heads_flush_channels,
             )
-            active = rec.segments[-1]
-            fd = open_for_append(active.path)
+            try:
+                reader = HeadsReader(rec.store.path)
+                active = rec.segments[-1]
+                fd = open_for_append(active.path)
+            except BaseException:
+                rec.store.close()
+                raise
         except BaseException:
             unlock_dir(self._lock_fd)
             self._lock_fd = None
             raise
-        self._history_size = history_size
         self._segments = rec.segments
         self._bytes = sum(seg.size for seg in rec.segments)
         self._first_lsn = rec.segments[0].first_lsn
+        # Until the router sets it: the rings it rebuilds from the state hold from the
+        # oldest recovered entry on, and (history on) everything appended from now.
+        history = limits.size > 0 and limits.max_channels > 0
+        self._history_floor = rec.history_floor or (rec.state.next_lsn if history else 0)
         state = rec.state
         self._opened_next_lsn = state.next_lsn
+        self._heads = HeadsTracker(
+            rec.store,
+            reader,
+            rec.dirty,
+            durable_lsn=lambda: self.durable_lsn,
+            on_flushed=self._heads_flushed,
+            on_error=self._heads_failed,
+            flush_channels=self.heads_flush_channels,
+        )
         self._writer = GroupCommitWriter(
             self.wal_dir,
             self.node_id,
@@ -141,11 +168,11 @@ class WalLog:
             segment_first_lsn=active.first_lsn,
             segment_size=active.size,
             segment_header_size=rec.active_header.size,
-            segment_heads=rec.active_header.heads,
             next_lsn=state.next_lsn,
-            heads=dict(state.heads),
+            heads=self._heads,
             on_batch=self._batch_done,
             on_failed=self._batch_failed,
+            on_dead=self._writer_died,
             sync=self.sync == "fsync",
             segment_bytes=self.segment_bytes,
             max_batch_bytes=self.max_batch_bytes,
@@ -158,18 +185,23 @@ class WalLog:
         m.durable_lsn.set(state.next_lsn - 1)
         m.recovery_seconds.set(rec.seconds)
         m.truncated_bytes.set(rec.truncation.dropped_bytes if rec.truncation else 0)
+        m.heads_as_of.set(rec.store.as_of)
+        m.heads_dirty.set(len(rec.dirty))
         lsns = (
             f"LSN {self._first_lsn}..{state.next_lsn - 1}"
             if state.next_lsn > self._first_lsn
             else f"empty, next LSN {state.next_lsn}"
         )
         log.info(
-            "WAL %s: %d segments, %s, %d records, %d channels; recovered in %.2fs%s",
+            "WAL %s: %d segments, %s, %d records; %d channels held, %d heads to store, "
+            "heads.db as of LSN %d; recovered in %.2fs%s",
             self.wal_dir,
             len(self._segments),
             lsns,
             rec.records,
             len(state.heads),
+            len(rec.dirty),
+            rec.store.as_of,
             rec.seconds,
             "" if self.sync == "fsync" else " (wal_sync=write: NOT safe on power loss)",
         )
@@ -209,11 +241,26 @@ class WalLog:
         return None if writer is not None else "not open"
 
     def head_of(self, channel: str) -> int:
-        writer = self._writer
-        return writer.heads.get(channel, 0) if writer is not None else 0
+        """The channel's last durable seq (0 if the log never held one, or it is not open).
+
+        Synchronous, on the loop: the dirty heads, then those being flushed, then a point
+        lookup in heads.db (~5 us hit or miss from the page cache, see `HeadsReader`).
+        Raises `LogUnavailable` if heads.db cannot be read (never a wrong 0)."""
+        heads = self._heads
+        if heads is None:
+            return 0
+        try:
+            return heads.head_of(channel)
+        except HeadsStoreError as exc:
+            raise LogUnavailable(f"WAL heads store unreadable: {exc}") from None
 
     def set_history_floor(self, lsn: int) -> None:
+        """The oldest LSN any in-memory history ring holds (0: none). Retention keeps the
+        segments from the one holding it on (up to `history_max_bytes`)."""
+        raised = lsn > self._history_floor or (lsn == 0 and self._history_floor != 0)
         self._history_floor = lsn
+        if raised and self._writer is not None:
+            self._apply_retention()
 
     @property
     def durable_lsn(self) -> int:
@@ -245,6 +292,10 @@ class WalLog:
             "appends": float(writer.next_lsn - self._opened_next_lsn) if writer else 0.0,
             "writable": 1.0 if self.writable else 0.0,
             "last_fsync_error": float(writer.failure_errno) if writer else 0.0,
+            "heads_as_of": float(self._heads.as_of) if self._heads else 0.0,
+            "heads_dirty": float(len(self._heads.dirty)) if self._heads else 0.0,
+            "heads_flushes": float(self._heads.flushes) if self._heads else 0.0,
+            "history_floor": float(self._history_floor),
         }
 
     async def close(self) -> None:
@@ -255,6 +306,9 @@ class WalLog:
         writer = self._writer
         if writer is not None:
             await writer.close()
+        if self._heads is not None:
+            await self._heads.close()  # the last flush: as of the last durable LSN
+            self.metrics.heads_as_of.set(self._heads.as_of)
         await self.wait_deletions()
         if self._lock_fd is not None:
             unlock_dir(self._lock_fd)
@@ -274,16 +328,28 @@ class WalLog:
     def set_checkpoint(self, lsn: int) -> None:
         """The replayer committed everything up to `lsn`: old segments may go.
 
-        A segment is deleted when all of these hold: it is not the active one, its last LSN
-        is <= the checkpoint, every older segment is deleted too (the log stays gap-free),
-        and no channel's last `history_size` messages are in it -- unless the WAL is over
-        `history_max_bytes`, where history alone no longer keeps segments.
+        A segment is deleted when all of these hold: it is not the active one, every older
+        segment is deleted too (the log stays gap-free), its last LSN is <= the checkpoint
+        (the database has it), <= heads.db's as_of (no head is lost) and < the history
+        floor (`set_history_floor`: no in-memory ring reaches into it) -- the last rule
+        unless the WAL is over `history_max_bytes`, where history alone keeps no segment.
         """
         if lsn <= self._checkpoint:
             return
         self._checkpoint = lsn
         self.metrics.checkpoint_lsn.set(lsn)
         self._apply_retention()
+
+    async def flush_heads(self) -> None:
+        """Store the dirty heads in heads.db now and wait until it is done (and until the
+        retention that may follow has started). For tests and tools: the log flushes by
+        itself at rotations, at `heads_flush_channels` dirty channels and at close."""
+        heads = self._heads
+        if heads is None:
+            return
+        await heads.wait()
+        heads.request_flush()
+        await heads.wait()
 
     async def wait_deletions(self) -> None:
         """Wait until the segment deletions retention has started are done (they run off
@@ -301,6 +367,10 @@ class WalLog:
     # -- internals -----------------------------------------------------------------------
 
     def _batch_done(self, batch: Batch) -> None:
+        """The writer's completion of a durable batch. Bookkeeping first: an exception
+        there fails this batch (the writer's failure path); then delivery, whose handlers'
+        exceptions are logged; then what follows from it (heads flush, retention), whose
+        exceptions fail the writer but not this batch, already delivered."""
         if batch.rotation is not None:
             self._rotated(batch)
         records = batch.records
@@ -329,67 +399,95 @@ class WalLog:
                 listener(batch)
             except Exception:
                 log.exception("WAL durable listener failed")
+        try:
+            heads = self._heads
+            assert heads is not None
+            m.heads_dirty.set(len(heads.dirty))
+            if batch.rotation is not None:
+                heads.request_flush()  # the sealed segment's heads: it may go once stored
+                self._apply_retention()
+        except Exception as exc:
+            writer = self._writer
+            if writer is not None:
+                writer.fail(exc, "batch completion")
 
     def _rotated(self, batch: Batch) -> None:
         rotation = batch.rotation
         assert rotation is not None
         sealed = self._segments[-1]
         sealed.last_lsn = batch.first_lsn - 1
-        sealed.last_seqs = rotation.sealed_last_seqs
         path = os.path.join(self.wal_dir, segment_name(batch.first_lsn))
         header_size = len(rotation.header)
         self._segments.append(SegmentMeta(batch.first_lsn, path, header_size))
         self._bytes += header_size
         self.metrics.segments.set(len(self._segments))
-        self._retention_retry_at = 0.0
-        self._apply_retention()
+
+    def _heads_flushed(self, seconds: float) -> None:
+        heads = self._heads
+        assert heads is not None
+        m = self.metrics
+        m.heads_as_of.set(heads.as_of)
+        m.heads_flushes.inc()
+        m.heads_flush_seconds.observe(seconds)
+        m.heads_dirty.set(len(heads.dirty))
+        self._apply_retention()  # as_of moved: segments up to it may go
+
+    def _heads_failed(self, exc: BaseException) -> None:
+        writer = self._writer
+        if writer is not None:
+            writer.fail(exc, "heads store flush")
+        else:
+            self._writer_died()
+
+    def _writer_died(self) -> None:
+        """Once, when the writer turns unwritable (whatever the cause)."""
+        if self._failure_reported:
+            return
+        self._failure_reported = True
+        m = self.metrics
+        m.writable.set(0)
+        m.errors.inc()
+        writer = self._writer
+        m.last_error_errno.set(writer.failure_errno if writer else -1)
 
     def _batch_failed(self, entries: list[Entry], reason: str) -> None:
-        m = self.metrics
-        if not self._failure_reported:  # the first of the (at most two) calls
-            self._failure_reported = True
-            m.writable.set(0)
-            m.errors.inc()
-            writer = self._writer
-            m.last_error_errno.set(writer.failure_errno if writer else -1)
+        self._writer_died()  # (already called by the writer; harmless)
         if self._on_failed is not None:
             self._on_failed(entries, reason)
 
     def _apply_retention(self) -> None:
-        if self._closed or len(self._segments) < 2 or self._segments[0].last_lsn > self._checkpoint:
+        segments = self._segments
+        if self._closed or len(segments) < 2:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._retention_retry_at:
-            return  # history kept the oldest segment a moment ago; don't rescan per commit
-        heads = self._writer.heads if self._writer is not None else {}
-        history = self._history_size
+        heads = self._heads
+        limit = min(self._checkpoint, heads.as_of if heads is not None else 0)
+        if segments[0].last_lsn > limit:
+            return
+        floor = self._history_floor
         doomed: list[SegmentMeta] = []
         remaining = self._bytes
-        for seg in self._segments[:-1]:
-            if seg.last_lsn > self._checkpoint:
+        for seg in segments[:-1]:
+            if seg.last_lsn > limit:
                 break
-            if (
-                history
-                and remaining <= self.history_max_bytes
-                and any(heads.get(ch, 0) - seq < history for ch, seq in seg.last_seqs.items())
-            ):
-                self._retention_retry_at = loop.time() + _RETENTION_RETRY_S
-                break  # some channel's history still reaches into it
+            if floor and seg.last_lsn >= floor and remaining <= self.history_max_bytes:
+                break  # an in-memory ring still reaches into it
             doomed.append(seg)
             remaining -= seg.size
         if not doomed:
             return
-        del self._segments[: len(doomed)]
+        del segments[: len(doomed)]
         self._bytes = remaining
-        self._first_lsn = self._segments[0].first_lsn
-        self.metrics.segments.set(len(self._segments))
+        self._first_lsn = segments[0].first_lsn
+        self.metrics.segments.set(len(segments))
         self.metrics.size_bytes.set(self._bytes)
         log.info(
-            "WAL retention: deleting %d segments up to LSN %d (checkpoint %d)",
+            "WAL retention: deleting %d segments up to LSN %d (checkpoint %d, heads as of %d)",
             len(doomed),
             doomed[-1].last_lsn,
             self._checkpoint,
+            limit if heads is None else heads.as_of,
         )
+        loop = asyncio.get_running_loop()
         future = loop.run_in_executor(None, _delete, [seg.path for seg in doomed])
         self._deleting.add(future)
         future.add_done_callback(self._deleting.discard)

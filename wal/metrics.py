@@ -49,7 +49,9 @@ class WalMetrics:
         )
         self.writable = Gauge("ferry_wal_writable", "1 while the WAL accepts appends", registry=r)
         self.errors = Counter(
-            "ferry_wal_write_errors", "Write/fsync errors (the first is fatal)", registry=r
+            "ferry_wal_write_errors",
+            "Errors that made the WAL unwritable (write, fsync, heads store, ...; the first is fatal)",
+            registry=r,
         )
         self.last_error_errno = Gauge(
             "ferry_wal_last_error_errno", "errno of the write/fsync error, 0 if none", registry=r
@@ -61,4 +63,19 @@ class WalMetrics:
         )
         self.recovery_seconds = Gauge(
             "ferry_wal_recovery_seconds", "Time the startup scan of the WAL took", registry=r
+        )
+        self.heads_as_of = Gauge(
+            "ferry_wal_heads_as_of_lsn", "LSN heads.db is complete up to", registry=r
+        )
+        self.heads_dirty = Gauge(
+            "ferry_wal_heads_dirty", "Channel heads durable but not yet in heads.db", registry=r
+        )
+        self.heads_flushes = Counter(
+            "ferry_wal_heads_flushes", "Transactions that stored dirty heads", registry=r
+        )
+        self.heads_flush_seconds = Histogram(
+            "ferry_wal_heads_flush_seconds",
+            "Time one heads.db flush took (in its own thread)",
+            buckets=FSYNC_BUCKETS,
+            registry=r,
         )

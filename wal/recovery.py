@@ -1,4 +1,5 @@
-"""Startup recovery: read the whole log once, cut a torn tail, rebuild the relay's state.
+"""Startup recovery: read the whole log once, cut a torn tail, bring the heads store up to
+date and rebuild the relay's state within its `HistoryLimits`.
 
 Blocking file I/O; `WalLog.open` runs it in a thread. See the package docstring
 ("Recovery") for which damage is cut and which refuses the start.
@@ -12,8 +13,16 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from core.log import RecoveredState
-from wal.errors import BadPayload, CorruptLog, NodeIdMismatch, RecordError
+from core.log import ENTRY_OVERHEAD_BYTES, Entry, HistoryLimits, RecoveredState
+from wal.errors import BadPayload, CorruptLog, NodeIdMismatch, RecordError, SegmentError
+from wal.heads import (
+    FLUSH_CHANNELS,
+    Head,
+    HeadsStore,
+    HeadsStoreError,
+    StoredHead,
+    heads_behind,
+)
 from wal.reader import SegmentScan, scan_dir
 from wal.record import (
     EVENT,
@@ -32,6 +41,7 @@ from wal.segment import (
     encode_header,
     fsync_dir,
     list_segments,
+    load_header,
     segment_name,
 )
 
@@ -66,8 +76,6 @@ class SegmentMeta:
     path: str
     size: int
     last_lsn: int = 0  # for sealed segments; the active one grows
-    # channel -> last seq of that channel in this segment: whether history still needs it
-    last_seqs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -75,14 +83,141 @@ class Recovery:
     state: RecoveredState
     segments: list[SegmentMeta]  # oldest first; the last one is the active segment
     active_header: SegmentHeader
+    store: HeadsStore  # open; as_of is where `dirty` starts
+    dirty: dict[str, Head]  # heads of the records after store.as_of: the initial dirty set
     truncation: Truncation | None = None
     removed_tmp: list[str] = field(default_factory=list)
     records: int = 0
     seconds: float = 0.0
+    history_floor: int = 0  # oldest LSN in the recovered rings (0: none)
+    migrated: int = 0  # heads taken from a version 1 header snapshot into heads.db
+    ahead: int = 0  # > 0: heads.db was complete up to this LSN, past the end of the log
 
 
-def recover(wal_dir: str, node_id: str, history_size: int, tail_window: int) -> Recovery:
-    """Scan `wal_dir`, repair a torn tail, return the state to resume from.
+class _Channel:
+    """A channel recovery holds: its last seq and its ring of (lsn, message)."""
+
+    __slots__ = ("bytes", "ring", "seq")
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.bytes = 0  # entry_bytes() of the ring
+        self.ring: collections.deque[tuple[int, MessagePayload]] = collections.deque()
+
+
+class _Rebuild:
+    """Builds the `RecoveredState` during the scan, within `HistoryLimits` all along:
+    at most `max_channels` channels (least recently written evicted first), each ring
+    within `size` and `channel_bytes`, all rings within `total_bytes` (the globally oldest
+    entry dropped first, through `_order`: (lsn, channel) in LSN order, compacted when
+    mostly stale). Heads of records after the store's as_of collect in `dirty`, flushed to
+    the store every `flush_channels` channels so that they stay bounded too."""
+
+    def __init__(self, limits: HistoryLimits, store: HeadsStore, flush_channels: int) -> None:
+        self.size = limits.size
+        self.channel_bytes = limits.channel_bytes
+        self.total_bytes = limits.total_bytes
+        self.max_channels = limits.max_channels
+        self.store = store
+        self.as_of = store.as_of
+        self.flush_channels = max(1, flush_channels)
+        self.dirty: dict[str, Head] = {}
+        self.channels: collections.OrderedDict[str, _Channel] = collections.OrderedDict()
+        self._order: collections.deque[tuple[int, _Channel]] = collections.deque()
+        self.total = 0  # entry_bytes() over all rings
+        self.live = 0  # entries in all rings
+
+    def message(self, lsn: int, msg: MessagePayload) -> None:
+        name, seq = msg.channel, msg.seq
+        if lsn > self.as_of:
+            dirty = self.dirty
+            dirty[name] = StoredHead(seq, lsn)
+            if len(dirty) >= self.flush_channels:
+                self.store.write(dirty, lsn)  # complete up to lsn: the records scanned so far
+                self.dirty = {}
+                self.as_of = lsn
+        if self.max_channels <= 0:
+            return
+        channels = self.channels
+        ch = channels.get(name)
+        if ch is None:
+            ch = channels[name] = _Channel()
+            if len(channels) > self.max_channels:
+                _, old = channels.popitem(last=False)
+                self._drop_ring(old)
+        else:
+            channels.move_to_end(name)
+        if self.size > 0:
+            ring = ch.ring
+            if ch.seq and seq != ch.seq + 1 and ring:
+                self._drop_ring(ch)  # not consecutive (a repair's gap): start over
+            cost = len(msg.data) + ENTRY_OVERHEAD_BYTES  # = core.log.entry_bytes(entry)
+            ring.append((lsn, msg))
+            ch.bytes += cost
+            self.total += cost
+            self.live += 1
+            self._order.append((lsn, ch))
+            while len(ring) > self.size or ch.bytes > self.channel_bytes:
+                self._pop_oldest(ch)
+            if self.total > self.total_bytes:
+                self._trim_total()
+            if len(self._order) > 2 * self.live + 1024:
+                self._compact()
+        ch.seq = seq
+
+    def _pop_oldest(self, ch: _Channel) -> None:
+        _, msg = ch.ring.popleft()
+        cost = len(msg.data) + ENTRY_OVERHEAD_BYTES
+        ch.bytes -= cost
+        self.total -= cost
+        self.live -= 1
+
+    def _drop_ring(self, ch: _Channel) -> None:
+        self.total -= ch.bytes
+        self.live -= len(ch.ring)
+        ch.bytes = 0
+        ch.ring.clear()
+
+    def _trim_total(self) -> None:
+        order = self._order
+        while self.total > self.total_bytes and order:
+            lsn, ch = order.popleft()
+            ring = ch.ring
+            if ring and ring[0][0] == lsn:  # else stale: already dropped
+                self._pop_oldest(ch)
+
+    def _compact(self) -> None:
+        live = [(lsn, ch) for ch in self.channels.values() for lsn, _ in ch.ring]
+        live.sort(key=lambda item: item[0])
+        self._order = collections.deque(live)
+
+    def state(self, next_lsn: int, heads_ahead: dict[str, int]) -> tuple[RecoveredState, int]:
+        """The recovered state, and the oldest LSN its rings hold (0: none).
+        `heads_ahead`: stored seqs above the log's (the store is ahead of a cut log)."""
+        heads: dict[str, int] = {}
+        history: dict[str, list[Entry]] = {}
+        floor = 0
+        for name, ch in self.channels.items():
+            head = max(ch.seq, heads_ahead.get(name, 0))
+            heads[name] = head
+            ring = ch.ring
+            if ring and ring[-1][1].seq == head:
+                history[name] = [msg.to_entry(lsn) for lsn, msg in ring]
+                if not floor or ring[0][0] < floor:
+                    floor = ring[0][0]
+        return RecoveredState(next_lsn=next_lsn, heads=heads, history=history), floor
+
+
+def recover(
+    wal_dir: str,
+    node_id: str,
+    limits: HistoryLimits,
+    tail_window: int,
+    *,
+    flush_channels: int = FLUSH_CHANNELS,
+) -> Recovery:
+    """Scan `wal_dir`, repair a torn tail, bring heads.db up to date, return the state to
+    resume from (bounded by `limits`).
 
     `tail_window`: how far from the end of the newest segment a torn write can reach (the
     writer's batch cap plus one record); damage further back refuses the start.
@@ -96,21 +231,85 @@ def recover(wal_dir: str, node_id: str, history_size: int, tail_window: int) -> 
     for path in removed:
         log.warning("removed %s: a segment an interrupted rotation left half-made", path)
 
-    last_seqs: list[dict[str, int]] = []
-    rings: dict[str, collections.deque[tuple[int, MessagePayload]]] = {}
+    listed = list_segments(wal_dir)
+    oldest: SegmentHeader | None = None
+    if listed:
+        try:
+            oldest = load_header(listed[0][1])
+        except SegmentError:
+            oldest = None  # the scan reports it (and refuses)
+        except OSError:
+            oldest = None
+    if oldest is not None and oldest.node_id != node_id:
+        raise _node_mismatch(wal_dir, oldest.node_id, node_id)
+    try:
+        store = HeadsStore.open(wal_dir)
+    except HeadsStoreError as exc:
+        raise CorruptLog(
+            f"refusing to start: heads store {exc}. `ferry wal repair {wal_dir}` sets it "
+            "aside and starts a new one from the log (channels whose last message was in a "
+            "deleted segment then restart at seq 1)",
+            exc.path,
+            0,
+        ) from None
+    try:
+        return _recover(
+            wal_dir,
+            node_id,
+            limits,
+            tail_window,
+            flush_channels,
+            store,
+            oldest,
+            listed,
+            removed,
+            started,
+        )
+    except BaseException:
+        store.close()
+        raise
+
+
+def _recover(
+    wal_dir: str,
+    node_id: str,
+    limits: HistoryLimits,
+    tail_window: int,
+    flush_channels: int,
+    store: HeadsStore,
+    oldest: SegmentHeader | None,
+    listed: list[tuple[int, str]],
+    removed: list[str],
+    started: float,
+) -> Recovery:
+    migrated = 0
+    if oldest is not None:
+        first = oldest.first_lsn
+        if first - 1 > store.as_of:
+            if heads_behind(store.as_of, first, oldest.version):
+                raise CorruptLog(
+                    heads_behind_message(wal_dir, store.path, store.as_of, first), store.path, 0
+                )
+            # Migration: a directory from before heads.db. The oldest header's snapshot
+            # holds every channel's head as of first - 1.
+            snapshot = load_header(listed[0][1], decode_heads=True).heads or {}
+            store.write({ch: StoredHead(seq, 0) for ch, seq in snapshot.items()}, first - 1)
+            migrated = len(snapshot)
+            del snapshot
+            log.warning(
+                "WAL %s: no heads store yet; took %d channel heads from the header of %s into %s",
+                wal_dir,
+                migrated,
+                os.path.basename(listed[0][1]),
+                store.path,
+            )
+
+    rebuild = _Rebuild(limits, store, flush_channels)
 
     def visit(index: int, frame: Frame) -> None:
-        while len(last_seqs) <= index:
-            last_seqs.append({})
         rtype = frame.type
         if rtype == MESSAGE:
-            msg = decode_message(frame.payload)
-            last_seqs[index][msg.channel] = msg.seq
-            if history_size:
-                ring = rings.get(msg.channel)
-                if ring is None:
-                    ring = rings[msg.channel] = collections.deque(maxlen=history_size)
-                ring.append((frame.lsn, msg))
+            rebuild.message(frame.lsn, decode_message(frame.payload))
         elif rtype == EVENT:
             decode_event(frame.payload)
         else:
@@ -120,11 +319,7 @@ def recover(wal_dir: str, node_id: str, history_size: int, tail_window: int) -> 
     segments = scan.segments
     truncation = None
     if segments and segments[0].header is not None and segments[0].header.node_id != node_id:
-        raise NodeIdMismatch(
-            f"{wal_dir} holds the log of node {segments[0].header.node_id!r}, this node is "
-            f"{node_id!r}: set FERRY_NODE_ID to the node id the log was written with, or "
-            "point FERRY_WAL_DIR at this node's own directory"
-        )
+        raise _node_mismatch(wal_dir, segments[0].header.node_id, node_id)
     damaged = scan.first_damage
     if damaged is not None:
         bad = segments[damaged]
@@ -153,30 +348,78 @@ def recover(wal_dir: str, node_id: str, history_size: int, tail_window: int) -> 
                 error.offset,
             )
 
+    last_lsn = segments[-1].last_lsn if segments else 0
+    ahead = 0
+    heads_ahead: dict[str, int] = {}
+    if rebuild.as_of > last_lsn:
+        # The log lost records the store had seen (a repair cut acked records, or a power
+        # loss with wal_sync=write): stored heads win, so those channels continue after a
+        # gap and never reuse a seq. as_of comes back to the end of the log, where new
+        # LSNs start.
+        ahead = rebuild.as_of
+        stored = store.seqs(rebuild.channels)
+        heads_ahead = {ch: seq for ch, seq in stored.items() if seq > rebuild.channels[ch].seq}
+        store.write({}, last_lsn)
+        rebuild.as_of = last_lsn
+        log.warning(
+            "WAL %s: heads store was complete up to LSN %d, the log ends at %d: %d channels "
+            "keep heads from records no longer in the log (their seqs continue after a gap)",
+            wal_dir,
+            ahead,
+            last_lsn,
+            store.count_from(last_lsn + 1),
+        )
+
     if not segments:
-        header_bytes = encode_header(node_id, 1, {})
+        header_bytes = encode_header(node_id, 1)
         os.close(create_segment(wal_dir, 1, header_bytes))
-        header = SegmentHeader(node_id, 1, {}, len(header_bytes))
+        header = SegmentHeader(node_id, 1, len(header_bytes))
         path = os.path.join(wal_dir, segment_name(1))
         metas = [SegmentMeta(1, path, len(header_bytes), 0)]
         state = RecoveredState(next_lsn=1)
-        return Recovery(state, metas, header, None, removed, 0, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return Recovery(
+            state, metas, header, store, {}, None, removed, 0, seconds, 0, migrated, ahead
+        )
 
-    first_header = segments[0].header
-    assert first_header is not None
-    heads = dict(first_header.heads)
-    metas = []
-    for index, seg in enumerate(segments):
-        seqs = last_seqs[index] if index < len(last_seqs) else {}
-        heads.update(seqs)
-        metas.append(SegmentMeta(seg.first_lsn, seg.path, seg.end, seg.last_lsn, seqs))
-    history = {channel: [msg.to_entry(lsn) for lsn, msg in ring] for channel, ring in rings.items()}
-    state = RecoveredState(next_lsn=segments[-1].last_lsn + 1, heads=heads, history=history)
+    metas = [SegmentMeta(seg.first_lsn, seg.path, seg.end, seg.last_lsn) for seg in segments]
+    state, floor = rebuild.state(last_lsn + 1, heads_ahead)
     active_header = segments[-1].header
     assert active_header is not None
     records = sum(seg.records for seg in segments)
     seconds = time.monotonic() - started
-    return Recovery(state, metas, active_header, truncation, removed, records, seconds)
+    return Recovery(
+        state,
+        metas,
+        active_header,
+        store,
+        rebuild.dirty,
+        truncation,
+        removed,
+        records,
+        seconds,
+        floor,
+        migrated,
+        ahead,
+    )
+
+
+def heads_behind_message(wal_dir: str, path: str, as_of: int, first_lsn: int) -> str:
+    return (
+        f"refusing to start: heads store {path} is complete up to LSN {as_of}, but the log "
+        f"begins at LSN {first_lsn}: the heads of channels last written in LSN "
+        f"{as_of + 1}..{first_lsn - 1} are gone, and those channels would restart at seq 1. "
+        f"Put back the heads.db this directory was written with, or run `ferry wal repair "
+        f"{wal_dir}` to accept the loss"
+    )
+
+
+def _node_mismatch(wal_dir: str, found: str, node_id: str) -> NodeIdMismatch:
+    return NodeIdMismatch(
+        f"{wal_dir} holds the log of node {found!r}, this node is "
+        f"{node_id!r}: set FERRY_NODE_ID to the node id the log was written with, or "
+        "point FERRY_WAL_DIR at this node's own directory"
+    )
 
 
 def _is_newest(wal_dir: str, path: str) -> bool:

@@ -4,6 +4,14 @@ Two users: startup recovery (`truncate_segment` on a torn tail of the newest seg
 `ferry wal repair` (`repair_dir`: the operator's explicit way past corruption anywhere,
 which also sets aside every later segment). Nothing is ever deleted here: a truncated
 segment is first copied to `<name>.broken`, a dropped one is renamed to it.
+
+`repair_dir` also deals with the heads store (`wal.heads`): an unreadable heads.db is set
+aside (`heads.db.broken`, with its -wal and -shm) and a new one started; one that is
+behind the log (its as_of before the oldest segment, which has no heads snapshot) is
+moved up to the log. Both accept that channels whose last message was only in a deleted
+segment restart at seq 1, and say so. A heads store *ahead* of the cut log is left alone:
+those channels keep their seqs (a gap, never a reuse), and the next start brings as_of
+back to the end of the log.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 
 from wal.errors import RecordError, SegmentError
+from wal.heads import HeadsStore, HeadsStoreError, heads_behind, heads_path, read_summary
 from wal.reader import DirScan, SegmentScan, scan_dir
 from wal.segment import (
     BROKEN_SUFFIX,
@@ -104,11 +113,14 @@ class RepairReport:
     dropped: list[DroppedSegment] = field(default_factory=list)
     removed_tmp: list[str] = field(default_factory=list)
     first_lost_lsn: int = 0  # 0: nothing lost
+    heads: list[str] = field(default_factory=list)  # what was found / done to heads.db
 
     def lines(self) -> list[str]:
         out = [f"removed leftover {path}" for path in self.removed_tmp]
         if self.damage is None:
-            out.append("no damage found; nothing to repair")
+            if not self.heads:
+                out.append("no damage found; nothing to repair")
+            out.extend(self.heads)
             return out
         out.append(f"damage: {self.damage}")
         if self.truncated is not None:
@@ -129,6 +141,7 @@ class RepairReport:
                 f"{self.first_lost_lsn - 1}, it already holds rows with them: check before "
                 "starting the node again."
             )
+        out.extend(self.heads)
         return out
 
 
@@ -141,6 +154,10 @@ def repair_dir(wal_dir: str) -> RepairReport:
         scan: DirScan = scan_dir(wal_dir, stop_at_error=False)
         index = scan.first_damage
         if index is None:
+            last = scan.segments[-1].last_lsn if scan.segments else 0
+            _repair_heads(wal_dir, scan.segments, last, report)
+            for line in report.heads:
+                log.warning("wal repair: %s", line)
             return report
         bad = scan.segments[index]
         damage = bad.error
@@ -162,12 +179,59 @@ def repair_dir(wal_dir: str) -> RepairReport:
             )
         if later:
             fsync_dir(wal_dir)
+        kept = scan.segments[: index + (0 if later and later[0] is bad else 1)]
+        _repair_heads(wal_dir, kept, report.first_lost_lsn - 1, report)
         for line in report.lines():
             log.warning("wal repair: %s", line)
         return report
     finally:
         with contextlib.suppress(OSError):
             unlock_dir(lock)
+
+
+def _repair_heads(
+    wal_dir: str, kept: list[SegmentScan], last_lsn: int, report: RepairReport
+) -> None:
+    """See the module docstring. `kept`: the segments left, `last_lsn`: the log's end."""
+    path = heads_path(wal_dir)
+    try:
+        summary = read_summary(wal_dir, check=True)
+        if summary is not None and summary.integrity != "ok":
+            raise HeadsStoreError(path, f"integrity check: {summary.integrity}")
+    except HeadsStoreError as exc:
+        backups = [set_aside(name) for name in _store_files(path)]
+        fsync_dir(wal_dir)
+        report.heads.append(f"heads store unreadable ({exc}): moved to {', '.join(backups)}")
+        summary = None
+    oldest = kept[0].header if kept else None
+    as_of = summary.as_of if summary is not None else 0
+    if oldest is not None and heads_behind(as_of, oldest.first_lsn, oldest.version):
+        store = HeadsStore.open(wal_dir)
+        try:
+            store.write({}, oldest.first_lsn - 1)
+        finally:
+            store.close()
+        report.heads.append(
+            f"heads store was complete up to LSN {as_of}, the log begins at "
+            f"{oldest.first_lsn}: set it to LSN {oldest.first_lsn - 1}. Channels whose last "
+            "message was in a deleted segment (and is not in heads.db) will restart at seq 1: "
+            "clients resuming them with `since` get wrong answers"
+        )
+    elif summary is not None and summary.as_of > last_lsn:
+        store = HeadsStore.open(wal_dir)
+        try:
+            ahead = store.count_from(last_lsn + 1)
+        finally:
+            store.close()
+        report.heads.append(
+            f"heads store is complete up to LSN {summary.as_of}, past the end of the log "
+            f"(LSN {last_lsn}): {ahead} channels keep heads from records no longer in the "
+            "log; their next seqs leave a gap (never a reuse)"
+        )
+
+
+def _store_files(path: str) -> list[str]:
+    return [name for name in (path, path + "-wal", path + "-shm") if os.path.exists(name)]
 
 
 def _first_lsn_of(scan: SegmentScan) -> int:

@@ -1,19 +1,25 @@
-"""Segment files: names, the header (with its snapshot of channel heads), creation by
-rotation (`.tmp` + fdatasync + rename + directory fsync), and the directory's writer lock.
+"""Segment files: names, the header, creation by rotation (`.tmp` + fdatasync + rename +
+directory fsync), and the directory's writer lock.
 
 Header layout (little endian), followed by the first record at `SegmentHeader.size`:
 
     offset  size
     0       8    magic      b"FERRYWAL"
-    8       2    version    u16, 1
+    8       2    version    u16: 2 (written now) or 1 (read only)
     10      2    node_len   u16, bytes of node id used
-    12      4    heads_len  u32, bytes of the heads snapshot
+    12      4    heads_len  u32, bytes of the heads snapshot; always 0 in version 2
     16      8    first_lsn  u64, LSN of the segment's first record (= its name)
     24      64   node_id    UTF-8, zero-padded
     88      4    crc        zlib.crc32 over bytes 0..88 and the heads snapshot
     92      4    zeros
-    96      h    heads      msgpack map {channel: last seq} as of first_lsn - 1
+    96      h    heads      version 1 only: msgpack map {channel: last seq} as of first_lsn - 1
     96+h    0-7  zeros      to the next multiple of 8
+
+Version 2 headers are always 96 bytes: channel heads live in `heads.db` (`wal.heads`).
+Version 1 headers (written before heads.db existed) are still read; their snapshot is
+only decoded when asked (`decode_heads`), which recovery does for the oldest segment of a
+directory that has no heads store yet (the migration). Otherwise it is only checksummed,
+in chunks, and counted.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ import msgspec
 from wal.errors import BadSegmentHeader, WalLocked
 
 MAGIC = b"FERRYWAL"
-VERSION = 1
+VERSION = 2  # what this build writes
+V1_HEADS = 1  # the version whose headers carry a heads snapshot (read only)
+READABLE_VERSIONS = (1, 2)
 SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".tmp"
 BROKEN_SUFFIX = ".broken"
@@ -44,17 +52,20 @@ _FIXED = struct.Struct("<8sHHIQ64s")  # magic, version, node_len, heads_len, fir
 _CRC = struct.Struct("<II")  # crc, zeros
 HEADER_FIXED_SIZE = _FIXED.size + _CRC.size  # 96
 _NAME = re.compile(r"^(\d{20})\.wal$")
-_heads_encoder = msgspec.msgpack.Encoder()
 _heads_decoder = msgspec.msgpack.Decoder(dict[str, int])
+_CHUNK = 1024 * 1024  # bytes per read of a v1 heads snapshot that is not decoded
 
 
 @dataclass(frozen=True, slots=True)
 class SegmentHeader:
     node_id: str
     first_lsn: int
-    heads: dict[str, int]  # channel -> last seq before first_lsn
     size: int  # bytes before the first record
     version: int = VERSION
+    # Version 1 only: channels in the heads snapshot, and the snapshot itself (channel ->
+    # last seq before first_lsn) when read with decode_heads=True, else None.
+    heads_count: int = 0
+    heads: dict[str, int] | None = None
 
 
 def segment_name(first_lsn: int) -> str:
@@ -94,19 +105,32 @@ def node_id_bytes(node_id: str) -> bytes:
     return raw
 
 
-def encode_header(node_id: str, first_lsn: int, heads: dict[str, int]) -> bytes:
+def encode_header(node_id: str, first_lsn: int) -> bytes:
+    """A version 2 header: 96 bytes, no heads snapshot."""
     node = node_id_bytes(node_id)
-    snapshot = _heads_encoder.encode(heads)
-    if len(snapshot) > MAX_HEADS_BYTES:
-        raise ValueError(f"heads snapshot of {len(snapshot)} bytes is over {MAX_HEADS_BYTES}")
-    fixed = _FIXED.pack(MAGIC, VERSION, len(node), len(snapshot), first_lsn, node)
-    crc = zlib.crc32(snapshot, zlib.crc32(fixed))
-    pad = b"\0" * (-len(snapshot) % 8)
-    return b"".join((fixed, _CRC.pack(crc, 0), snapshot, pad))
+    fixed = _FIXED.pack(MAGIC, VERSION, len(node), 0, first_lsn, node)
+    return b"".join((fixed, _CRC.pack(zlib.crc32(fixed), 0)))
 
 
-def read_header(f: BinaryIO, path: str) -> SegmentHeader:
-    """Read and check the header of the segment open as `f` (positioned at 0)."""
+def _map_count(prefix: bytes) -> int | None:
+    """The entry count of the msgpack map starting with `prefix`, None if it is not one."""
+    if not prefix:
+        return None
+    tag = prefix[0]
+    if 0x80 <= tag <= 0x8F:
+        return tag & 0x0F
+    if tag == 0xDE and len(prefix) >= 3:
+        return int.from_bytes(prefix[1:3], "big")
+    if tag == 0xDF and len(prefix) >= 5:
+        return int.from_bytes(prefix[1:5], "big")
+    return None
+
+
+def read_header(f: BinaryIO, path: str, *, decode_heads: bool = False) -> SegmentHeader:
+    """Read and check the header of the segment open as `f` (positioned at 0).
+
+    A version 1 heads snapshot is always checksummed; it is decoded only with
+    `decode_heads` (it can be large: reading it in chunks keeps memory flat)."""
     raw = f.read(HEADER_FIXED_SIZE)
     if len(raw) < HEADER_FIXED_SIZE:
         raise BadSegmentHeader(path, f"header cut short: {len(raw)} of {HEADER_FIXED_SIZE} bytes")
@@ -114,30 +138,58 @@ def read_header(f: BinaryIO, path: str) -> SegmentHeader:
     crc, _ = _CRC.unpack_from(raw, _FIXED.size)
     if magic != MAGIC:
         raise BadSegmentHeader(path, f"not a ferry WAL segment (magic {magic!r})")
-    if version != VERSION:
-        raise BadSegmentHeader(path, f"format version {version}, this build reads {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise BadSegmentHeader(path, f"format version {version}, this build reads 1 and 2")
     if heads_len > MAX_HEADS_BYTES or node_len > MAX_NODE_ID_BYTES:
         raise BadSegmentHeader(path, "header sizes out of bounds")
-    snapshot = f.read(heads_len)
-    if len(snapshot) < heads_len:
-        raise BadSegmentHeader(path, "heads snapshot cut short")
-    if zlib.crc32(snapshot, zlib.crc32(raw[: _FIXED.size])) != crc:
+    if version != V1_HEADS and heads_len:
+        raise BadSegmentHeader(path, f"version {version} header with a {heads_len}-byte snapshot")
+    running = zlib.crc32(raw[: _FIXED.size])
+    heads: dict[str, int] | None = None
+    count = 0
+    snapshot = prefix = b""
+    if heads_len:
+        if decode_heads:
+            snapshot = f.read(heads_len)
+            if len(snapshot) < heads_len:
+                raise BadSegmentHeader(path, "heads snapshot cut short")
+            running = zlib.crc32(snapshot, running)
+            prefix = snapshot[:5]
+        else:
+            left = heads_len
+            while left:
+                chunk = f.read(min(left, _CHUNK))
+                if not chunk:
+                    raise BadSegmentHeader(path, "heads snapshot cut short")
+                if not prefix:
+                    prefix = chunk[:5]
+                running = zlib.crc32(chunk, running)
+                left -= len(chunk)
+    if running != crc:
         raise BadSegmentHeader(path, "header checksum mismatch")
     named = parse_segment_name(os.path.basename(path))
     if named is not None and named != first_lsn:
         raise BadSegmentHeader(path, f"header says first LSN {first_lsn}, the name {named}")
     try:
-        heads = _heads_decoder.decode(snapshot)
         node_id = node[:node_len].decode()
+        if not heads_len:
+            heads = {}
+        elif decode_heads:
+            heads = _heads_decoder.decode(snapshot)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadSegmentHeader(path, f"undecodable header: {exc}") from None
+    if heads_len:
+        found = _map_count(prefix)
+        if found is None:
+            raise BadSegmentHeader(path, "undecodable header: the heads snapshot is not a map")
+        count = found
     size = HEADER_FIXED_SIZE + heads_len + (-heads_len % 8)
-    return SegmentHeader(node_id, first_lsn, heads, size, version)
+    return SegmentHeader(node_id, first_lsn, size, version, count, heads)
 
 
-def load_header(path: str) -> SegmentHeader:
+def load_header(path: str, *, decode_heads: bool = False) -> SegmentHeader:
     with open(path, "rb") as f:
-        return read_header(f, path)
+        return read_header(f, path, decode_heads=decode_heads)
 
 
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

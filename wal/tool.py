@@ -16,11 +16,12 @@ from typing import Any, TextIO
 import msgspec
 
 from wal.errors import RecordError, WalError
+from wal.heads import HeadsStoreError, HeadsSummary, heads_behind, read_summary
 from wal.reader import DirScan, SegmentScan, iter_records, scan_dir
-from wal.record import MESSAGE, ConnectionEvent, Frame, MessagePayload, decode_payload
+from wal.record import ConnectionEvent, Frame, MessagePayload, decode_payload
 from wal.recovery import is_torn_tail, tail_window
 from wal.repair import repair_dir
-from wal.segment import BROKEN_SUFFIX, TMP_SUFFIX, list_segments
+from wal.segment import BROKEN_SUFFIX, TMP_SUFFIX, V1_HEADS, list_segments
 
 EXIT_OK, EXIT_CORRUPT, EXIT_USAGE, EXIT_TORN_TAIL = 0, 1, 2, 3
 _json = msgspec.json.Encoder()
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferry wal", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    p = sub.add_parser("inspect", help="segments, LSN ranges, sizes, record counts")
+    p = sub.add_parser("inspect", help="segments, LSN ranges, sizes, records, heads store")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     p.set_defaults(func=_inspect)
@@ -84,14 +85,37 @@ def _others(wal_dir: str) -> list[str]:
     return sorted(n for n in os.listdir(wal_dir) if n.endswith((TMP_SUFFIX, BROKEN_SUFFIX)))
 
 
+def _heads_store(wal_dir: str, check: bool = False) -> tuple[HeadsSummary | None, str | None]:
+    """The directory's heads store, or why it cannot be read."""
+    try:
+        return read_summary(wal_dir, check=check), None
+    except HeadsStoreError as exc:
+        return None, str(exc)
+
+
+def _heads_line(summary: HeadsSummary | None, error: str | None) -> str:
+    if error is not None:
+        return f"heads store: UNREADABLE: {error}"
+    if summary is None:
+        return "heads store: none (heads.db is created at the next start)"
+    return f"heads store: {summary.path}, as of LSN {summary.as_of}, {summary.channels} channels"
+
+
 def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     scan = scan_dir(args.dir, stop_at_error=False)
     segs = scan.segments
     node = next((s.header.node_id for s in segs if s.header is not None), None)
+    summary, error = _heads_store(args.dir)
     if args.json:
         doc: dict[str, Any] = {
             "dir": args.dir,
             "node": node,
+            "heads_store": (
+                {"path": summary.path, "as_of": summary.as_of, "channels": summary.channels}
+                if summary is not None
+                else None
+            ),
+            "heads_store_error": error,
             "segments": [
                 {
                     "name": s.name,
@@ -99,7 +123,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
                     "last_lsn": s.last_lsn,
                     "records": s.records,
                     "bytes": s.size,
-                    "channels_in_header": len(s.header.heads) if s.header else None,
+                    "version": s.header.version if s.header else None,
+                    "channels_in_header": s.header.heads_count if s.header else None,
                     "status": _status(s),
                 }
                 for s in segs
@@ -113,6 +138,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     lsns = f"LSN {segs[0].first_lsn}..{segs[-1].last_lsn}" if segs else "empty"
     print(f"WAL {args.dir}: node {node!r}, {len(segs)} segments, {total} bytes, ", end="", file=out)
     print(f"{records} records, {lsns}", file=out)
+    print(_heads_line(summary, error), file=out)
     print(
         f"{'segment':<26} {'first LSN':>12} {'last LSN':>12} {'records':>9} {'bytes':>11}  status",
         file=out,
@@ -131,60 +157,41 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
 # -- verify ------------------------------------------------------------------------------
 
 
-class _HeadsCheck:
-    """Decode every payload (as recovery does) and follow the channel heads, to compare
-    them with each segment header's snapshot."""
-
-    def __init__(self) -> None:
-        self.heads: dict[str, int] = {}
-        self.per_segment: dict[int, dict[str, int]] = {}
-
-    def __call__(self, index: int, frame: Frame) -> None:
-        body = decode_payload(frame.type, frame.payload)
-        if frame.type == MESSAGE:
-            assert isinstance(body, MessagePayload)
-            self.per_segment.setdefault(index, {})[body.channel] = body.seq
+def _decode(index: int, frame: Frame) -> None:
+    """Decode every payload, as recovery does (a bad one is damage)."""
+    decode_payload(frame.type, frame.payload)
 
 
 def _verify(args: argparse.Namespace, out: TextIO) -> int:
-    check = _HeadsCheck()
-    scan: DirScan = scan_dir(args.dir, check, stop_at_error=False)
+    scan: DirScan = scan_dir(args.dir, _decode, stop_at_error=False)
     segs = scan.segments
     damaged = [s for s in segs if s.error is not None]
-    heads: dict[str, int] = {}
-    for index, s in enumerate(segs):
-        if s.header is None:
-            continue
-        if index == 0:
-            heads = dict(s.header.heads)
-        elif s.header.heads != heads and segs[index - 1].error is None:
-            differ = {
-                k
-                for k in heads.keys() | s.header.heads.keys()
-                if heads.get(k) != s.header.heads.get(k)
-            }
-            print(
-                f"note: {s.name}: heads snapshot differs from the records before it for "
-                f"{len(differ)} channels (e.g. {sorted(differ)[:3]})",
-                file=out,
-            )
-        heads.update(check.per_segment.get(index, {}))
     for leftover in _others(args.dir):
         if leftover.endswith(TMP_SUFFIX):
             print(f"note: {leftover}: unfinished rotation, removed at the next start", file=out)
+    heads_damage = _verify_heads(args.dir, segs, out)
     records = sum(s.records for s in segs)
-    if not damaged:
+    if not damaged and heads_damage is None:
         last = segs[-1].last_lsn if segs else 0
         print(f"ok: {len(segs)} segments, {records} records, LSN up to {last}", file=out)
         return EXIT_OK
+    if heads_damage is not None:
+        print(f"DAMAGE {heads_damage}", file=out)
     for s in damaged:
         error = s.error
         offset = error.offset if error is not None else 0
         print(f"DAMAGE {s.path} offset {offset}: {_status(s)}", file=out)
+    if not damaged:
+        print(
+            f"corrupt: startup will refuse; `ferry wal repair {args.dir}` accepts the heads "
+            "store as it is (see above)",
+            file=out,
+        )
+        return EXIT_CORRUPT
     first = damaged[0]
     error = first.error
     # Judged as a WalLog with default settings would (package docstring, "Recovery").
-    if is_torn_tail(first, first is segs[-1], tail_window()):
+    if heads_damage is None and is_torn_tail(first, first is segs[-1], tail_window()):
         print(
             f"torn tail: the next start truncates {first.name} at offset {first.end} "
             f"({first.size - first.end} bytes, backup kept)",
@@ -197,6 +204,59 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
         file=out,
     )
     return EXIT_CORRUPT
+
+
+def _verify_heads(wal_dir: str, segs: list[SegmentScan], out: TextIO) -> str | None:
+    """Print what the heads store looks like against the log; return damage (startup
+    would refuse), or None."""
+    summary, error = _heads_store(wal_dir, check=True)
+    print(_heads_line(summary, error), file=out)
+    if error is not None:
+        return error
+    oldest = segs[0].header if segs else None
+    if summary is None:
+        if oldest is not None and oldest.version == V1_HEADS and oldest.heads_count:
+            print(
+                f"note: {segs[0].name} is a version 1 segment: the next start takes its "
+                f"{oldest.heads_count} channel heads into heads.db",
+                file=out,
+            )
+        elif oldest is not None and heads_behind(0, oldest.first_lsn, oldest.version):
+            return (
+                f"{wal_dir}: no heads store, and the log begins at LSN {oldest.first_lsn}: "
+                "the heads of channels last written before it are gone"
+            )
+        return None
+    if summary.integrity != "ok":
+        return f"{summary.path}: integrity check: {summary.integrity}"
+    if oldest is not None and heads_behind(summary.as_of, oldest.first_lsn, oldest.version):
+        return (
+            f"{summary.path} is complete up to LSN {summary.as_of}, but the log begins at "
+            f"LSN {oldest.first_lsn}: the heads of LSN {summary.as_of + 1}.."
+            f"{oldest.first_lsn - 1} are gone"
+        )
+    last = _last_good_lsn(segs)
+    if segs and summary.as_of > last:
+        print(
+            f"note: {summary.path} is complete up to LSN {summary.as_of}, past the end of the "
+            f"log (LSN {last}): records it saw were cut (repair, or a power loss with "
+            "wal_sync=write). Those channels keep their seqs: they continue after a gap, "
+            "never reusing one",
+            file=out,
+        )
+    return None
+
+
+def _last_good_lsn(segs: list[SegmentScan]) -> int:
+    """The last LSN recovery would keep (up to the first damage)."""
+    last = 0
+    for s in segs:
+        if s.header is None:
+            break
+        last = s.last_lsn
+        if s.error is not None:
+            break
+    return last
 
 
 # -- dump --------------------------------------------------------------------------------

@@ -12,13 +12,19 @@
 Exactly one batch is in flight. Everything that arrives while it syncs forms the next
 batch (capped at `max_batch_bytes`, so that a torn write can only reach that far back
 from the end of the newest segment: recovery relies on it). The per-record work on the
-loop is one msgpack encode, one CRC, three bytearray appends and a dict store; everything
+loop is one msgpack encode, one CRC and three bytearray appends in `append`, and one dict
+store (the entry, as its channel's head, into `HeadsTracker.dirty`) when its batch
+completes; everything
 else (callbacks, metrics, futures) is per batch.
 
-After any error in the thread (write, fdatasync, segment creation) the writer is dead for
-good: that batch and everything pending go to `on_failed`, later appends raise
-`LogUnavailable`. An fdatasync is never retried: after a failed fsync the kernel may have
-dropped the dirty pages, so a retry that "succeeds" would prove nothing.
+After any error in the writer path the writer is dead for good: in the thread (write,
+fdatasync, segment creation) or on the loop (`_flush`, rotation and header encoding,
+`_seal`, the completion's own bookkeeping, the owner's `fail()`: the heads store). The
+batch it happened to (if any) and everything pending go to `on_failed`, each entry
+exactly once (a batch still in the thread goes there when it comes back), `on_dead` runs
+once, later appends raise `LogUnavailable`. An fdatasync is never retried: after a failed
+fsync the kernel may have dropped the dirty pages, so a retry that "succeeds" would prove
+nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import time
 from collections.abc import Callable
 
 from core.log import Entry, LogUnavailable
+from wal.heads import HeadsTracker
 from wal.record import EVENT, ConnectionEvent, append_frame, append_message, encode_event
 from wal.segment import create_segment, encode_header, segment_name, write_all
 
@@ -80,23 +87,15 @@ class Batch:
 
 
 class Rotation:
-    """Start a new segment before writing the batch; `sealed_*` describe the old one."""
+    """Start a new segment (with `header`) before writing the batch; `sealed_*` describe
+    the old one."""
 
-    __slots__ = ("header", "heads", "sealed_first_lsn", "sealed_last_seqs", "sealed_size")
+    __slots__ = ("header", "sealed_first_lsn", "sealed_size")
 
-    def __init__(
-        self,
-        header: bytes,
-        heads: dict[str, int],
-        sealed_first_lsn: int,
-        sealed_size: int,
-        sealed_last_seqs: dict[str, int],
-    ) -> None:
+    def __init__(self, header: bytes, sealed_first_lsn: int, sealed_size: int) -> None:
         self.header = header
-        self.heads = heads
         self.sealed_first_lsn = sealed_first_lsn
         self.sealed_size = sealed_size
-        self.sealed_last_seqs = sealed_last_seqs  # channel -> its last seq in the old segment
 
 
 BatchHandler = Callable[[Batch], None]
@@ -115,11 +114,11 @@ class GroupCommitWriter:
         segment_first_lsn: int,
         segment_size: int,
         segment_header_size: int,
-        segment_heads: dict[str, int],
         next_lsn: int,
-        heads: dict[str, int],
+        heads: HeadsTracker,
         on_batch: BatchHandler,
         on_failed: FailureHandler,
+        on_dead: Callable[[], None] | None = None,
         sync: bool = True,
         segment_bytes: int = 64 * 1024 * 1024,
         max_batch_bytes: int = 4 * 1024 * 1024,
@@ -133,16 +132,16 @@ class GroupCommitWriter:
         self._delay = max_batch_delay_s
         self._on_batch = on_batch
         self._on_failed = on_failed
+        self._on_dead = on_dead
+        self._heads = heads
         self._loop = asyncio.get_running_loop()
         # Active segment, as the loop sees it (the thread owns the fd).
         self._seg_first = segment_first_lsn
         self._seg_size = segment_size
         self._seg_header_size = segment_header_size
-        self._seg_heads = segment_heads
         # LSNs: [.. durable_lsn] synced, (durable_lsn .. next_lsn) pending or in flight.
         self._next_lsn = next_lsn
         self.durable_lsn = next_lsn - 1
-        self.heads = heads  # channel -> last seq appended (not necessarily durable)
         # Pending records: `_buf`/`_entries` from `_first`, plus full batches in `_sealed`.
         self._first = next_lsn
         self._buf = bytearray()
@@ -168,11 +167,13 @@ class GroupCommitWriter:
         entry.lsn = lsn
         self._next_lsn = lsn + 1
         self._entries.append(entry)
-        self.heads[entry.channel] = entry.seq
-        if len(buf) >= self._max_batch_bytes:
-            self._seal()
-        if self._inflight is None and self._timer is None:
-            self._arm()
+        try:
+            if len(buf) >= self._max_batch_bytes:
+                self._seal()
+            if self._inflight is None and self._timer is None:
+                self._arm()
+        except Exception as exc:  # the entry is taken: it fails with everything pending
+            self._die(exc, "append", None, deferred=True)
 
     def append_event(self, event: ConnectionEvent) -> int:
         if self._refusal is not None:
@@ -180,10 +181,13 @@ class GroupCommitWriter:
         lsn = self._next_lsn
         append_frame(self._buf, lsn, EVENT, encode_event(event))
         self._next_lsn = lsn + 1
-        if len(self._buf) >= self._max_batch_bytes:
-            self._seal()
-        if self._inflight is None and self._timer is None:
-            self._arm()
+        try:
+            if len(self._buf) >= self._max_batch_bytes:
+                self._seal()
+            if self._inflight is None and self._timer is None:
+                self._arm()
+        except Exception as exc:
+            self._die(exc, "append", None, deferred=True)
         return lsn
 
     @property
@@ -198,10 +202,12 @@ class GroupCommitWriter:
 
     def _seal(self) -> None:
         """Close the pending records into a batch of their own (the batch-size cap)."""
-        self._sealed.append(Batch(self._buf, self._entries, self._first, self._next_lsn - 1))
-        self._buf = bytearray()
-        self._entries = []
-        self._first = self._next_lsn
+        batch = Batch(self._buf, self._entries, self._first, self._next_lsn - 1)
+        buf: bytearray = bytearray()
+        entries: list[Entry] = []
+        # Nothing above changed any state: an entry is in `_sealed` or `_entries`, never both.
+        self._sealed.append(batch)
+        self._buf, self._entries, self._first = buf, entries, self._next_lsn
         if self._delay > 0 and self._inflight is None and self._timer is not None:
             self._timer.cancel()  # a full batch does not wait for the delay
             self._timer = self._loop.call_soon(self._flush)
@@ -212,71 +218,96 @@ class GroupCommitWriter:
         self._timer = None
         if self._inflight is not None or self.failure is not None:
             return
-        if not self._sealed:
-            if not self._buf:
-                return
-            self._seal()
-        batch = self._sealed.popleft()
-        size = len(batch.buf)
-        if self._seg_size > self._seg_header_size and self._seg_size + size > self._segment_bytes:
-            batch.rotation = self._rotation_for(batch)
-            self._seg_first = batch.first_lsn
-            self._seg_size = self._seg_header_size = len(batch.rotation.header)
-            self._seg_heads = batch.rotation.heads
-        batch.segment_first_lsn = self._seg_first
-        batch.offset = self._seg_size
-        self._seg_size += size
-        self._inflight = batch
-        self._thread.submit(batch)
-
-    def _rotation_for(self, batch: Batch) -> Rotation:
-        # Heads as of batch.first_lsn - 1: undo every record appended since, newest first.
-        # Within a channel seqs are consecutive, so "the seq before the first one of a
-        # channel in these records" is that record's seq - 1.
-        snapshot = dict(self.heads)
-        unsent = [self._entries, *(b.entries for b in reversed(self._sealed)), batch.entries]
-        for entries in unsent:
-            for entry in reversed(entries):
-                snapshot[entry.channel] = entry.seq - 1
-        snapshot = {ch: seq for ch, seq in snapshot.items() if seq > 0}
-        base = self._seg_heads
-        last_seqs = {ch: seq for ch, seq in snapshot.items() if base.get(ch) != seq}
-        header = encode_header(self._node_id, batch.first_lsn, snapshot)
-        return Rotation(header, snapshot, self._seg_first, self._seg_size, last_seqs)
+        batch: Batch | None = None
+        try:
+            if not self._sealed:
+                if not self._buf:
+                    return
+                self._seal()
+            batch = self._sealed.popleft()
+            size = len(batch.buf)
+            if (
+                self._seg_size > self._seg_header_size
+                and self._seg_size + size > self._segment_bytes
+            ):
+                # A new segment: its header is always the same 96 bytes (no heads).
+                header = encode_header(self._node_id, batch.first_lsn)
+                batch.rotation = Rotation(header, self._seg_first, self._seg_size)
+                self._seg_first = batch.first_lsn
+                self._seg_size = self._seg_header_size = len(header)
+            batch.segment_first_lsn = self._seg_first
+            batch.offset = self._seg_size
+            self._seg_size += size
+            self._inflight = batch
+            self._thread.submit(batch)
+        except Exception as exc:
+            if self._inflight is batch:
+                self._inflight = None
+            self._die(exc, "batch preparation", batch)
 
     def _completed(self, batch: Batch) -> None:
         """On the loop: the thread is done with `batch`."""
         self._inflight = None
-        if batch.error is not None:
-            self._fail(batch)
+        if batch.error is not None or self.failure is not None:
+            if self.failure is None:
+                assert batch.error is not None
+                self._die(batch.error, batch.failed_op, batch)
+            else:  # died while the batch was in the thread: it fails like the pending ones
+                self._report(batch.entries)
         else:
-            self.durable_lsn = batch.last_lsn
-            if self._sealed or self._buf:
-                if self._delay > 0 and not self._sealed:
-                    self._timer = self._loop.call_later(self._delay, self._flush)
-                else:
-                    self._flush()  # the next batch goes to disk before the callbacks run
             try:
-                self._on_batch(batch)
-            except Exception:
-                log.exception(
-                    "WAL batch handler failed (LSN %d..%d)", batch.first_lsn, batch.last_lsn
-                )
+                heads = self._heads
+                dirty = heads.dirty
+                for entry in batch.entries:
+                    dirty[entry.channel] = entry  # the head: its seq and lsn
+                self.durable_lsn = batch.last_lsn
+                if len(dirty) >= heads.flush_channels:
+                    heads.request_flush()
+            except Exception as exc:
+                self._die(exc, "batch completion", batch)
+            else:
+                if self._sealed or self._buf:
+                    if self._delay > 0 and not self._sealed:
+                        self._timer = self._loop.call_later(self._delay, self._flush)
+                    else:
+                        self._flush()  # the next batch goes to disk before the callbacks run
+                try:
+                    self._on_batch(batch)
+                except Exception as exc:  # the owner's bookkeeping before any delivery
+                    if self.failure is None:
+                        self._die(exc, "batch completion", batch)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
 
-    def _fail(self, batch: Batch) -> None:
-        exc = batch.error
-        name = segment_name(batch.segment_first_lsn)
+    def fail(self, exc: BaseException, op: str) -> None:
+        """Make the writer unwritable for good from the loop side (e.g. the heads store
+        could not be written): everything pending fails, later appends raise."""
+        if self.failure is None:
+            self._die(exc, op, None)
+
+    def _die(
+        self, exc: BaseException, op: str, batch: Batch | None, *, deferred: bool = False
+    ) -> None:
+        """The writer is dead: `batch` (if any) and everything pending go to `on_failed`.
+        `deferred`: from inside `append`, so the callbacks run on the next loop iteration
+        rather than before the caller's append returns."""
+        if self.failure is not None:
+            if batch is not None:
+                self._report(batch.entries)
+            return
+        where = batch.segment_first_lsn if batch is not None and batch.segment_first_lsn else 0
+        name = segment_name(where or self._seg_first)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
-        self.failure = f"{batch.failed_op} failed on {name}: {detail}"
+        self.failure = f"{op} failed on {name}: {detail}"
         self.failure_errno = (exc.errno or -1) if isinstance(exc, OSError) else -1
         self._refusal = f"WAL unwritable: {self.failure}"
+        first = batch.first_lsn if batch is not None else self.durable_lsn + 1
         log.error(
             "WAL is now unwritable, nothing more will be acknowledged: %s (LSN %d..%d lost)",
             self.failure,
-            batch.first_lsn,
+            first,
             self._next_lsn - 1,
+            exc_info=exc if not isinstance(exc, OSError) else None,
         )
         if self._timer is not None:
             self._timer.cancel()
@@ -287,22 +318,41 @@ class GroupCommitWriter:
         pending.extend(self._entries)
         self._sealed.clear()
         self._buf, self._entries = bytearray(), []
-        for entries in (batch.entries, pending):
-            if entries:
-                try:
-                    self._on_failed(entries, self.failure)
-                except Exception:
-                    log.exception("WAL failure handler failed")
+        failed = [batch.entries if batch is not None else [], pending]
+        if deferred:
+            self._loop.call_soon(self._deliver_death, failed)
+        else:
+            self._deliver_death(failed)
+
+    def _deliver_death(self, failed: list[list[Entry]]) -> None:
+        if self._on_dead is not None:
+            try:
+                self._on_dead()
+            except Exception:
+                log.exception("WAL failure hook failed")
+        for entries in failed:
+            self._report(entries)
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def _report(self, entries: list[Entry]) -> None:
+        if entries:
+            try:
+                self._on_failed(entries, self.failure or "WAL unwritable")
+            except Exception:
+                log.exception("WAL failure handler failed")
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def drain(self) -> None:
         """Wait until every record appended so far is durable or failed."""
-        while self.failure is None and (self._inflight or self._sealed or self._buf):
+        while self._inflight is not None or (self.failure is None and (self._sealed or self._buf)):
             if self._inflight is None:
                 if self._timer is not None:
                     self._timer.cancel()
                 self._flush()
+                if self._inflight is None:
+                    continue  # nothing went out (the writer died): the loop condition ends it
             self._idle = self._loop.create_future()
             await self._idle
 

@@ -6,7 +6,9 @@
 
 `batch1000`: append 1000 records, wait until they are durable, repeat (one fdatasync per
 1000 records). `publishers50`: 50 publishers each with one publish in flight, waiting for
-its ack before the next (batches of ~50: the fdatasync latency bound).
+its ack before the next (batches of ~50: the fdatasync latency bound). `head_of_hit` /
+`head_of_miss`: `WalLog.head_of` answered by heads.db (100k channels of 200 characters,
+none dirty), from the page cache.
 """
 
 from __future__ import annotations
@@ -99,6 +101,51 @@ def test_wal_publishers50(benchmark: object, harness: Harness) -> None:
     assert records == 5000
 
 
+HEAD_CHANNELS = 100_000
+
+
+def _name(i: int) -> str:
+    return f"room.{i}.".ljust(200, "x")
+
+
+def store_heads(harness: Harness) -> Harness:
+    """100k channels durable and flushed to heads.db (nothing left dirty)."""
+    append = harness.log.append
+
+    async def fill() -> None:
+        for i in range(HEAD_CHANNELS):
+            append(Entry(_name(i), 1, 0, "alice", None, 0, DATA))
+            if i % 5000 == 4999:
+                await asyncio.sleep(0)
+        future = harness.loop.create_future()
+        harness._waiters.append((harness.log.head_lsn, future))
+        await future
+        await harness.log.flush_heads()
+
+    harness.loop.run_until_complete(fill())
+    assert harness.log.stats()["heads_dirty"] == 0
+    return harness
+
+
+@pytest.fixture
+def stored_heads(harness: Harness) -> Harness:
+    return store_heads(harness)
+
+
+def test_wal_head_of_hit(benchmark: object, stored_heads: Harness) -> None:
+    names = [_name(i) for i in range(0, HEAD_CHANNELS, 101)]
+    head_of = stored_heads.log.head_of
+    found = benchmark(lambda: sum(head_of(n) for n in names))  # type: ignore[operator]
+    assert found == len(names)
+
+
+def test_wal_head_of_miss(benchmark: object, stored_heads: Harness) -> None:
+    names = [_name(i) + "?" for i in range(0, HEAD_CHANNELS, 101)]
+    head_of = stored_heads.log.head_of
+    found = benchmark(lambda: sum(head_of(n) for n in names))  # type: ignore[operator]
+    assert found == 0
+
+
 def measure(wal_dir: str) -> dict[str, float]:
     """records/s for both shapes, plus the log's own fsync figures."""
     figures: dict[str, float] = {}
@@ -118,6 +165,18 @@ def measure(wal_dir: str) -> dict[str, float]:
             figures[f"{name}_fsync_p99_ms"] = stats["fsync_p99_ms"]
         finally:
             h.close()
+    shutil.rmtree(wal_dir, ignore_errors=True)
+    h = Harness(wal_dir)
+    try:
+        store_heads(h)
+        for kind, suffix in (("hit", ""), ("miss", "?")):
+            names = [_name(i) + suffix for i in range(0, HEAD_CHANNELS, 7)]
+            start = time.perf_counter()
+            for name in names:
+                h.log.head_of(name)
+            figures[f"head_of_{kind}_us"] = (time.perf_counter() - start) / len(names) * 1e6
+    finally:
+        h.close()
     return figures
 
 

@@ -78,11 +78,15 @@ class LogFactory:
         self.logs: list[WalLog] = []
 
     async def open(
-        self, path: Path | str, history_size: int = 10, **kw: Any
+        self,
+        path: Path | str,
+        history_size: int = 10,
+        limits: HistoryLimits | None = None,
+        **kw: Any,
     ) -> tuple[WalLog, RecoveredState, Handlers]:
         kw.setdefault("node_id", "node-a")
         log = WalLog(path, **kw)
-        state = await log.open(HistoryLimits(size=history_size))
+        state = await log.open(limits if limits is not None else HistoryLimits(size=history_size))
         handlers = Handlers()
         log.set_handlers(handlers.on_durable, handlers.on_failed)
         self.logs.append(log)

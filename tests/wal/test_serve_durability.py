@@ -26,8 +26,8 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "FERRY_WAL_DIR": str(tmp_path / "wal"),
         "FERRY_DB_URL": f"sqlite:///{tmp_path / 'ferry.db'}",
         "FERRY_HISTORY_SIZE": "1000000",
-        "FERRY_HISTORY_CHANNEL_BYTES": str(1 << 30),
-        "FERRY_HISTORY_TOTAL_BYTES": str(1 << 31),
+        "FERRY_HISTORY_CHANNEL_BYTES": str(1 << 30),  # whole channels: since=0 reaches seq 1
+        "FERRY_HISTORY_TOTAL_BYTES": str(1 << 32),
         "FERRY_WAL_SEGMENT_BYTES": str(512 * 1024),
         "FERRY_PUBLISH_RATE": "100000",
         "FERRY_PUBLISH_BURST": "100000",

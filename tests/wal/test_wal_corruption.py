@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from tests.wal.conftest import LogFactory, fill, frames, segment_paths
 from wal import CorruptLog, MessagePayload, NodeIdMismatch, iter_records
 from wal.errors import BadSegmentHeader, LsnGap
-from wal.record import MESSAGE
 from wal.segment import TMP_SUFFIX, encode_header, load_header, segment_name
 from wal.tool import main as wal_tool
 
@@ -37,23 +36,38 @@ async def _write(logs: LogFactory, path: Path, count: int, size: int = 200) -> N
 
 
 async def _reopen_and_check(logs: LogFactory, path: Path, survivors: int) -> None:
-    """Reopen: exactly `survivors` records remain, then new appends follow them intact."""
+    """Reopen: exactly `survivors` records remain, then new appends follow them intact.
+
+    The damaged logs here were closed cleanly before the damage, so heads.db had already
+    stored the heads of records the damage then took (what a torn tail cannot do with
+    wal_sync=fsync: such records were never durable). Those channels continue from the
+    stored head: a gap, never a reused seq."""
     log, state, handlers = await logs.open(path, segment_bytes=SEGMENT)
     assert state.next_lsn == survivors + 1
     assert [r.lsn for r in iter_records(str(path))] == list(range(1, survivors + 1))
+    kept = _seqs(path)
+    for ch, seqs in kept.items():
+        assert seqs == list(range(1, len(seqs) + 1))  # what survived is gap-free
+        assert state.heads[ch] >= len(seqs) and log.head_of(ch) == state.heads[ch]
     heads = {ch: seq for ch, seq in state.heads.items()}
+    start = dict(heads)
     await fill(log, handlers, 30, heads=heads)
     await log.close()
     records = list(iter_records(str(path)))
     assert [r.lsn for r in records] == list(range(1, survivors + 31))
-    for ch in ("room.1", "room.2", "room.3"):
-        seqs = [
-            r.body.seq
-            for r in records
-            if isinstance(r.body, MessagePayload) and r.body.channel == ch
-        ]
-        assert seqs == list(range(1, len(seqs) + 1))  # channel seqs stay gap-free too
+    for ch, seqs in _seqs(path).items():
+        old = kept.get(ch, [])
+        assert seqs[: len(old)] == old
+        assert seqs[len(old) :] == list(range(start[ch] + 1, start[ch] + 1 + len(seqs) - len(old)))
     assert wal_tool(["verify", str(path)]) == 0
+
+
+def _seqs(path: Path) -> dict[str, list[int]]:
+    seqs: dict[str, list[int]] = {}
+    for r in iter_records(str(path)):
+        if isinstance(r.body, MessagePayload):
+            seqs.setdefault(r.body.channel, []).append(r.body.seq)
+    return seqs
 
 
 def _total_before(path: Path, segment: Path) -> int:
@@ -198,7 +212,7 @@ async def test_flip_far_back_in_the_newest_segment_refuses(
 async def test_leftover_tmp_segment_is_removed(logs: LogFactory, tmp_path: Path) -> None:
     await _write(logs, tmp_path, 100)
     leftover = tmp_path / (segment_name(101) + TMP_SUFFIX)
-    leftover.write_bytes(encode_header("node-a", 101, {})[:50])
+    leftover.write_bytes(encode_header("node-a", 101)[:50])
     await _reopen_and_check(logs, tmp_path, 100)
     assert not leftover.exists()
 
@@ -206,19 +220,11 @@ async def test_leftover_tmp_segment_is_removed(logs: LogFactory, tmp_path: Path)
 async def test_empty_last_segment_is_fine(logs: LogFactory, tmp_path: Path) -> None:
     await _write(logs, tmp_path, 100)
     # A crash right after a rotation: the new segment has its header and nothing else.
-    heads = {ch: seq for ch, seq in (await _heads_of(tmp_path)).items()}
-    header = encode_header("node-a", 101, heads)
+    header = encode_header("node-a", 101)
+    assert len(header) == 96
     (tmp_path / segment_name(101)).write_bytes(header)
     await _reopen_and_check(logs, tmp_path, 100)
     assert len(frames(tmp_path / segment_name(101))) == 30  # appends went into it
-
-
-async def _heads_of(path: Path) -> dict[str, int]:
-    heads: dict[str, int] = {}
-    for record in iter_records(str(path)):
-        if record.type == MESSAGE:
-            heads[record.body.channel] = record.body.seq  # type: ignore[union-attr]
-    return heads
 
 
 async def test_missing_middle_segment_refuses(logs: LogFactory, tmp_path: Path) -> None:

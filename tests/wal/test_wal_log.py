@@ -109,30 +109,27 @@ async def test_rotation_names_segments_by_first_lsn(logs: LogFactory, tmp_path: 
     assert [r.lsn for r in iter_records(str(tmp_path))] == list(range(1, 501))
 
 
-async def test_rotation_snapshots_heads_with_batches_queued(
-    logs: LogFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+async def test_rotation_with_batches_queued_keeps_every_head(
+    logs: LogFactory, tmp_path: Path
 ) -> None:
-    """Rotations while several full batches wait: each new header must hold the heads as
-    of its first LSN - 1, not the heads of records still queued behind it."""
+    """Rotations while several full batches wait: new headers are the same 96 bytes (no
+    heads snapshot), and every channel's head survives, in heads.db or the records."""
     kw = {"segment_bytes": 4096, "max_batch_bytes": 1024}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
     channels = ("a", "b", "c", "d", "e")
     for _ in range(5):  # bursts: many sealed batches queue behind the one in flight
         await fill(log, handlers, 300, channels=channels, heads=heads, per_tick=300)
+    assert {ch: log.head_of(ch) for ch in channels} == heads
     await log.close()
     assert len(segment_paths(tmp_path)) > 10
     assert wal_tool(["verify", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "note" not in out  # every heads snapshot agrees with the records before it
-    for path in segment_paths(tmp_path)[1:]:
+    for path in segment_paths(tmp_path):
         header = load_header(str(path))
-        expected: dict[str, int] = {}
-        for record in iter_records(str(tmp_path), 1, header.first_lsn - 1):
-            expected[record.body.channel] = record.body.seq  # type: ignore[union-attr]
-        assert header.heads == expected
-    _, state, _ = await logs.open(tmp_path, **kw)
+        assert (header.size, header.version, header.heads) == (96, 2, {})
+    log, state, _ = await logs.open(tmp_path, **kw)
     assert state.heads == heads
+    assert {ch: log.head_of(ch) for ch in channels} == heads
 
 
 async def test_write_mode_skips_the_per_batch_fdatasync(
@@ -191,9 +188,14 @@ async def test_retention_keeps_what_history_needs(logs: LogFactory, tmp_path: Pa
     kw = {"history_size": 3, "segment_bytes": 4096}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
-    await fill(log, handlers, 400, channels=("busy",), heads=heads, per_tick=10, wait=True)
+    entries = await fill(
+        log, handlers, 400, channels=("busy",), heads=heads, per_tick=10, wait=True
+    )
     segments = segment_paths(tmp_path)
     log.set_checkpoint(10**9)
+    await log.flush_heads()
+    assert len(segment_paths(tmp_path)) == len(segments)  # the floor (LSN 1 so far) holds all
+    log.set_history_floor(entries[-3].lsn)  # what the router's ring of 3 holds
     await log.wait_deletions()
     assert segment_paths(tmp_path) in (segments[-1:], segments[-2:])  # holding 398..400
     await log.close()
@@ -207,9 +209,11 @@ async def test_a_quiet_channels_history_holds_segments(logs: LogFactory, tmp_pat
     kw = {"history_size": 3, "segment_bytes": 4096}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
-    await fill(log, handlers, 6, channels=("quiet",), heads=heads)  # then silence
+    quiet = await fill(log, handlers, 6, channels=("quiet",), heads=heads)  # then silence
     await fill(log, handlers, 400, channels=("busy",), heads=heads, per_tick=10, wait=True)
+    await log.flush_heads()
     count = log.stats()["segments"]
+    log.set_history_floor(quiet[-3].lsn)  # the oldest entry of the router's rings
     log.set_checkpoint(10**9)
     assert log.stats()["segments"] == count  # decided at once: nothing may go
     await log.close()
@@ -219,19 +223,22 @@ async def test_a_quiet_channels_history_holds_segments(logs: LogFactory, tmp_pat
 
 
 async def test_deleted_segments_keep_channel_seqs(logs: LogFactory, tmp_path: Path) -> None:
-    """The heads snapshot in each header keeps a silent channel's seq after retention."""
+    """heads.db keeps a silent channel's seq once retention deleted all its records."""
     kw = {"history_size": 3, "segment_bytes": 4096, "history_max_bytes": 1}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
     await fill(log, handlers, 6, channels=("quiet",), heads=heads)
     await fill(log, handlers, 400, channels=("busy",), heads=heads, per_tick=10, wait=True)
     log.set_checkpoint(10**9)  # history_max_bytes=1: history keeps nothing
+    await log.flush_heads()  # retention also waits for heads.db's as_of
     await log.wait_deletions()
     assert len(segment_paths(tmp_path)) == 1
+    assert log.head_of("quiet") == 6 and log.head_of("busy") == 400
     await log.close()
-    _, state, _ = await logs.open(tmp_path, **kw)
-    assert state.heads == {"quiet": 6, "busy": 400}
+    log, state, _ = await logs.open(tmp_path, **kw)
+    assert state.heads == {"busy": 400}  # only channels the log still holds records of
     assert "quiet" not in state.history  # documented: history is bounded by retention
+    assert log.head_of("quiet") == 6  # but the seq goes on
 
 
 async def test_append_event_is_logged_without_callback(logs: LogFactory, tmp_path: Path) -> None:

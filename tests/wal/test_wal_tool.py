@@ -37,6 +37,7 @@ async def test_inspect_lists_segments(logs: LogFactory, tmp_path: Path, capsys: 
     assert main(["inspect", str(tmp_path)]) == EXIT_OK
     out = capsys.readouterr().out
     assert "node 'node-a'" in out and "120 records" in out and "LSN 1..120" in out
+    assert f"heads store: {tmp_path / 'heads.db'}, as of LSN 120, 3 channels" in out
     for path in segment_paths(tmp_path):
         assert path.name in out
     assert main(["inspect", "--json", str(tmp_path)]) == EXIT_OK
@@ -45,6 +46,13 @@ async def test_inspect_lists_segments(logs: LogFactory, tmp_path: Path, capsys: 
     assert sum(s["records"] for s in segs) == 120
     assert segs[0]["first_lsn"] == 1 and segs[-1]["last_lsn"] == 120
     assert all(s["status"] == "ok" for s in segs)
+    assert all((s["version"], s["channels_in_header"]) == (2, 0) for s in segs)
+    assert doc["heads_store"] == {
+        "path": str(tmp_path / "heads.db"),
+        "as_of": 120,
+        "channels": 3,
+    }
+    assert doc["heads_store_error"] is None
     for a, b in itertools.pairwise(segs):
         assert b["first_lsn"] == a["last_lsn"] + 1
     assert [s["bytes"] for s in segs] == [p.stat().st_size for p in segment_paths(tmp_path)]
@@ -54,7 +62,9 @@ async def test_verify_clean(logs: LogFactory, tmp_path: Path, capsys: Capture) -
     await _log(logs, tmp_path)
     assert main(["verify", str(tmp_path)]) == EXIT_OK
     out = capsys.readouterr().out
-    assert out.startswith("ok: ") and "120 records" in out and "note" not in out
+    last = out.splitlines()[-1]
+    assert last.startswith("ok: ") and "120 records" in last and "note" not in out
+    assert "heads store: " in out and "as of LSN 120, 3 channels" in out
 
 
 async def test_verify_names_file_and_offset(
