@@ -267,6 +267,8 @@ def test_no_test_or_dev_variable_takes_the_products_prefix() -> None:
     found = set()
     for name in files:
         path = root / name
+        if name == "docs/design.md":  # the design brief also names settings still to come
+            continue
         if path.suffix in (".png", ".json") or "node_modules" in name or not path.is_file():
             continue
         found |= set(re.findall(r"\bFERRY_[A-Z][A-Z0-9_]*", path.read_text(errors="replace")))
