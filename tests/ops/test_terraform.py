@@ -403,3 +403,11 @@ def test_readme_covers_operations() -> None:
         "checkov",
     ):
         assert topic in text, f"ops/README.md says nothing about {topic}"
+
+
+def test_readme_names_the_vercel_github_app_prerequisite_and_its_check() -> None:
+    text = README.read_text()
+    section = text.split("## Prerequisites", 1)[1].split("\n## ", 1)[0]
+    assert "https://github.com/apps/vercel" in section
+    assert 'select(.app_slug == "vercel")' in section and "gh api" in section
+    assert "repository_selection" in section
