@@ -37,9 +37,11 @@ COPY pyproject.toml README.md ./
 COPY core/ core/
 COPY wal/ wal/
 COPY bench/ bench/
-# Every runtime dependency is pinned in pyproject.toml and ships as a manylinux wheel.
+# The runtime only (no extras: `bench` and `dev` stay out of the image). Every runtime
+# dependency is pinned in pyproject.toml and ships a manylinux wheel for x86_64 and arm64,
+# so the slim image needs no compiler.
 RUN /opt/ferry/bin/pip install --no-cache-dir . \
-    && /opt/ferry/bin/ferry --help >/dev/null
+    && /opt/ferry/bin/ferry serve --help >/dev/null
 
 # ---- dashboard served by httpd ---------------------------------------------------------------
 FROM httpd:2.4.65 AS dashboard
@@ -65,6 +67,12 @@ RUN groupadd --system --gid 10001 ferry \
     && chown -R ferry:ferry /data
 COPY --from=python-build /opt/ferry /opt/ferry
 COPY --from=dashboard-build /src/dashboard/dist/ /opt/ferry/dashboard/
+# Refuses .env.example's placeholder secrets, then execs `ferry "$@"`.
+COPY scripts/entrypoint.sh /usr/local/bin/ferry-entrypoint
+# The commit this image was built from (CI: --build-arg FERRY_BUILD_COMMIT=$GITHUB_SHA);
+# /healthz reports it, and the deploy waits until the new commit answers.
+ARG FERRY_BUILD_COMMIT=unknown
+LABEL org.opencontainers.image.revision=${FERRY_BUILD_COMMIT}
 ENV PATH=/opt/ferry/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -72,7 +80,8 @@ ENV PATH=/opt/ferry/bin:$PATH \
     FERRY_PORT=8080 \
     FERRY_WAL_DIR=/data/wal \
     FERRY_DB_URL=sqlite:////data/ferry.db \
-    FERRY_DASHBOARD_DIR=/opt/ferry/dashboard
+    FERRY_DASHBOARD_DIR=/opt/ferry/dashboard \
+    FERRY_BUILD_COMMIT=${FERRY_BUILD_COMMIT}
 # The WAL (and the SQLite log, when no MySQL is configured) must outlive the container.
 VOLUME ["/data"]
 WORKDIR /data
@@ -84,5 +93,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('FERRY_PORT', '8080'), timeout=2); sys.exit(r.status != 200)"]
 # SIGTERM: stop accepting, close clients with 1001, finish WAL batches, exit (DESIGN §6).
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["ferry"]
+ENTRYPOINT ["ferry-entrypoint"]
 CMD ["serve"]

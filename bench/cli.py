@@ -247,8 +247,27 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def missing_extra(scenario: str) -> str | None:
+    """What `ferry bench SCENARIO` needs that is not installed (the `bench` extra), or None."""
+    import importlib.util
+
+    needs = {"chart": ["matplotlib"], "table": []}.get(scenario, ["hdrh"])
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (
+        f"ferry bench {scenario} needs {', '.join(missing)}, from the `bench` extra, which a "
+        "runtime install (the image, `make run`) leaves out: pip install -e '.[bench]' "
+        "(or `make test`, which installs it with the dev tools)"
+    )
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_extra(args.scenario)
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     try:
         if args.scenario == "chart":
             from bench.chart import render_files

@@ -35,12 +35,14 @@ import struct
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
 from picows import WSFrame, WSListener, WSTransport, ws_connect
 
 from bench.procfs import raise_nofile_limit
+
+if TYPE_CHECKING:  # hdrhistogram is the `bench` extra: imported when a histogram is made
+    from hdrh.histogram import HdrHistogram
 
 # Latency histograms hold microseconds, 1 µs .. 60 s, 3 significant digits.
 HIST_MIN_US = 1
@@ -56,6 +58,8 @@ PACE_TICK_S = 0.001  # open-loop publishing: how often the pacer hands out due p
 
 
 def new_histogram() -> HdrHistogram:
+    from hdrh.histogram import HdrHistogram
+
     return HdrHistogram(HIST_MIN_US, HIST_MAX_US, HIST_DIGITS)
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hdrh.histogram import HdrHistogram
+if TYPE_CHECKING:  # hdrhistogram is the `bench` extra
+    from hdrh.histogram import HdrHistogram
 
 RESULT_KEYS = (
     "kind",

@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any, Protocol
-
-from hdrh.histogram import HdrHistogram
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bench import procfs
 from bench.loadgen import WorkerReady, WorkerResult, WorkerSpec, new_histogram, worker_main
+
+if TYPE_CHECKING:  # hdrhistogram is the `bench` extra
+    from hdrh.histogram import HdrHistogram
 
 START_LEAD_S = 0.3  # time between "go" and t_start, so every worker gets it first
 

@@ -11,8 +11,16 @@ only reads a clock, touches two dicts and does `put_nowait`. The POST is plain H
 `asyncio.open_connection` (TLS for https), so it is cancellable at any point and `close()`
 returns promptly even while a request hangs; no thread, no extra dependency.
 
-Events the server sends (`EVENTS`): start, db_down, db_up, wal_backlog (past a threshold),
-slow_fsync. Unknown kinds are accepted and shown with a neutral colour.
+Events the server sends (`EVENTS`): start, db_down, db_up, wal_unwritable, wal_writable,
+wal_backlog (past a threshold), slow_fsync. Unknown kinds are accepted and shown with a
+neutral colour.
+
+Rate limiting never hides a state change. Events that report a state (`STATE_OF`: db_down
+and db_up are the two states of "db") are always sent when the state differs from the last
+one sent, so a down -> up -> down flap within the interval sends all three and the channel
+never ends on a stale "back up". Only a repeat of the state already reported is limited, like
+any other kind; a state change that finds the queue full makes room by dropping the oldest
+message waiting.
 
 Call `notify()` from the event loop's thread. From another thread (the WAL's fsync thread,
 say) hand it over with `loop.call_soon_threadsafe(notifier.notify, event, text)`.
@@ -48,8 +56,18 @@ EVENTS: dict[str, int] = {  # event kind -> embed colour (0xRRGGBB)
     "start": 0x2ECC71,
     "db_down": 0xE74C3C,
     "db_up": 0x2ECC71,
+    "wal_unwritable": 0x992D22,  # the most severe: acks have stopped
+    "wal_writable": 0x2ECC71,
     "wal_backlog": 0xF1C40F,
     "slow_fsync": 0xE67E22,
+}
+# Event kinds that report the state of something (event -> that something): a change of
+# state is always sent; only repeats of the same state are rate-limited.
+STATE_OF: dict[str, str] = {
+    "db_down": "db",
+    "db_up": "db",
+    "wal_unwritable": "wal",
+    "wal_writable": "wal",
 }
 DEFAULT_COLOUR = 0x95A5A6
 
@@ -106,7 +124,8 @@ class Notifier:
     """Posts operational events to a Discord-compatible webhook without slowing the relay.
 
     `min_interval_s` is per event kind: a kind is sent at most once per interval, and the
-    next one sent says how many were suppressed. `timeout_s` bounds one whole POST
+    next one sent says how many were suppressed; a change of state (`STATE_OF`) is always
+    sent. `timeout_s` bounds one whole POST
     (connect, TLS, request, response head). `queue_size` bounds what waits to be sent.
     `ssl_context` replaces the default (system CAs, hostname checked) for https URLs.
     """
@@ -138,6 +157,7 @@ class Notifier:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
         self._last_queued: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._states: dict[str, str] = {}  # STATE_OF group -> the last state event queued
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._ssl = ssl_context  # None: the system's trust store, created on first use
@@ -157,15 +177,22 @@ class Notifier:
                 self.stats.dropped_closed += 1
                 return
             now = self._clock()
+            group = STATE_OF.get(event)
+            changes_state = group is not None and self._states.get(group) != event
             last = self._last_queued.get(event)
-            if last is not None and now - last < self._min_interval_s:
+            if not changes_state and last is not None and now - last < self._min_interval_s:
                 self.stats.dropped_rate_limited += 1
                 self._suppressed[event] = self._suppressed.get(event, 0) + 1
                 return
             item = _Item(event, str(text), time.time(), self._suppressed.get(event, 0))
+            if changes_state and self._queue.full():
+                self._queue.get_nowait()  # the oldest waiting message gives way
+                self.stats.dropped_queue_full += 1
             self._queue.put_nowait(item)
             self._last_queued[event] = now
             self._suppressed.pop(event, None)
+            if group is not None:
+                self._states[group] = event
         except asyncio.QueueFull:
             self.stats.dropped_queue_full += 1
         except Exception:  # never let a notification hurt the caller

@@ -1,9 +1,11 @@
 """Operational watch: turns state changes into webhook notifications (core.notifier).
 
-Once a second it looks at the database state (from the replayer), the replay backlog and
-the WAL's fsync latency, and notifies on: start, db_down, db_up, wal_backlog (lag past
-`alert_backlog_records`), slow_fsync (p99 past `alert_fsync_ms`). The notifier rate-limits
-per kind and never blocks the loop; without FERRY_WEBHOOK_URL this service is not started.
+Once a second it looks at the durable log (does it still accept writes?), the database
+state (from the replayer), the replay backlog and the WAL's fsync latency, and notifies on:
+start, wal_unwritable (a write or fsync failed: acks have stopped, the most severe state),
+wal_writable, db_down, db_up, wal_backlog (lag past `alert_backlog_records`), slow_fsync (p99
+past `alert_fsync_ms`). The notifier rate-limits repeats per kind (never a change of state)
+and never blocks the loop; without FERRY_WEBHOOK_URL this service is not started.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class OpsWatch:
         self.fsync_ms = fsync_ms
         self._task: asyncio.Task[None] | None = None
         self._db_state: str | None = None
+        self._wal_writable: bool | None = None
         self._server: Any = None
 
     async def start(self, server: Any) -> None:
@@ -65,6 +68,7 @@ class OpsWatch:
                 log.exception("watch check failed")
 
     def check(self) -> None:
+        self._check_wal()
         db = self._db_section()
         state = db.get("state")
         if state in ("down", "up") and state != self._db_state:
@@ -90,3 +94,23 @@ class OpsWatch:
             self.notifier.notify(
                 "slow_fsync", f"WAL fsync p99 {p99:.1f} ms (threshold {self.fsync_ms:g} ms)"
             )
+
+    def _check_wal(self) -> None:
+        hub = self._server.hub
+        if getattr(hub, "closing", False):
+            return  # shutting down: the log closes on purpose
+        durable_log = hub.log
+        writable = bool(durable_log.writable)
+        failure = durable_log.failure
+        if not writable and failure == "closed":
+            return
+        if not writable and self._wal_writable is not False:
+            self.notifier.notify(
+                "wal_unwritable",
+                f"the WAL stopped accepting writes ({failure}): publishes are refused with "
+                "`unavailable` and /readyz is 503; nothing acked is lost. Fix the disk, then "
+                "restart ferry (`ferry wal verify` first)",
+            )
+        elif writable and self._wal_writable is False:
+            self.notifier.notify("wal_writable", "the WAL accepts writes again")
+        self._wal_writable = writable

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what ferry and its tests need on a fresh machine. Each part is idempotent and
 # skips work when its inputs did not change (a stamp holds the hash of the inputs).
-#   bootstrap.sh python     venv + pip install -e .[dev]
+#   bootstrap.sh runtime    venv + pip install -e . (what `ferry serve` needs: `make run`)
+#   bootstrap.sh python     venv + pip install -e .[dev] (tests, linters, bench: `make test`)
+#   bootstrap.sh mariadb    MariaDB answers on 127.0.0.1:3306 (root, no password, database
+#                           `test`): started when it is installed but down, else one line
+#                           saying what is missing and how to get it, and exit 1
 #   bootstrap.sh dashboard  npm ci + npm run build in dashboard/ (when it has a package.json)
 #   bootstrap.sh node       npm ci in bench/peers (Node `ws`: interop tests and the bench peer)
 #   bootstrap.sh system     Debian packages the tests drive (chromium)
@@ -20,10 +24,24 @@ stamp_set() {
     cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1 > "$ROOT/.venv/.stamp-$name"
 }
 
-python_deps() {
+venv() {
     if [ ! -x .venv/bin/python ]; then
         python3 -m venv .venv
     fi
+}
+
+runtime_deps() {
+    venv
+    # A dev install (below) is a superset: nothing to do after `make test`.
+    if ! stamp_ok runtime pyproject.toml && ! stamp_ok python pyproject.toml; then
+        .venv/bin/python -m pip install -q --upgrade pip
+        .venv/bin/python -m pip install -q -e .
+        stamp_set runtime pyproject.toml
+    fi
+}
+
+python_deps() {
+    venv
     if ! stamp_ok python pyproject.toml; then
         .venv/bin/python -m pip install -q --upgrade pip
         .venv/bin/python -m pip install -q -e '.[dev]'
@@ -41,7 +59,7 @@ npm_ci() {  # npm_ci DIR
 }
 
 dashboard() {
-    python_deps
+    mkdir -p .venv  # its stamps live there
     [ -f dashboard/package.json ] || return 0
     npm_ci dashboard
     (cd dashboard && npm run build --silent)
@@ -52,10 +70,55 @@ system_deps() {
     [ -x /usr/bin/chromium ] || need+=(chromium)
     command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
     if [ ${#need[@]} -gt 0 ]; then
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+        scripts/apt-install.sh "${need[@]}"
     fi
+}
+
+mariadb_ready() {  # the tests' database: 127.0.0.1:$MARIADB_PORT, root, no password, `test`
+    local port=${MARIADB_PORT:-3306}
+    local python=python3
+    [ -x .venv/bin/python ] && python=.venv/bin/python
+    "$python" - "$port" <<'PY' 2>/dev/null
+import sys
+import pymysql
+conn = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="root", connect_timeout=2)
+with conn.cursor() as cur:
+    cur.execute("CREATE DATABASE IF NOT EXISTS test")
+PY
+}
+
+mariadb() {
+    local port=${MARIADB_PORT:-3306}
+    mariadb_ready && return 0
+    local server=""
+    for candidate in /usr/sbin/mariadbd /usr/bin/mariadbd /usr/sbin/mysqld; do
+        [ -x "$candidate" ] && { server=$candidate; break; }
+    done
+    # Only the machine's own server on the default port is ever started from here.
+    if [ "$port" = 3306 ] && [ -n "$server" ]; then
+        local sudo=()
+        if [ "$(id -u)" != 0 ]; then
+            command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null && sudo=(sudo -n)
+        fi
+        if [ "$(id -u)" = 0 ] || [ ${#sudo[@]} -gt 0 ]; then
+            echo "MariaDB is not answering on 127.0.0.1:3306; starting it" >&2
+            "${sudo[@]}" service mariadb start >/dev/null 2>&1 \
+                || "${sudo[@]}" start-stop-daemon --start --oknodo --background --exec "$server" \
+                || true
+            for _ in $(seq 1 60); do
+                mariadb_ready && return 0
+                sleep 1
+            done
+        fi
+    fi
+    local how
+    if [ -z "$server" ]; then
+        how="install it: sudo apt-get install mariadb-server (or run scripts/bootstrap.sh system as root)"
+    else
+        how="start it: sudo service mariadb start"
+    fi
+    echo "make test needs MariaDB on 127.0.0.1:${port} (user root, no password, database test) and none answers: ${how}; or docker run -d -p ${port}:3306 -e MARIADB_ALLOW_EMPTY_ROOT_PASSWORD=1 -e MARIADB_DATABASE=test mariadb:11.4" >&2
+    return 1
 }
 
 ops_tools() {  # the deployment linters, in their own venv (checkov's pins clash with ours)
@@ -81,16 +144,15 @@ ops_tools() {  # the deployment linters, in their own venv (checkov's pins clash
     fi
     # httpd for the dashboard image's config test (tests/ops/test_dashboard_httpd.py).
     if [ ! -x /usr/sbin/apache2 ]; then
-        local sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo -n)
-        export DEBIAN_FRONTEND=noninteractive
-        "${sudo[@]}" apt-get update -qq
-        "${sudo[@]}" apt-get install -y -qq --no-install-recommends apache2-bin >/dev/null
+        scripts/apt-install.sh apache2-bin
     fi
 }
 
 for part in "$@"; do
     case $part in
+        runtime) runtime_deps ;;
         python) python_deps ;;
+        mariadb) mariadb ;;
         dashboard) dashboard ;;
         node) mkdir -p .venv; npm_ci bench/peers ;;
         system) system_deps ;;

@@ -28,8 +28,10 @@ def _binary(*names: str) -> str | None:
 
 
 class PrivateMariaDB:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, server_args: tuple[str, ...] = ()) -> None:
         self.base = base
+        # Extra mariadbd options (e.g. --innodb-force-primary-key=1 to act like managed MySQL).
+        self.server_args = server_args
         self.datadir = base / "data"
         self.socket = base / "mysqld.sock"
         self.port = free_port()
@@ -63,7 +65,8 @@ class PrivateMariaDB:
             [server, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
              "--bind-address=127.0.0.1", f"--socket={self.socket}", "--user=root",
              f"--pid-file={self.base / 'mysqld.pid'}", "--skip-log-bin", "--innodb-buffer-pool-size=64M",
-             "--innodb-log-file-size=48M", "--max-connections=50", "--skip-name-resolve"],
+             "--innodb-log-file-size=48M", "--max-connections=50", "--skip-name-resolve",
+             *self.server_args],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         out.close()
@@ -121,11 +124,11 @@ class PrivateMariaDB:
                 self.proc.wait(UNIT)
 
 
-def require_mariadb(base: Path) -> PrivateMariaDB:
+def require_mariadb(base: Path, *server_args: str) -> PrivateMariaDB:
     """Start a private server; under CI a missing MariaDB fails the test, it never skips."""
     import pytest
 
-    db = PrivateMariaDB(base)
+    db = PrivateMariaDB(base, server_args)
     try:
         db.install()
         db.start()

@@ -7,7 +7,9 @@ the other core (measured in docs/benchmarks.md).
 
 Pipe protocol (one line each, both directions):
 
-    parent -> child   "D <lsn>"    the WAL's durable head moved (never read past it)
+    parent -> child   "DB <url>"   first line: the database URL (secrets never go on the
+                                   child's command line, which `ps` shows to every user)
+                      "D <lsn>"    the WAL's durable head moved (never read past it)
                       "STOP"       commit what is durable and exit (EOF means the same)
     child  -> parent  {json}       ReplayStatus.as_dict(), on every change (rate-limited)
 
@@ -39,6 +41,9 @@ STATUS_INTERVAL = 0.1  # seconds between status lines while things change
 # wake-ups alone took the relay's p99 ack latency from ~4 to ~20-80 ms at 60k acks/s
 # (docs/benchmarks.md); 50 ms costs at most 50 ms of replay lag.
 DURABLE_INTERVAL = 0.05
+# Settings the child has no use for and that hold secrets: not in its environment either
+# (/proc/<pid>/environ is readable by the same user; the URL comes over the pipe).
+CHILD_ENV_SECRETS = ("FERRY_DB_URL", "FERRY_JWT_SECRET", "FERRY_ADMIN_TOKEN", "FERRY_WEBHOOK_URL")
 
 
 class ReplayService:
@@ -164,12 +169,15 @@ class ReplayService:
         backoff = Backoff(base=0.5, cap=10.0)
         while not self._stopping:
             started = time.monotonic()
-            env = {**os.environ, **self.extra_env}
+            env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV_SECRETS}
+            env.update(self.extra_env)
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "wal.replay_process",
-                "--wal-dir", self.wal_dir, "--db", self.db_url, "--node", self.node_id,
+                "--wal-dir", self.wal_dir, "--node", self.node_id, "--db-from-stdin",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(b"DB " + self.db_url.encode() + b"\n")
             self._sent_durable = 0
             self._send_durable()
             assert self._proc.stdout is not None
@@ -288,6 +296,21 @@ async def child_main(wal_dir: str, db_url: str, node_id: str) -> int:
     return 0
 
 
+def _read_db_url(fd: int = 0) -> str:
+    """The parent's first line, "DB <url>", read byte by byte from the raw pipe so that
+    nothing after it is buffered away from the control loop."""
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        line += chunk
+    text = line.decode().strip()
+    if not text.startswith("DB "):
+        raise SystemExit("ferry-replay-child: expected the database URL first on stdin")
+    return text[3:]
+
+
 def main() -> int:
     import argparse
 
@@ -302,9 +325,12 @@ def main() -> int:
         pass
     parser = argparse.ArgumentParser(prog="ferry-replay-child")
     parser.add_argument("--wal-dir", required=True)
-    parser.add_argument("--db", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", help="database URL (visible in ps: not for passwords)")
+    source.add_argument("--db-from-stdin", action="store_true", help='first line "DB <url>"')
     parser.add_argument("--node", required=True)
     args = parser.parse_args()
+    db_url = _read_db_url() if args.db_from_stdin else args.db
     logs.setup(
         os.environ.get("FERRY_LOG_LEVEL", "info"), os.environ.get("FERRY_LOG_FORMAT", "text")
     )
@@ -312,7 +338,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     import uvloop
 
-    return uvloop.run(child_main(args.wal_dir, args.db, args.node))
+    return uvloop.run(child_main(args.wal_dir, db_url, args.node))
 
 
 if __name__ == "__main__":

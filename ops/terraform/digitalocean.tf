@@ -75,19 +75,29 @@ resource "digitalocean_database_firewall" "mysql" {
   }
 }
 
+# The cluster's CA certificate (PEM): cloud-init writes it to /etc/ferry/mysql-ca.pem and
+# the replayer verifies the server's certificate against it.
+data "digitalocean_database_ca" "mysql" {
+  cluster_id = digitalocean_database_cluster.mysql.id
+}
+
 locals {
   # user:password, the password URL-encoded (the cluster generates it).
   db_userinfo = join(":", [
     digitalocean_database_user.ferry.name,
     urlencode(digitalocean_database_user.ferry.password),
   ])
+  db_ca_path = "/etc/ferry/mysql-ca.pem"
   db_url = format(
-    # DigitalOcean's managed MySQL takes TLS only: the sink's ssl-mode option turns it on.
-    "mysql://%s@%s:%d/%s?ssl-mode=REQUIRED",
+    # DigitalOcean's managed MySQL takes TLS only; the sink checks the server's certificate
+    # against the cluster's CA (VERIFY_CA) and, with VERIFY_IDENTITY, its name too.
+    "mysql://%s@%s:%d/%s?ssl-mode=%s&ssl-ca=%s",
     local.db_userinfo,
     digitalocean_database_cluster.mysql.private_host,
     digitalocean_database_cluster.mysql.port,
     digitalocean_database_db.ferry.name,
+    var.db_ssl_mode,
+    local.db_ca_path,
   )
 }
 
@@ -112,6 +122,8 @@ resource "digitalocean_droplet" "ferry" {
     acme_email        = var.acme_email
     node_id           = var.node_id
     db_url            = local.db_url
+    db_ssl_mode       = var.db_ssl_mode
+    db_ca_b64         = base64encode(data.digitalocean_database_ca.mysql.certificate)
     jwt_secret        = var.ferry_jwt_secret
     admin_token       = var.ferry_admin_token
     webhook_url       = var.ferry_webhook_url

@@ -2,7 +2,7 @@
 # anything private) or pass with -var-file. Secrets are never here: they come from the
 # environment as TF_VAR_do_token, TF_VAR_cloudflare_api_token, TF_VAR_vercel_api_token,
 # TF_VAR_ferry_jwt_secret, TF_VAR_ferry_admin_token, TF_VAR_notify_webhook_url,
-# TF_VAR_ferry_webhook_url and TF_VAR_registry_token.
+# TF_VAR_ferry_webhook_url, TF_VAR_registry_token and TF_VAR_alert_slack_webhook_url.
 # The tests scan the configuration with these values (tests/ops/test_terraform.py).
 
 image                = "ghcr.io/ferry-dev/ferry:main"
@@ -15,3 +15,4 @@ acme_email           = "ops@example.com"
 cloudflare_zone_id   = "023e105f4ecef8ad9ca31a8372d0c353"
 zone_name            = "example.com"
 registry_username    = "ferry-deploy"
+alert_emails         = ["ops@example.com"]

@@ -155,6 +155,17 @@ variable "db_node_count" {
   default     = 1
 }
 
+variable "db_ssl_mode" {
+  description = "How the replayer checks the managed MySQL's TLS certificate: VERIFY_CA (signed by the cluster's CA) or VERIFY_IDENTITY (also issued for the private host name)."
+  type        = string
+  default     = "VERIFY_CA"
+
+  validation {
+    condition     = contains(["VERIFY_CA", "VERIFY_IDENTITY"], var.db_ssl_mode)
+    error_message = "db_ssl_mode must be VERIFY_CA or VERIFY_IDENTITY (the certificate is always verified)."
+  }
+}
+
 variable "ssh_key_fingerprints" {
   description = "Fingerprints of SSH keys already in the DigitalOcean account, installed for root on the droplet (no password login)."
   type        = list(string)
@@ -174,6 +185,37 @@ variable "admin_cidrs" {
 variable "acme_email" {
   description = "Contact address for the Let's Encrypt certificate of the relay's name."
   type        = string
+}
+
+# ---- outside check --------------------------------------------------------------------------
+
+variable "uptime_regions" {
+  description = "DigitalOcean Uptime regions that probe https://<relay>/healthz (us_east, us_west, eu_west, se_asia)."
+  type        = list(string)
+  default     = ["eu_west", "us_east"]
+
+  validation {
+    condition     = length(var.uptime_regions) > 0 && alltrue([for r in var.uptime_regions : contains(["us_east", "us_west", "eu_west", "se_asia"], r)])
+    error_message = "uptime_regions: one or more of us_east, us_west, eu_west, se_asia."
+  }
+}
+
+variable "alert_emails" {
+  description = "Who DigitalOcean mails when the relay stops answering (empty: acme_email)."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_slack_webhook_url" {
+  description = "Slack incoming webhook for the relay-down alert (a Discord webhook URL with /slack appended works too); \"\" = e-mail only."
+  type        = string
+  sensitive   = true
+  default     = ""
+
+  validation {
+    condition     = var.alert_slack_webhook_url == "" || can(regex("^https://[^'\"\\s]+$", var.alert_slack_webhook_url))
+    error_message = "alert_slack_webhook_url must be an https:// URL."
+  }
 }
 
 # ---- DNS ------------------------------------------------------------------------------------

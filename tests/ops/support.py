@@ -205,8 +205,26 @@ def parse_dockerfile(path: Path = DOCKERFILE) -> list[Stage]:
     return stages
 
 
+# The commit an image was built from: set by the Dockerfile (build arg) and read by /healthz
+# (core/http.py), which reports it so that a deploy can wait for the new commit.
+BUILD_COMMIT_ENV = "FERRY_BUILD_COMMIT"
+
+
 def known_ferry_settings() -> set[str]:
-    """FERRY_<NAME> for every setting in core/config.py (unknown ones are startup errors)."""
+    """FERRY_<NAME> for every setting in core/config.py (unknown ones are startup errors),
+    and FERRY_BUILD_COMMIT."""
     from core import config
 
-    return {config.env_name(name) for name in config.FIELDS}
+    return {config.env_name(name) for name in config.FIELDS} | {BUILD_COMMIT_ENV}
+
+
+def serve_accepts_build_commit() -> bool:
+    """Whether this checkout's `ferry serve` takes FERRY_BUILD_COMMIT from the environment
+    (core/config.py refuses unknown FERRY_* variables; /healthz's commit is core's side)."""
+    from core import config
+
+    try:
+        config.load(environ={BUILD_COMMIT_ENV: "0" * 40})
+    except config.ConfigError:
+        return False
+    return True

@@ -79,9 +79,21 @@ def test_dashboard_is_built_with_npm_ci_and_vite(stages: dict[str, Stage]) -> No
     assert "package-lock.json" in copies[0]
 
 
-def test_ferry_is_pip_installed(stages: dict[str, Stage]) -> None:
+def test_ferry_is_pip_installed_without_extras(stages: dict[str, Stage]) -> None:
     runs = " ".join(i.value for i in stages["python-build"].all("RUN"))
+    # `.` alone: the runtime, never `.[bench]` or `.[dev]` (tests/ops/test_setup.py checks
+    # that this set serves).
     assert re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs), runs
+    assert "[" not in runs.split("pip install", 1)[1].split("&&")[0], runs
+
+
+def test_the_build_commit_reaches_the_image(stages: dict[str, Stage]) -> None:
+    ferry = stages["ferry"]
+    (arg,) = [i for i in ferry.all("ARG") if i.value.startswith("FERRY_BUILD_COMMIT")]
+    assert ferry.env()["FERRY_BUILD_COMMIT"] == "${FERRY_BUILD_COMMIT}"
+    assert arg.line < min(i.line for i in ferry.all("ENV") if "FERRY_BUILD_COMMIT" in i.value)
+    labels = " ".join(i.value for i in ferry.all("LABEL"))
+    assert "org.opencontainers.image.revision=${FERRY_BUILD_COMMIT}" in labels
 
 
 def test_ferry_target_runs_serve_as_non_root_with_the_wal_on_a_volume(
@@ -93,7 +105,12 @@ def test_ferry_target_runs_serve_as_non_root_with_the_wal_on_a_volume(
     assert user.value.split(":")[0] not in ("root", "0"), user.value
     entrypoint, cmd = ferry.last("ENTRYPOINT"), ferry.last("CMD")
     assert entrypoint and cmd
-    assert (entrypoint.exec_form() or []) + (cmd.exec_form() or []) == ["ferry", "serve"]
+    # scripts/entrypoint.sh (refuses placeholder secrets), then `ferry serve`.
+    assert (entrypoint.exec_form() or []) + (cmd.exec_form() or []) == [
+        "ferry-entrypoint",
+        "serve",
+    ]
+    assert 'exec ferry "$@"' in (ROOT / "scripts" / "entrypoint.sh").read_text()
     expose = ferry.last("EXPOSE")
     assert expose and expose.value.split() == ["8080"]
     volume = ferry.last("VOLUME")

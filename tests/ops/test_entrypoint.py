@@ -1,12 +1,15 @@
 """The container's command, run for real outside Docker.
 
-The `ferry` image runs ENTRYPOINT + CMD from the Dockerfile with the image's ENV, overlaid
-by the compose file's `environment` (as docker compose resolves it with .env.example).
-Here the same command runs with the same environment, rewritten only where the container
-differs from this machine: the database is the local MariaDB (127.0.0.1:3306, root, database
-`test`) instead of the `mysql` service, the WAL and the dashboard live in a temp dir instead
-of /data and /opt, and the port is a free one. Then the image's and compose's own
-healthcheck commands must pass, and SIGTERM must end it cleanly (DESIGN §6).
+The `ferry` image runs ENTRYPOINT + CMD from the Dockerfile (scripts/entrypoint.sh, copied
+to /usr/local/bin/ferry-entrypoint, then `ferry serve`) with the image's ENV, overlaid by the
+compose file's `environment` as docker compose resolves it with an env file. With
+.env.example itself (its public placeholder secrets) the entrypoint must refuse to start and
+say what to do; with a .env from ops/tools/new-env.sh it must serve. The environment is
+rewritten only where the container differs from this machine: the database is the local
+MariaDB (127.0.0.1:3306, root, a database of this test's own) instead of the `mysql`
+service, the WAL and the dashboard live in a temp dir instead of /data and /opt, and the port
+is a free one. Then the image's and compose's own healthcheck commands must pass, and SIGTERM
+must end it cleanly. The `mysql` service's entrypoint refuses the placeholders too.
 """
 
 from __future__ import annotations
@@ -21,10 +24,25 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.ops.support import UNIT, compose_config, parse_dockerfile
+import pymysql
+import pytest
 
-TEST_DB_URL = "mysql://root@127.0.0.1:3306/test"
+from tests.ops.support import (
+    BUILD_COMMIT_ENV,
+    ENV_EXAMPLE,
+    ROOT,
+    UNIT,
+    compose_config,
+    parse_dockerfile,
+    serve_accepts_build_commit,
+)
+
+# Not `test`: opening the sink upgrades the schema (an older checkout's tests share `test`).
+TEST_DB = "ferry_ops_entrypoint"
+TEST_DB_URL = f"mysql://root@127.0.0.1:3306/{TEST_DB}"
 CONTAINER_PATHS = ("/data", "/opt/ferry")
+# Where the Dockerfile puts scripts/entrypoint.sh.
+ENTRYPOINT_IN_IMAGE = "/usr/local/bin/ferry-entrypoint"
 
 
 def _free_port() -> int:
@@ -45,14 +63,39 @@ def _healthz(port: int) -> int | None:
         return None
 
 
-def _container_command_and_env(tmp_path: Path, port: int) -> tuple[list[str], dict[str, str]]:
+def _new_env(tmp_path: Path) -> Path:
+    """A .env as the README says to make one: ops/tools/new-env.sh."""
+    env_file = tmp_path / "generated.env"
+    done = subprocess.run(
+        [str(ROOT / "ops" / "tools" / "new-env.sh"), str(env_file)],
+        capture_output=True, text=True, timeout=UNIT * 2,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    values = [line for line in env_file.read_text().splitlines() if not line.startswith("#")]
+    assert values and not [line for line in values if "change-me" in line]
+    assert env_file.stat().st_mode & 0o077 == 0, "the .env holds secrets: mode 0600"
+    return env_file
+
+
+def _container_command_and_env(
+    tmp_path: Path, port: int, env_file: Path
+) -> tuple[list[str], dict[str, str]]:
     (ferry,) = [stage for stage in parse_dockerfile() if stage.name == "ferry"]
     entrypoint, cmd = ferry.last("ENTRYPOINT"), ferry.last("CMD")
     assert entrypoint and cmd
     argv = (entrypoint.exec_form() or []) + (cmd.exec_form() or [])
+    copies = [c.value.split() for c in ferry.all("COPY")]
+    assert ["scripts/entrypoint.sh", ENTRYPOINT_IN_IMAGE] in copies, copies
+    assert argv[0] == Path(ENTRYPOINT_IN_IMAGE).name
+    argv[0] = str(ROOT / "scripts" / "entrypoint.sh")
 
     image_env = {k: v for k, v in ferry.env().items() if k.startswith("FERRY_")}
-    compose_env = compose_config()["services"]["ferry"]["environment"]
+    assert image_env[BUILD_COMMIT_ENV] == "${FERRY_BUILD_COMMIT}"  # from the build arg
+    image_env[BUILD_COMMIT_ENV] = "f" * 40
+    if not serve_accepts_build_commit():
+        # core/config.py does not know it yet (the /healthz side of issue 11 is core's).
+        del image_env[BUILD_COMMIT_ENV]
+    compose_env = compose_config(env_file)["services"]["ferry"]["environment"]
     env = {**image_env, **{k: str(v) for k, v in compose_env.items()}}
 
     dashboard = tmp_path / "dashboard"
@@ -73,22 +116,86 @@ def _container_command_and_env(tmp_path: Path, port: int) -> tuple[list[str], di
     return argv, env
 
 
-def test_ferry_serve_runs_with_the_compose_environment(tmp_path: Path) -> None:
-    port = _free_port()
-    argv, ferry_env = _container_command_and_env(tmp_path, port)
-    assert argv == ["ferry", "serve"]
+def _run_env(ferry_env: dict[str, str]) -> dict[str, str]:
     bin_dir = Path(sys.executable).parent
-    executable = bin_dir / argv[0]
-    assert executable.exists(), f"{executable} missing: pip install -e . (scripts/bootstrap.sh)"
-
+    assert (bin_dir / "ferry").exists(), "ferry missing: pip install -e . (scripts/bootstrap.sh)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env.update(ferry_env)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def test_the_entrypoint_refuses_the_placeholder_secrets(tmp_path: Path) -> None:
+    argv, ferry_env = _container_command_and_env(tmp_path, _free_port(), ENV_EXAMPLE)
+    # The compose file's own URL (mysql://ferry:<MYSQL_PASSWORD>@mysql:3306/ferry).
+    compose_env = compose_config(ENV_EXAMPLE)["services"]["ferry"]["environment"]
+    ferry_env["FERRY_DB_URL"] = compose_env["FERRY_DB_URL"]
+    done = subprocess.run(
+        argv, env=_run_env(ferry_env), capture_output=True, text=True, timeout=UNIT * 2
+    )
+    assert done.returncode == 78, (done.stdout, done.stderr)
+    for name in ("FERRY_JWT_SECRET", "FERRY_ADMIN_TOKEN", "MYSQL_PASSWORD"):
+        assert f"{name} is still the placeholder" in done.stderr, done.stderr
+    assert "ops/tools/new-env.sh" in done.stderr
+    assert not done.stdout  # ferry itself never ran
+
+
+@pytest.mark.parametrize("bad", ["FERRY_JWT_SECRET", "FERRY_ADMIN_TOKEN"])
+def test_one_placeholder_is_enough_to_refuse(tmp_path: Path, bad: str) -> None:
+    argv, ferry_env = _container_command_and_env(tmp_path, _free_port(), _new_env(tmp_path))
+    ferry_env[bad] = "change-me-" + "x" * 40
+    done = subprocess.run(
+        argv, env=_run_env(ferry_env), capture_output=True, text=True, timeout=UNIT * 2
+    )
+    assert done.returncode == 78 and f"{bad} is still the placeholder" in done.stderr
+    assert done.stderr.count("is still the placeholder") == 1, done.stderr
+
+
+@pytest.mark.parametrize("env_file", ["example", "generated"])
+def test_the_mysql_service_refuses_the_placeholders_too(tmp_path: Path, env_file: str) -> None:
+    path = ENV_EXAMPLE if env_file == "example" else _new_env(tmp_path)
+    mysql = compose_config(path)["services"]["mysql"]
+    # `config` keeps the file's `$$` escapes; the container gets a plain `$`.
+    entrypoint = [part.replace("$$", "$") for part in mysql["entrypoint"]]
+    command = mysql["command"]
+    assert entrypoint[:2] == ["sh", "-c"]
+    # The image's docker-entrypoint.sh, stood in for by one that records its arguments.
+    stub_dir = tmp_path / "stub"
+    stub_dir.mkdir()
+    stub = stub_dir / "docker-entrypoint.sh"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$STUB_ARGS"\n')
+    stub.chmod(0o755)
+    env = {
+        "PATH": f"{stub_dir}:/usr/bin:/bin",
+        "STUB_ARGS": str(tmp_path / "args"),
+        **{k: str(v) for k, v in mysql["environment"].items()},
+    }
+    done = subprocess.run(
+        [*entrypoint, *command], env=env, capture_output=True, text=True, timeout=UNIT
+    )
+    if env_file == "example":
+        assert done.returncode == 78, done
+        assert "placeholder" in done.stderr and "ops/tools/new-env.sh" in done.stderr
+        assert not (tmp_path / "args").exists()
+    else:
+        assert done.returncode == 0, done
+        assert (tmp_path / "args").read_text().split() == command
+
+
+def test_ferry_serve_runs_with_the_compose_environment(tmp_path: Path) -> None:
+    conn = pymysql.connect(host="127.0.0.1", user="root", connect_timeout=2)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {TEST_DB}")
+    conn.close()
+    port = _free_port()
+    argv, ferry_env = _container_command_and_env(tmp_path, port, _new_env(tmp_path))
+    assert argv[1:] == ["serve"]
+    env = _run_env(ferry_env)
     (tmp_path / "data").mkdir(exist_ok=True)
     log_path = tmp_path / "ferry.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(executable), *argv[1:]],
+            argv,
             env=env,
             cwd=tmp_path / "data",  # the image's WORKDIR is /data
             stdout=log,

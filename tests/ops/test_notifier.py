@@ -160,13 +160,49 @@ async def test_posts_a_discord_compatible_payload(webhook: Webhook) -> None:
 async def test_every_event_kind_ferry_sends(webhook: Webhook) -> None:
     notifier = Notifier(webhook.url(), node_id="n", min_interval_s=60)
     notifier.start()
-    for kind in ("start", "db_down", "db_up", "wal_backlog", "slow_fsync"):
+    kinds = ["start", "db_down", "db_up", "wal_unwritable", "wal_writable", "wal_backlog",
+             "slow_fsync"]  # fmt: skip
+    for kind in kinds:
         notifier.notify(kind, f"{kind} happened")
-    await eventually(lambda: notifier.stats.sent == 5, "all five sent")
+    await eventually(lambda: notifier.stats.sent == len(kinds), "all sent")
     await notifier.close()
     titles = [r.json()["embeds"][0]["title"] for r in webhook.requests]  # type: ignore[index]
-    assert titles == ["start", "db_down", "db_up", "wal_backlog", "slow_fsync"]
+    assert titles == kinds
     assert set(titles) == set(EVENTS)
+
+
+async def test_state_changes_are_never_suppressed_only_repeats_are(webhook: Webhook) -> None:
+    """down -> up -> down inside the window sends all three: the channel's last word is the
+    real state. A repeat of the current state is what the rate limit drops."""
+    now = [1000.0]
+    notifier = Notifier(webhook.url(), node_id="n", min_interval_s=60, clock=lambda: now[0])
+    notifier.start()
+    for event in ("db_down", "db_up", "db_down"):
+        now[0] += 1.0
+        notifier.notify(event, event)
+    now[0] += 1.0
+    notifier.notify("db_down", "still down")  # a repeat of the state already reported
+    notifier.notify("wal_unwritable", "EIO")  # another thing's state: its own history
+    now[0] += 1.0
+    notifier.notify("db_up", "back")
+    await eventually(lambda: notifier.stats.sent == 5, "five sent")
+    await notifier.close()
+    titles = [r.json()["embeds"][0]["title"] for r in webhook.requests]  # type: ignore[index]
+    assert titles == ["db_down", "db_up", "db_down", "wal_unwritable", "db_up"]
+    assert notifier.stats.dropped_rate_limited == 1
+    assert "(1 similar suppressed)" not in str(webhook.requests[-1].json()["content"])
+
+
+async def test_a_state_change_makes_room_in_a_full_queue(hanging_webhook: Webhook) -> None:
+    notifier = Notifier(hanging_webhook.url(), node_id="n", min_interval_s=0, queue_size=2)
+    for i in range(5):
+        notifier.notify("slow_fsync", f"fsync took {i} ms")
+    notifier.notify("wal_unwritable", "EIO")
+    assert notifier.pending == 2
+    assert notifier.stats.dropped_queue_full == 4  # 3 that found it full, 1 that gave way
+    queued = [notifier._queue.get_nowait().event for _ in range(2)]
+    assert queued == ["slow_fsync", "wal_unwritable"]
+    await notifier.close()
 
 
 async def test_rate_limit_is_per_event_kind_and_reports_what_it_suppressed(

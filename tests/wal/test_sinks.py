@@ -1,6 +1,7 @@
 """The sinks on their own: rows round-trip byte for byte (tricky ids and payloads), writes
 are idempotent on (node, lsn), the checkpoint never moves back. MySQL runs against the
-machine's shared MariaDB (127.0.0.1:3306, database `test`) with a node name of its own."""
+machine's shared MariaDB (127.0.0.1:3306) in a database of its own, `ferry_sinks` (not
+`test`: opening a sink upgrades the schema, which would trip an older checkout's tests)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.helpers import IN_CI
 from wal.sinks import Batch, EventRow, MessageRow, Sink, make_sink, redact_url
 from wal.sinks.mysql import LOAD_DATA_MIN_ROWS
 
-SHARED_MYSQL = "mysql://root@127.0.0.1:3306/test"
+SINK_DB = "ferry_sinks"
+SHARED_MYSQL = f"mysql://root@127.0.0.1:3306/{SINK_DB}"
 TRICKY_IDS = [
     None,
     "plain",
@@ -45,6 +47,11 @@ async def sink(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
     url = f"sqlite:///{tmp_path / 'sink.db'}" if request.param == "sqlite" else SHARED_MYSQL
     s = make_sink(url)
     try:
+        if request.param == "mysql":
+            conn = pymysql.connect(host="127.0.0.1", user="root", connect_timeout=2)
+            with conn.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS {SINK_DB}")
+            conn.close()
         await s.open()
     except Exception as exc:
         if IN_CI:
@@ -67,7 +74,7 @@ async def _read_back(
         events = [r[0] for r in db.execute("SELECT lsn FROM ferry_events WHERE node = ?", (node,))]
         db.close()
         return rows, events
-    conn = pymysql.connect(host="127.0.0.1", user="root", database="test")
+    conn = pymysql.connect(host="127.0.0.1", user="root", database=SINK_DB)
     with conn.cursor() as cur:
         cur.execute(
             "SELECT node, lsn, channel, seq, ts_ms, sender, client_msg_id, encoding, payload FROM ferry_messages "

@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-SCHEMA_VERSION = 1
+# The database schema's version, kept in the one row (id = 1) of `ferry_schema`:
+#   1  ferry_messages, ferry_events, ferry_checkpoints; ferry_schema (version) had no key
+#   2  ferry_schema keyed by `id` (managed MySQL, e.g. DigitalOcean's, sets
+#      sql_require_primary_key and refuses to create a table without a primary key)
+# A sink upgrades an older database on open and refuses a newer one.
+SCHEMA_VERSION = 2
 
 
 class MessageRow(NamedTuple):

@@ -52,8 +52,25 @@ SCHEMA = [
         node VARCHAR(64) NOT NULL PRIMARY KEY, lsn BIGINT UNSIGNED NOT NULL,
         updated_at TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)
     ) ENGINE=InnoDB""",
-    "CREATE TABLE IF NOT EXISTS ferry_schema (version INT NOT NULL) ENGINE=InnoDB",
+    # One row (id = 1). Every table has a primary key: managed MySQL (sql_require_primary_key)
+    # and MariaDB with innodb_force_primary_key refuse to create one without.
+    """CREATE TABLE IF NOT EXISTS ferry_schema (
+        id TINYINT UNSIGNED NOT NULL PRIMARY KEY, version INT NOT NULL
+    ) ENGINE=InnoDB""",
 ]
+# Schema v1 had `ferry_schema (version INT NOT NULL)` without a key: detected by the missing
+# `id` column and rebuilt in place (the other tables are the same in v1 and v2).
+HAS_SCHEMA_ID = (
+    "SELECT COUNT(*) FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+    "AND TABLE_NAME = 'ferry_schema' AND COLUMN_NAME = 'id'"
+)
+DUPLICATE_COLUMN = 1060  # ER_DUP_FIELDNAME: another node migrated ferry_schema first
+
+# ?ssl-mode= values, as the MySQL client names them. DISABLED: plain TCP. REQUIRED: TLS,
+# certificate not checked (unless ssl-ca is given, which makes it VERIFY_CA). VERIFY_CA:
+# the server's certificate must chain to ssl-ca (or the system CAs). VERIFY_IDENTITY: that,
+# and its name must match the host in the URL.
+SSL_MODES = ("disabled", "required", "verify_ca", "verify_identity")
 
 
 def parse_mysql_url(url: str) -> dict[str, Any]:
@@ -63,17 +80,6 @@ def parse_mysql_url(url: str) -> dict[str, Any]:
             f"MySQL URL must look like mysql://user:pass@host:3306/db, got {redact_url(url)!r}"
         )
     options = {k.replace("-", "_").lower(): v[-1] for k, v in parse_qs(parts.query).items()}
-    tls: ssl.SSLContext | None = None
-    mode = options.get("ssl_mode", options.get("ssl", "")).lower()
-    if mode in ("1", "true", "required", "verify_ca", "verify_identity"):
-        # Managed MySQL (DigitalOcean, RDS...) only takes TLS. REQUIRED encrypts; the
-        # verify modes also check the server's certificate against ssl_ca (or system CAs).
-        tls = ssl.create_default_context(cafile=options.get("ssl_ca"))
-        if mode in ("1", "true", "required"):
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
-        elif mode == "verify_ca":
-            tls.check_hostname = False
     params: dict[str, Any] = {
         "host": parts.hostname,
         "port": parts.port or 3306,
@@ -83,9 +89,43 @@ def parse_mysql_url(url: str) -> dict[str, Any]:
         "connect_timeout": float(options.get("connect_timeout", 5)),
         "statement_timeout": float(options.get("statement_timeout", 10)),
     }
+    tls = tls_context(options.get("ssl_mode", options.get("ssl", "")), options.get("ssl_ca"))
     if tls is not None:
         params["ssl"] = tls
     return params
+
+
+def ssl_mode(mode: str, ca_file: str | None) -> str:
+    """The effective ssl-mode: one of SSL_MODES (a CA file turns REQUIRED into VERIFY_CA)."""
+    mode = mode.strip().lower()
+    if mode in ("", "0", "false", "disabled"):
+        mode = "verify_ca" if ca_file else "disabled"
+    elif mode in ("1", "true", "required"):
+        mode = "verify_ca" if ca_file else "required"
+    if mode not in SSL_MODES:
+        raise ValueError(
+            f"ssl-mode={mode!r} is not one of {', '.join(m.upper() for m in SSL_MODES)}"
+        )
+    return mode
+
+
+def tls_context(mode: str, ca_file: str | None) -> ssl.SSLContext | None:
+    """The client's TLS context for an ssl-mode (None: no TLS)."""
+    effective = ssl_mode(mode, ca_file)
+    if effective == "disabled":
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"ssl-ca={ca_file!r}: cannot load the CA certificate ({exc})") from None
+    if effective == "required":
+        # Encrypted, but anyone in the middle can present a certificate: say so in the log.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    elif effective == "verify_ca":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _text(value: str) -> str:
@@ -164,6 +204,13 @@ class MysqlSink:
         self.url = url
         self.params = parse_mysql_url(url)
         self.statement_timeout: float = self.params.pop("statement_timeout")
+        tls = self.params.get("ssl")
+        if tls is not None and tls.verify_mode == ssl.CERT_NONE:
+            log.warning(
+                "%s: TLS without checking the server's certificate; add "
+                "ssl-mode=VERIFY_CA&ssl-ca=/path/ca.pem (or VERIFY_IDENTITY)",
+                redact_url(url),
+            )
         self.fault: Callable[[str], None] = lambda point: None
         self._conn: aiomysql.Connection | None = None
         self._local_infile: bool | None = None  # None: not tried yet; False: refused
@@ -202,16 +249,24 @@ class MysqlSink:
                     warnings.simplefilter("ignore")  # "table already exists" on every start
                     for statement in SCHEMA:
                         await cur.execute(statement)
-                await cur.execute("SELECT version FROM ferry_schema FOR UPDATE")
+                    await _migrate_v1_schema_table(cur)
+                await cur.execute("SELECT version FROM ferry_schema WHERE id = 1 FOR UPDATE")
                 row = await cur.fetchone()
                 if row is None:
                     await cur.execute(
-                        "INSERT INTO ferry_schema (version) VALUES (%s)", (SCHEMA_VERSION,)
+                        "INSERT IGNORE INTO ferry_schema (id, version) VALUES (1, %s)",
+                        (SCHEMA_VERSION,),
                     )
                 elif row[0] > SCHEMA_VERSION:
                     await conn.rollback()
                     raise SinkError(
                         f"database schema v{row[0]} is newer than this ferry (v{SCHEMA_VERSION})"
+                    )
+                elif row[0] < SCHEMA_VERSION:
+                    # v1 -> v2 was ferry_schema's key alone (done above); later steps go here.
+                    log.info("database schema upgraded from v%d to v%d", row[0], SCHEMA_VERSION)
+                    await cur.execute(
+                        "UPDATE ferry_schema SET version = %s WHERE id = 1", (SCHEMA_VERSION,)
                     )
             await conn.commit()
 
@@ -290,6 +345,36 @@ class MysqlSink:
             self._drop()
 
 
+async def _migrate_v1_schema_table(cur: Any) -> None:
+    """Give a v1 `ferry_schema` (no key) its `id` primary key, keeping its version.
+
+    DDL commits implicitly in MySQL, so this is written to be safe at any crash point: a
+    table left keyed but empty reads as "no version yet" and gets the current one, which is
+    right because v1 and v2 differ in this table only.
+    """
+    await cur.execute(HAS_SCHEMA_ID)
+    row = await cur.fetchone()
+    if row and row[0]:
+        return
+    await cur.execute("SELECT MAX(version) FROM ferry_schema")
+    found = await cur.fetchone()
+    version = int(found[0]) if found and found[0] is not None else None
+    await cur.execute("DELETE FROM ferry_schema")
+    try:
+        await cur.execute(
+            "ALTER TABLE ferry_schema ADD COLUMN id TINYINT UNSIGNED NOT NULL FIRST, "
+            "ADD PRIMARY KEY (id)"
+        )
+    except pymysql.MySQLError as exc:
+        if not (exc.args and exc.args[0] == DUPLICATE_COLUMN):
+            raise
+    if version is not None:
+        await cur.execute(
+            "INSERT IGNORE INTO ferry_schema (id, version) VALUES (1, %s)", (version,)
+        )
+    log.info("ferry_schema has a primary key now (schema v1 layout migrated)")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """INSERT IGNORE of a retried batch makes the server warn about every duplicate."""
@@ -300,7 +385,12 @@ def _quiet() -> Iterator[None]:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, pymysql.MySQLError) and exc.args:
-        if len(exc.args) >= 2:
-            return f"({exc.args[0]}) {exc.args[1]}"
-        return str(exc.args[0])
+        text = f"({exc.args[0]}) {exc.args[1]}" if len(exc.args) >= 2 else str(exc.args[0])
+        # aiomysql's "(2003) Can't connect" hides why (refused, TLS certificate not trusted...).
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, pymysql.MySQLError):
+            text += f": {_describe(cause)}"
+        return text
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc.reason} (certificate verify failed)"
     return str(exc) or type(exc).__name__

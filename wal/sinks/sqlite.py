@@ -24,7 +24,8 @@ SCHEMA = [
         duration_ms INTEGER, PRIMARY KEY (node, lsn)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS ferry_checkpoints (
         node TEXT PRIMARY KEY, lsn INTEGER NOT NULL, updated_at INTEGER NOT NULL)""",
-    "CREATE TABLE IF NOT EXISTS ferry_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS ferry_schema (
+        id INTEGER NOT NULL PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL)""",
 ]
 
 
@@ -33,6 +34,19 @@ def sqlite_path(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"SQLite URL must look like sqlite:///path/ferry.db, got {url!r}")
     return url[len("sqlite:///") :]
+
+
+def _migrate_v1_schema_table(db: sqlite3.Connection) -> None:
+    """Schema v1's `ferry_schema (version)` had no key: rebuild it keyed by `id`, keeping
+    the version (inside the caller's transaction; SQLite's DDL is transactional)."""
+    columns = [r[1] for r in db.execute("PRAGMA table_info(ferry_schema)")]
+    if "id" in columns:
+        return
+    (version,) = db.execute("SELECT MAX(version) FROM ferry_schema").fetchone()
+    db.execute("DROP TABLE ferry_schema")
+    db.execute(SCHEMA[-1])
+    if version is not None:
+        db.execute("INSERT INTO ferry_schema (id, version) VALUES (1, ?)", (version,))
 
 
 class SqliteSink:
@@ -64,17 +78,26 @@ class SqliteSink:
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("BEGIN IMMEDIATE")
-        for statement in SCHEMA:
-            db.execute(statement)
-        row = db.execute("SELECT version FROM ferry_schema").fetchone()
-        if row is None:
-            db.execute("INSERT INTO ferry_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
+        try:
+            for statement in SCHEMA:
+                db.execute(statement)
+            _migrate_v1_schema_table(db)
+            row = db.execute("SELECT version FROM ferry_schema WHERE id = 1").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO ferry_schema (id, version) VALUES (1, ?)", (SCHEMA_VERSION,)
+                )
+            elif row[0] > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"database schema v{row[0]} is newer than this ferry (v{SCHEMA_VERSION})"
+                )
+            elif row[0] < SCHEMA_VERSION:
+                db.execute("UPDATE ferry_schema SET version = ? WHERE id = 1", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+        except BaseException:
             db.execute("ROLLBACK")
-            raise sqlite3.DatabaseError(
-                f"database schema v{row[0]} is newer than this ferry (v{SCHEMA_VERSION})"
-            )
-        db.execute("COMMIT")
+            db.close()
+            raise
         self._db = db
 
     async def checkpoint(self, node: str) -> int:
