@@ -74,6 +74,7 @@ class Config:
     alert_fsync_ms: float = 500.0
     # lifecycle
     shutdown_timeout: float = 10.0
+    build_commit: str = ""  # the commit this build came from (the image sets it); /healthz
 
     @property
     def auth_enabled(self) -> bool:
@@ -185,6 +186,7 @@ HELP: dict[str, str] = {
     "alert_backlog_records": "notify when the replay backlog passes this many records",
     "alert_fsync_ms": "notify when the WAL's fsync p99 passes this (ms)",
     "shutdown_timeout": "seconds a graceful shutdown may take",
+    "build_commit": "commit this build came from (set by the image; /healthz reports it)",
 }
 
 # HS256 keys and the admin token: shorter ones can be brute-forced offline from one token.
