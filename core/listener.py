@@ -5,7 +5,8 @@ and for `/ws` checks the Origin, the connection limit and the token (HTTP 401/40
 before the upgrade), picks the subprotocol, and returns a `Connection`.
 
 A frame's payload is copied (`get_payload_as_bytes`) before `on_ws_frame` returns: picows
-reuses its buffer. Fragmented messages are reassembled up to the frame limit.
+reuses its buffer. Fragmented messages are reassembled up to the frame limit; a new data
+frame inside an unfinished one closes with 1002 (RFC 6455 §5.4).
 Backpressure: picows forwards the transport's `pause_writing`/`resume_writing`, which
 stop and restart the outbox's flushes (see core/outbox.py for the slow-consumer policy).
 """
@@ -167,10 +168,12 @@ class Connection(WSListener):  # type: ignore[misc]
         self.active = True
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+            if self._fragments is not None:
+                # RFC 6455 §5.4: a fragmented message's frames may only be interleaved
+                # with control frames.
+                self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+                return
             if frame.fin:
-                if self._fragments is not None:
-                    self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
-                    return
                 self._deliver(frame.get_payload_as_bytes(), msg_type is WSMsgType.TEXT)
             else:
                 self._fragments = [frame.get_payload_as_bytes()]
