@@ -42,6 +42,10 @@ FERRY_BENCH_ENV = {
     "FERRY_PUBLISH_RATE": "1000000000",
     "FERRY_PUBLISH_BURST": "1000000000",
     "FERRY_LOG_LEVEL": "warning",
+    # Every load-generator connection comes from 127.0.0.1, hundreds of them at once.
+    "FERRY_MAX_HANDSHAKES": "100000",
+    "FERRY_MAX_HANDSHAKES_PER_IP": "100000",
+    "FERRY_MAX_CONNECTIONS_PER_IP": "0",
 }
 
 
@@ -161,7 +165,7 @@ def start_ferry(
 ) -> Target:
     """`ferry serve` on a free port; WAL and SQLite database in a temp dir.
 
-    `tracemalloc` and `picows` (keyword arguments forced onto picows' ws_create_server)
+    `tracemalloc` and `picows` (picows protocol arguments forced onto ferry's server)
     run it through bench/serve_wrapper.py; snapshots land in the target's temp dir.
     """
     port = free_port()

@@ -1,8 +1,9 @@
 """The picows adapter: moves bytes between a socket and a `Session`, nothing more.
 
-`upgrade()` is picows' listener factory: it routes plain HTTP requests to `core.http`,
-and for `/ws` checks the Origin, the connection limit and the token (HTTP 401/403/503
-before the upgrade), picks the subprotocol, and returns a `Connection`.
+core/accept.py reads the request head and calls `upgrade()` for `/ws`, which checks the
+Origin, the connection limits (HTTP 503 overall, 429 per user and per client address) and
+the token (HTTP 401/403 before the upgrade), picks the subprotocol, and returns a
+`Connection`.
 
 A frame's payload is copied (`get_payload_as_bytes`) before `on_ws_frame` returns: picows
 reuses its buffer. Fragmented messages are reassembled up to the frame limit; a new data
@@ -36,6 +37,7 @@ from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
 from core.session import Session
 
 if TYPE_CHECKING:
+    from core.guard import Guard
     from core.hub import Hub
 
 log = logging.getLogger("ferry.conn")
@@ -61,36 +63,46 @@ def _http_error(status: int, text: str) -> WSUpgradeResponse:
     )
 
 
-def upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
-    """picows listener factory. Never raises: picows would echo the exception text."""
+def upgrade(
+    hub: Hub, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
+) -> WSUpgradeResponseWithListener:
+    """Decide a `/ws` upgrade for a client at `address` (core.guard). Never raises."""
     try:
-        return _upgrade(hub, request)
+        return _upgrade(hub, guard, request, address, remote)
     except Exception:
-        log.exception("unexpected error handling %r", request.path)
+        log.exception("unexpected error handling %r", request.path[:200])
         return WSUpgradeResponseWithListener(_http_error(500, "internal error"), None)
 
 
-def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
+def _refuse(hub: Hub, reason: str, status: int, text: str) -> WSUpgradeResponseWithListener:
+    hub.metrics_rejected(reason)
+    return WSUpgradeResponseWithListener(_http_error(status, text), None)
+
+
+def _upgrade(
+    hub: Hub, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
+) -> WSUpgradeResponseWithListener:
     raw_path = request.path.decode("latin-1")
-    path = raw_path.split("?", 1)[0]
-    if path != "/ws":
-        return WSUpgradeResponseWithListener(hub.http.respond(path), None)
     headers = request.headers
     if hub.closing:
         return WSUpgradeResponseWithListener(_http_error(503, "server is shutting down"), None)
     origins = hub.config.allowed_origins
     if origins and headers.get("Origin") not in origins:
-        hub.metrics_rejected("origin")
-        return WSUpgradeResponseWithListener(_http_error(403, "origin not allowed"), None)
+        return _refuse(hub, "origin", 403, "origin not allowed")
     if len(hub.connections) >= hub.config.max_connections:
-        hub.metrics_rejected("max_connections")
-        return WSUpgradeResponseWithListener(_http_error(503, "too many connections"), None)
+        return _refuse(hub, "max_connections", 503, "too many connections")
+    refusal = guard.refuse_address(address)
+    if refusal is not None:
+        return _refuse(hub, refusal, 429, "too many connections from this address")
     token, query = token_from_request(raw_path, headers)
     try:
         principal = hub.auth.authenticate(token, query)
     except AuthError as exc:
         hub.metrics_rejected("auth")
         return WSUpgradeResponseWithListener(_http_error(401, str(exc)), None)
+    refusal = guard.refuse_user(principal.user)
+    if refusal is not None:
+        return _refuse(hub, refusal, 429, "too many connections for this user")
     encoding = _pick_subprotocol(headers.get("Sec-WebSocket-Protocol"))
     if encoding is None:
         hub.metrics_rejected("subprotocol")
@@ -100,23 +112,26 @@ def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListen
     extra = {}
     if headers.get("Sec-WebSocket-Protocol"):
         extra["Sec-WebSocket-Protocol"] = SUBPROTOCOL_NAMES[encoding]
-    remote = headers.get("X-Forwarded-For", "")
-    conn = Connection(hub, principal, encoding, remote)
+    conn = Connection(hub, principal, encoding, remote, address)
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
 
 
 class Connection(WSListener):  # type: ignore[misc]
     __slots__ = (
-        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "active", "conn_id", "connected_at",
-        "encoding", "hub", "outbox", "pinged_at", "principal", "remote", "session", "transport",
+        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "active", "address",
+        "conn_id", "connected_at", "encoding", "hub", "outbox", "pinged_at",
+        "principal", "remote", "session", "transport",
     )  # fmt: skip
 
-    def __init__(self, hub: Hub, principal: Principal, encoding: Encoding, remote: str) -> None:
+    def __init__(
+        self, hub: Hub, principal: Principal, encoding: Encoding, remote: str, address: str = ""
+    ) -> None:
         super().__init__()
         self.hub = hub
         self.principal = principal
         self.encoding = encoding
-        self.remote = remote
+        self.remote = remote  # for ferry_events: the forwarded address, else "ip:port"
+        self.address = address  # what the per-address limit counts (core.guard)
         self.conn_id = hub.next_conn_id()
         self.transport: WSTransport | None = None
         self.session: Session | None = None
