@@ -76,7 +76,9 @@ class Acceptor:
             # per connection; the read buffer starts small and grows only for big frames.
             # Both keep an idle connection's memory down.
             "enable_auto_ping": False,
-            "enable_auto_pong": True,
+            # Pings are answered through the connection's outbox (core/listener.py), so a
+            # client that pings and never reads hits the outbox limit.
+            "enable_auto_pong": False,
             "read_buffer_init_size": 2048,
         }
         options.update(PICOWS_OVERRIDES)

@@ -8,6 +8,8 @@ the token (HTTP 401/403 before the upgrade), picks the subprotocol, and returns 
 A frame's payload is copied (`get_payload_as_bytes`) before `on_ws_frame` returns: picows
 reuses its buffer. Fragmented messages are reassembled up to the frame limit; a new data
 frame inside an unfinished one closes with 1002 (RFC 6455 §5.4).
+Pings are answered here, through the outbox like any other frame (picows' auto-pong would
+write past its limit); only a pong carrying the payload of our last ping answers it.
 Backpressure: picows forwards the transport's `pause_writing`/`resume_writing`, which
 stop and restart the outbox's flushes (see core/outbox.py for the slow-consumer policy).
 """
@@ -33,7 +35,7 @@ from core.auth import Principal, token_from_request
 from core.errors import AuthError, CloseCode
 from core.log import Encoding
 from core.outbox import Outbox
-from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
+from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS, pong_frame
 from core.session import Session
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ log = logging.getLogger("ferry.conn")
 
 # A client that does not read its close frame is cut off after this long.
 CLOSE_GRACE_S = 5.0
+# Pongs made while the outbox is paused are pushed to it in chunks of this size.
+PONG_CHUNK = 4096
 
 
 def _pick_subprotocol(header: str | None) -> Encoding | None:
@@ -118,8 +122,8 @@ def _upgrade(
 
 class Connection(WSListener):  # type: ignore[misc]
     __slots__ = (
-        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "active", "address",
-        "conn_id", "connected_at", "encoding", "hub", "outbox", "pinged_at",
+        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "_pongs", "active", "address",
+        "conn_id", "connected_at", "encoding", "hub", "outbox", "ping_payload", "pinged_at",
         "principal", "remote", "session", "transport",
     )  # fmt: skip
 
@@ -141,9 +145,15 @@ class Connection(WSListener):  # type: ignore[misc]
         self._fragments_text = False
         self._fragments_size = 0
         self._cutoff: object = None
-        # keepalive (core/keepalive.py): any frame marks the connection active
+        # keepalive (core/keepalive.py): a data frame, or the pong that answers our ping
+        # (same payload), marks the connection active; the client's own pings and
+        # unsolicited pongs do not (neither shows that it reads).
         self.active = True
         self.pinged_at = 0.0
+        self.ping_payload: bytes | None = None
+        # Pongs made while the outbox is paused, pushed in chunks: the outbox counts the
+        # bytes, and a flood of tiny pongs must not become a flood of tiny objects.
+        self._pongs: bytearray | None = None
 
     # --- picows callbacks ------------------------------------------------------------
 
@@ -180,9 +190,9 @@ class Connection(WSListener):  # type: ignore[misc]
         session = self.session
         if session is None:
             return
-        self.active = True
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+            self.active = True
             if self._fragments is not None:
                 # RFC 6455 §5.4: a fragmented message's frames may only be interleaved
                 # with control frames.
@@ -194,7 +204,15 @@ class Connection(WSListener):  # type: ignore[misc]
                 self._fragments = [frame.get_payload_as_bytes()]
                 self._fragments_text = msg_type is WSMsgType.TEXT
                 self._fragments_size = frame.payload_size
+        elif msg_type is WSMsgType.PING:
+            self._answer_ping(frame.get_payload_as_bytes())
+        elif msg_type is WSMsgType.PONG:
+            if self.ping_payload is not None and frame.get_payload_as_bytes() == self.ping_payload:
+                self.ping_payload = None
+                self.pinged_at = 0.0
+                self.active = True
         elif msg_type is WSMsgType.CONTINUATION:
+            self.active = True
             if self._fragments is None:
                 self._fail(
                     CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
@@ -213,6 +231,23 @@ class Connection(WSListener):  # type: ignore[misc]
             # RFC 6455 §5.5.1: answer the close, then let the client close the TCP connection.
             session.close(CloseCode.NORMAL, "")
             transport.disconnect()
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """The pong goes through the outbox: a client that pings and never reads reaches
+        its limit (4408) like one that subscribes and never reads."""
+        outbox = self.outbox
+        if outbox is None or outbox.closed:
+            return
+        if not outbox.paused:
+            outbox.push(pong_frame(payload))
+            return
+        pongs = self._pongs
+        if pongs is None:
+            pongs = self._pongs = bytearray()
+        pongs += pong_frame(payload)
+        if len(pongs) >= PONG_CHUNK:
+            self._pongs = None
+            outbox.push(bytes(pongs))
 
     def _deliver(self, payload: bytes, is_text: bool) -> None:
         assert self.session is not None
@@ -241,8 +276,12 @@ class Connection(WSListener):  # type: ignore[misc]
             self.outbox.pause()
 
     def resume_writing(self) -> None:
-        if self.outbox is not None:
-            self.outbox.resume()
+        outbox = self.outbox
+        if outbox is not None:
+            pongs, self._pongs = self._pongs, None
+            if pongs:
+                outbox.push(bytes(pongs))
+            outbox.resume()
 
     # --- closing ---------------------------------------------------------------------
 
