@@ -92,8 +92,8 @@ def _common(p: argparse.ArgumentParser, *, compare: bool) -> None:
         "--picows",
         action="append",
         metavar="KEY=VALUE",
-        help="what-if: force a picows ws_create_server argument on ferry, e.g. "
-        "read_buffer_init_size=2048 or use_aiofastnet=false (repeatable)",
+        help="what-if: force a picows protocol argument on ferry (core/accept.py), e.g. "
+        "read_buffer_init_size=16384 or enable_auto_pong=true (repeatable)",
     )
     s.add_argument("--profile", metavar="PREFIX", help="py-spy the server: PREFIX-*.folded")
     s.add_argument("--profile-native", action="store_true", help="py-spy --native")

@@ -2,11 +2,13 @@
 
     BENCH_TRACEMALLOC_DIR=D      trace allocations; SIGUSR1 dumps a snapshot into D
                                  (snapN.pickle, then snapN.done) — see bench/memtrace.py
-    BENCH_PICOWS_SERVER='{...}'  keyword arguments forced onto picows.ws_create_server,
-                                 e.g. {"read_buffer_init_size": 2048, "use_aiofastnet": false}
+    BENCH_PICOWS_SERVER='{...}'  picows protocol arguments forced onto ferry's server
+                                 (core/accept.py: max_frame_size, enable_auto_ping,
+                                 enable_auto_pong, read_buffer_init_size),
+                                 e.g. {"read_buffer_init_size": 16384}
 
 Nothing of ferry is changed on disk: the overrides are applied in this process before
-`core.server` imports picows' `ws_create_server`.
+the server starts.
 
     python -m bench.serve_wrapper [ferry serve flags]
 """
@@ -40,15 +42,12 @@ def _snapshots(directory: str) -> None:
 
 
 def _force_picows(overrides: dict[str, Any]) -> None:
-    import picows
+    from core import accept
 
-    original = picows.ws_create_server
-
-    async def ws_create_server(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(overrides)
-        return await original(*args, **kwargs)
-
-    picows.ws_create_server = ws_create_server
+    unknown = set(overrides) - set(accept.PICOWS_OPTIONS)
+    if unknown:
+        raise SystemExit(f"{PICOWS_ENV}: not a picows option ferry sets: {sorted(unknown)}")
+    accept.PICOWS_OVERRIDES.update(overrides)
 
 
 def main(argv: list[str]) -> int:

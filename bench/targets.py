@@ -46,6 +46,9 @@ FERRY_BENCH_ENV = {
     "FERRY_MAX_CONNECTIONS_PER_USER": "0",
     "FERRY_MAX_CONNECTIONS_PER_IP": "0",
     "FERRY_LOG_LEVEL": "warning",
+    # Every load-generator connection comes from 127.0.0.1, hundreds of them at once.
+    "FERRY_MAX_HANDSHAKES": "100000",
+    "FERRY_MAX_HANDSHAKES_PER_IP": "100000",
 }
 
 
@@ -165,7 +168,7 @@ def start_ferry(
 ) -> Target:
     """`ferry serve` on a free port; WAL and SQLite database in a temp dir.
 
-    `tracemalloc` and `picows` (keyword arguments forced onto picows' ws_create_server)
+    `tracemalloc` and `picows` (picows protocol arguments forced onto ferry's server)
     run it through bench/serve_wrapper.py; snapshots land in the target's temp dir.
     """
     port = free_port()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -69,6 +70,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"  # text | json
     dashboard_dir: str = ""  # default: dashboard/dist next to the package
+    dashboard_max_bytes: int = 32 * 1024 * 1024  # the dashboard's files are served from memory
     webhook_url: str = ""
     alert_backlog_records: int = 1_000_000
     alert_fsync_ms: float = 500.0
@@ -97,6 +99,15 @@ def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def _networks(value: Any) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP address or CIDR"
+    return None
+
+
 def _port(value: Any) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number 0..65535"
 
@@ -110,6 +121,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "history_size": _non_negative,
     "history_channel_bytes": _non_negative,
     "history_total_bytes": _non_negative,
+    "trusted_proxies": _networks,
     "handshake_timeout": _positive,
     "max_handshakes": _positive,
     "max_handshakes_per_ip": _positive,
@@ -132,6 +144,7 @@ CHECKS: dict[str, Callable[[Any], str | None]] = {
     "ping_timeout": _positive,
     "stats_interval": _positive,
     "tail_rate": _non_negative,
+    "dashboard_max_bytes": _non_negative,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
     "shutdown_timeout": _positive,
@@ -182,6 +195,7 @@ HELP: dict[str, str] = {
     "log_level": "debug, info, warning or error",
     "log_format": "text or json",
     "dashboard_dir": "directory served at / (default: dashboard/dist)",
+    "dashboard_max_bytes": "bytes of dashboard files held in memory and served (more are left out)",
     "webhook_url": "Discord-compatible webhook for operational notifications",
     "alert_backlog_records": "notify when the replay backlog passes this many records",
     "alert_fsync_ms": "notify when the WAL's fsync p99 passes this (ms)",

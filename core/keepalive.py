@@ -1,20 +1,27 @@
 """Keepalive for every connection from ONE timer (RFC 6455 §5.5.2 pings).
 
-Each connection carries an `active` flag that any incoming frame sets. Every
-`idle_timeout` the sweep looks at all connections: one that was silent for the whole
-period gets a ping; one still silent `ping_timeout` after its ping is dropped. A timer per
-connection (picows' auto-ping task) would cost a task and a coroutine frame for each
-idle connection; this costs two attributes.
+Each connection carries an `active` flag that every data frame sets (core/listener.py).
+Every `idle_timeout` the sweep looks at all connections: one that was silent for the whole
+period gets a ping with a random 8-byte payload; one that has not sent the pong carrying
+that payload `ping_timeout` after it is dropped. The client's own pings and pongs that do
+not answer ours count for nothing: they show that it writes, not that it reads.
+The ping goes through the connection's outbox, after what is already queued.
+
+A timer per connection (picows' auto-ping task) would cost a task and a coroutine frame
+for each idle connection; this costs a few attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
 from core.errors import CloseCode
+from core.guard import PeerLog
+from core.protocol import ping_frame
 
 if TYPE_CHECKING:
     from core.hub import Hub
@@ -28,6 +35,7 @@ class Keepalive:
         self.idle_timeout = idle_timeout
         self.ping_timeout = ping_timeout
         self.dropped = 0
+        self._log = PeerLog(log)
         self._handle: asyncio.TimerHandle | None = None
         self._tick = min(idle_timeout, ping_timeout) / 2
 
@@ -51,11 +59,10 @@ class Keepalive:
             if transport is None or conn.session is None or not conn.session.is_open:
                 continue
             if conn.pinged_at:
-                if conn.active:
-                    conn.pinged_at = 0.0  # it answered (any frame counts)
-                elif now - conn.pinged_at >= self.ping_timeout:
+                # Only the pong with the ping's payload clears pinged_at (core/listener.py).
+                if now - conn.pinged_at >= self.ping_timeout:
                     self.dropped += 1
-                    log.info(
+                    self._log.info(
                         "dropping %s: no answer to ping within %.1fs",
                         conn.conn_id,
                         self.ping_timeout,
@@ -63,9 +70,10 @@ class Keepalive:
                     conn.session.close(CloseCode.GOING_AWAY, "no answer to ping")
                     transport.disconnect(graceful=False)  # dead: no close reply will come
                     continue
-            elif check_idle and not conn.active:
+            elif check_idle and not conn.active and conn.outbox is not None:
                 conn.pinged_at = now
-                transport.send_ping(b"ferry")
+                conn.ping_payload = payload = os.urandom(8)
+                conn.outbox.push(ping_frame(payload))
             if check_idle:
                 conn.active = False
         self._handle = self.hub.loop.call_later(self._tick, self._sweep)

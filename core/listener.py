@@ -1,11 +1,15 @@
 """The picows adapter: moves bytes between a socket and a `Session`, nothing more.
 
-`upgrade()` is picows' listener factory: it routes plain HTTP requests to `core.http`,
-and for `/ws` checks the Origin, the connection limit and the token (HTTP 401/403/503
-before the upgrade), picks the subprotocol, and returns a `Connection`.
+core/accept.py reads the request head and calls `upgrade()` for `/ws`, which checks the
+Origin, the connection limits (HTTP 503 overall, 429 per user and per client address) and
+the token (HTTP 401/403 before the upgrade), picks the subprotocol, and returns a
+`Connection`.
 
 A frame's payload is copied (`get_payload_as_bytes`) before `on_ws_frame` returns: picows
-reuses its buffer. Fragmented messages are reassembled up to the frame limit.
+reuses its buffer. Fragmented messages are reassembled up to the frame limit; a new data
+frame inside an unfinished one closes with 1002 (RFC 6455 §5.4).
+Pings are answered here, through the outbox like any other frame (picows' auto-pong would
+write past its limit); only a pong carrying the payload of our last ping answers it.
 Backpressure: picows forwards the transport's `pause_writing`/`resume_writing`, which
 stop and restart the outbox's flushes (see core/outbox.py for the slow-consumer policy).
 """
@@ -31,16 +35,19 @@ from core.auth import Grant, token_from_request
 from core.errors import AuthError, CloseCode
 from core.log import Encoding
 from core.outbox import Outbox
-from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
+from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS, pong_frame
 from core.session import Session
 
 if TYPE_CHECKING:
+    from core.guard import Guard
     from core.hub import Hub
 
 log = logging.getLogger("ferry.conn")
 
 # A client that does not read its close frame is cut off after this long.
 CLOSE_GRACE_S = 5.0
+# Pongs made while the outbox is paused are pushed to it in chunks of this size.
+PONG_CHUNK = 4096
 
 
 def _pick_subprotocol(header: str | None) -> Encoding | None:
@@ -60,36 +67,50 @@ def _http_error(status: int, text: str) -> WSUpgradeResponse:
     )
 
 
-def upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
-    """picows listener factory. Never raises: picows would echo the exception text."""
+def upgrade(
+    hub: Hub, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
+) -> WSUpgradeResponseWithListener:
+    """Decide a `/ws` upgrade for a client at `address` (core.guard). Never raises."""
     try:
-        return _upgrade(hub, request)
+        return _upgrade(hub, guard, request, address, remote)
     except Exception:
-        log.exception("unexpected error handling %r", request.path)
+        log.exception("unexpected error handling %r", request.path[:200])
         return WSUpgradeResponseWithListener(_http_error(500, "internal error"), None)
 
 
-def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener | None:
+def _refuse(hub: Hub, reason: str, status: int, text: str) -> WSUpgradeResponseWithListener:
+    hub.metrics_rejected(reason)
+    return WSUpgradeResponseWithListener(_http_error(status, text), None)
+
+
+def _upgrade(
+    hub: Hub, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
+) -> WSUpgradeResponseWithListener:
     raw_path = request.path.decode("latin-1")
-    path = raw_path.split("?", 1)[0]
-    if path != "/ws":
-        return WSUpgradeResponseWithListener(hub.http.respond(path), None)
     headers = request.headers
     if hub.closing:
         return WSUpgradeResponseWithListener(_http_error(503, "server is shutting down"), None)
     origins = hub.config.allowed_origins
-    if origins and headers.get("Origin") not in origins:
-        hub.metrics_rejected("origin")
-        return WSUpgradeResponseWithListener(_http_error(403, "origin not allowed"), None)
+    origin = headers.get("Origin")
+    # Browsers always send Origin: the allow-list keeps other sites' pages out. A request
+    # without one is not a browser's (a backend publisher): its token decides, as in
+    # Centrifugo and NATS.
+    if origins and origin is not None and origin not in origins:
+        return _refuse(hub, "origin", 403, "origin not allowed")
     if len(hub.connections) >= hub.config.max_connections:
-        hub.metrics_rejected("max_connections")
-        return WSUpgradeResponseWithListener(_http_error(503, "too many connections"), None)
+        return _refuse(hub, "max_connections", 503, "too many connections")
+    refusal = guard.refuse_address(address)
+    if refusal is not None:
+        return _refuse(hub, refusal, 429, "too many connections from this address")
     token, query = token_from_request(raw_path, headers)
     try:
         grant = hub.auth.authenticate(token, query)
     except AuthError as exc:
         hub.metrics_rejected("auth")
         return WSUpgradeResponseWithListener(_http_error(401, str(exc)), None)
+    refusal = guard.refuse_user(grant.principal.user)
+    if refusal is not None:
+        return _refuse(hub, refusal, 429, "too many connections for this user")
     encoding = _pick_subprotocol(headers.get("Sec-WebSocket-Protocol"))
     if encoding is None:
         hub.metrics_rejected("subprotocol")
@@ -99,25 +120,27 @@ def _upgrade(hub: Hub, request: WSUpgradeRequest) -> WSUpgradeResponseWithListen
     extra = {}
     if headers.get("Sec-WebSocket-Protocol"):
         extra["Sec-WebSocket-Protocol"] = SUBPROTOCOL_NAMES[encoding]
-    remote = headers.get("X-Forwarded-For", "")
-    conn = Connection(hub, grant, encoding, remote)
+    conn = Connection(hub, grant, encoding, remote, address)
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
 
 
 class Connection(WSListener):  # type: ignore[misc]
     __slots__ = (
-        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "_peer_closed", "active",
-        "conn_id", "connected_at", "encoding", "grant", "hub", "outbox", "pinged_at", "principal",
-        "remote", "session", "transport",
+        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "_peer_closed", "_pongs",
+        "active", "address", "conn_id", "connected_at", "encoding", "grant", "hub", "outbox",
+        "ping_payload", "pinged_at", "principal", "remote", "session", "transport",
     )  # fmt: skip
 
-    def __init__(self, hub: Hub, grant: Grant, encoding: Encoding, remote: str) -> None:
+    def __init__(
+        self, hub: Hub, grant: Grant, encoding: Encoding, remote: str, address: str = ""
+    ) -> None:
         super().__init__()
         self.hub = hub
         self.grant = grant
         self.principal = grant.principal
         self.encoding = encoding
-        self.remote = remote
+        self.remote = remote  # for ferry_events: the forwarded address, else "ip:port"
+        self.address = address  # what the per-address limit counts (core.guard)
         self.conn_id = hub.next_conn_id()
         self.transport: WSTransport | None = None
         self.session: Session | None = None
@@ -128,9 +151,15 @@ class Connection(WSListener):  # type: ignore[misc]
         self._fragments_size = 0
         self._cutoff: object = None
         self._peer_closed = False
-        # keepalive (core/keepalive.py): any frame marks the connection active
+        # keepalive (core/keepalive.py): a data frame, or the pong that answers our ping
+        # (same payload), marks the connection active; the client's own pings and
+        # unsolicited pongs do not (neither shows that it reads).
         self.active = True
         self.pinged_at = 0.0
+        self.ping_payload: bytes | None = None
+        # Pongs made while the outbox is paused, pushed in chunks: the outbox counts the
+        # bytes, and a flood of tiny pongs must not become a flood of tiny objects.
+        self._pongs: bytearray | None = None
 
     # --- picows callbacks ------------------------------------------------------------
 
@@ -174,19 +203,29 @@ class Connection(WSListener):  # type: ignore[misc]
         session = self.session
         if session is None:
             return
-        self.active = True
         msg_type = frame.msg_type
         if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
+            self.active = True
+            if self._fragments is not None:
+                # RFC 6455 §5.4: a fragmented message's frames may only be interleaved
+                # with control frames.
+                self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+                return
             if frame.fin:
-                if self._fragments is not None:
-                    self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
-                    return
                 self._deliver(frame.get_payload_as_bytes(), msg_type is WSMsgType.TEXT)
             else:
                 self._fragments = [frame.get_payload_as_bytes()]
                 self._fragments_text = msg_type is WSMsgType.TEXT
                 self._fragments_size = frame.payload_size
+        elif msg_type is WSMsgType.PING:
+            self._answer_ping(frame.get_payload_as_bytes())
+        elif msg_type is WSMsgType.PONG:
+            if self.ping_payload is not None and frame.get_payload_as_bytes() == self.ping_payload:
+                self.ping_payload = None
+                self.pinged_at = 0.0
+                self.active = True
         elif msg_type is WSMsgType.CONTINUATION:
+            self.active = True
             if self._fragments is None:
                 self._fail(
                     CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
@@ -208,6 +247,23 @@ class Connection(WSListener):  # type: ignore[misc]
             # RFC 6455 §5.5.1: answer the close (after the acks this client is owed).
             self._peer_closed = True
             session.close(CloseCode.NORMAL, "")
+
+    def _answer_ping(self, payload: bytes) -> None:
+        """The pong goes through the outbox: a client that pings and never reads reaches
+        its limit (4408) like one that subscribes and never reads."""
+        outbox = self.outbox
+        if outbox is None or outbox.closed:
+            return
+        if not outbox.paused:
+            outbox.push(pong_frame(payload))
+            return
+        pongs = self._pongs
+        if pongs is None:
+            pongs = self._pongs = bytearray()
+        pongs += pong_frame(payload)
+        if len(pongs) >= PONG_CHUNK:
+            self._pongs = None
+            outbox.push(bytes(pongs))
 
     def _deliver(self, payload: bytes, is_text: bool) -> None:
         assert self.session is not None
@@ -236,8 +292,12 @@ class Connection(WSListener):  # type: ignore[misc]
             self.outbox.pause()
 
     def resume_writing(self) -> None:
-        if self.outbox is not None:
-            self.outbox.resume()
+        outbox = self.outbox
+        if outbox is not None:
+            pongs, self._pongs = self._pongs, None
+            if pongs:
+                outbox.push(bytes(pongs))
+            outbox.resume()
 
     # --- closing ---------------------------------------------------------------------
 

@@ -272,3 +272,13 @@ def _unportable_reason(exc: Exception, encoding: Encoding) -> str:
 
 def valid_channel(name: str) -> bool:
     return CHANNEL_RE.fullmatch(name) is not None
+
+
+def ping_frame(payload: bytes) -> bytes:
+    """A server PING control frame (RFC 6455 §5.5.2); payload at most 125 bytes."""
+    return frame_header(0x9, len(payload)) + payload
+
+
+def pong_frame(payload: bytes) -> bytes:
+    """A server PONG control frame answering a ping with this payload (RFC 6455 §5.5.3)."""
+    return frame_header(0xA, len(payload)) + payload

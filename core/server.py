@@ -16,13 +16,13 @@ import signal
 import time
 from typing import Any
 
-from picows import ws_create_server
-
+from core.accept import create_server
 from core.config import Config
 from core.errors import CloseCode
+from core.guard import Guard
 from core.hub import Hub, history_limits
 from core.keepalive import Keepalive
-from core.listener import Connection, upgrade
+from core.listener import Connection
 from core.log import DurableLog, LogUnavailable, MemoryLog
 from core.metrics import make_registry
 from core.stats import StatsPublisher
@@ -45,6 +45,7 @@ class Server:
         self.hub: Hub | None = None
         self.stats: StatsPublisher | None = None
         self.keepalive: Keepalive | None = None
+        self.guard: Guard | None = None
         self.port: int = config.port
         self._server: asyncio.Server | None = None
         self._stopping: asyncio.Event | None = None
@@ -68,27 +69,19 @@ class Server:
                 registry.register(collector)
         hub.http.registry = registry
         self.registry = registry
+        await hub.http.load()  # the dashboard's files, read off the loop
         # What exists now (modules, recovered history) lives as long as the process: keep
         # it out of every collection, and collect the young generation less often (an
         # accept burst allocates a lot of short-lived objects).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-        self._server = await ws_create_server(
-            lambda request: upgrade(hub, request),
-            config.host,
-            config.port,
-            max_frame_size=config.max_frame_bytes,
-            # Keepalive is one sweep over all connections (core/keepalive.py), not a task
-            # per connection; the read buffer starts small and grows only for big frames.
-            # Both keep an idle connection's memory down.
-            enable_auto_ping=False,
-            read_buffer_init_size=2048,
-            use_aiofastnet=False,
-            websocket_handshake_timeout=10,
-            reuse_address=True,
-            backlog=4096,
-        )
+        guard = self.guard = Guard(config)
+        hub.on_connect.append(guard.connected)
+        hub.on_disconnect.append(guard.disconnected)
+        # ferry reads request heads itself (slowloris bounds, HEAD, fixed error bodies)
+        # and hands accepted upgrades to picows: core/accept.py.
+        self._server = await create_server(hub, guard, config)
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else config.port
         self.stats = StatsPublisher(hub, self._extra_stats)

@@ -224,6 +224,10 @@ async def test_origin_allow_list(start_relay) -> None:  # type: ignore[no-untype
     assert await _status(relay.url, {"Origin": "https://evil.example"}) == 403
     ok = await Client.connect(relay.url, headers={"Origin": "https://app.example"})
     await ok.close()
+    # No Origin: not a browser (a backend publisher); its token decides, not the list.
+    backend = await Client.connect(relay.url)
+    await backend.sub("room.1")
+    await backend.close()
 
 
 async def test_max_connections_503(start_relay) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import websockets
 
-from tests.helpers import Client, ServeProcess, wait_for_sync
+from tests.helpers import Client, ServeProcess, http_get, wait_for_sync
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -57,3 +57,15 @@ def test_a_configured_admin_token_is_never_printed(tmp_path: Path) -> None:
     finally:
         server.kill()
     assert secret not in server.output() and "#token=" not in server.output()
+
+
+def test_healthz_names_the_running_build(tmp_path: Path) -> None:
+    server = ServeProcess(_env(tmp_path, FERRY_BUILD_COMMIT="0123abc")).start(tmp_path / "h.log")
+    try:
+        server.wait_healthy()
+        status, body = http_get(server.http + "/healthz")
+    finally:
+        server.kill()
+    assert status == 200
+    ok, version, commit = body.decode().split()
+    assert (ok, commit) == ("ok", "0123abc") and version[0].isdigit()

@@ -82,7 +82,8 @@ def test_http_endpoints(tmp_path: Path) -> None:
     )
     try:
         server.wait_healthy()
-        assert http_get(server.http + "/healthz") == (200, b"ok\n")
+        status, body = http_get(server.http + "/healthz")
+        assert status == 200 and body.split()[0] == b"ok" and len(body.split()) == 3
         assert http_get(server.http + "/readyz")[0] == 200
         status, body = http_get(server.http + "/metrics")
         assert (
