@@ -71,7 +71,11 @@ class Acceptor:
             self.peer_log, PeerLog(logging.getLogger("ferry.picows")), logging.getLogger("picows")
         )
         options: dict[str, Any] = {
-            "max_frame_size": config.max_frame_bytes,
+            # Twice ferry's own limit: frames between the two reach the listener, which
+            # closes 1009 after the acks the connection is owed (core/session.py); larger
+            # ones picows cuts at their header (its own 1009, nothing more is sent).
+            # picows holds at most this much of a frame in memory.
+            "max_frame_size": 2 * config.max_frame_bytes,
             # Keepalive is one sweep over all connections (core/keepalive.py), not a task
             # per connection; the read buffer starts small and grows only for big frames.
             # Both keep an idle connection's memory down.

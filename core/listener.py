@@ -211,6 +211,9 @@ class Connection(WSListener):  # type: ignore[misc]
                 # with control frames.
                 self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
                 return
+            if frame.payload_size > self.hub.config.max_frame_bytes:
+                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
+                return
             if frame.fin:
                 self._deliver(frame.get_payload_as_bytes(), msg_type is WSMsgType.TEXT)
             else:

@@ -71,16 +71,20 @@ def test_a_log_that_never_answers_does_not_hold_the_close() -> None:
     assert peer.closes[0][0] == CloseCode.RATE_ABUSE
 
 
-async def test_ack_then_close_frame_on_a_real_socket(start_relay) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fragmented", [True, False])
+async def test_ack_then_close_frame_on_a_real_socket(start_relay, fragmented: bool) -> None:  # type: ignore[no-untyped-def]
     """A client whose message is refused with 1009 after its publishes: it receives their
-    acks first, then the close frame."""
+    acks first, then the close frame (a fragmented message over the limit, or one frame
+    between the limit and twice it)."""
     relay = await start_relay(log="wal", max_frame_bytes=1024)
     async with websockets.connect(relay.url, max_size=None) as ws:
         json.loads(await ws.recv())  # welcome
         for i in range(20):
             await ws.send(json.dumps({"op": "pub", "ch": "r", "data": i, "id": i}))
-        # A fragmented message whose total passes the limit: ferry's own 1009.
-        await ws.send(iter(["[" * 600, "]" * 600]))
+        if fragmented:
+            await ws.send(iter(["[" * 600, "]" * 600]))  # the total passes the limit
+        else:
+            await ws.send("[" * 700 + "]" * 700)
         acks = []
         with pytest.raises(websockets.ConnectionClosed) as closed:
             while True:
