@@ -91,7 +91,7 @@ EXPOSE 8080
 # writable, database reachable) is for load balancers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('FERRY_PORT', '8080'), timeout=2); sys.exit(r.status != 200)"]
-# SIGTERM: stop accepting, close clients with 1001, finish WAL batches, exit (DESIGN §6).
+# SIGTERM: stop accepting, close clients with 1001, finish WAL batches, exit (docs/design.md §6).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["ferry-entrypoint"]
 CMD ["serve"]

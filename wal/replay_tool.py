@@ -102,14 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferry replay", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--wal-dir", default=os.environ.get("FERRY_WAL_DIR", "./data/wal"))
-    parser.add_argument("--db", default=os.environ.get("FERRY_DB_URL", "sqlite:///./data/ferry.db"))
+    parser.add_argument(
+        "--wal-dir",
+        metavar="DIR",
+        default=os.environ.get("FERRY_WAL_DIR", "./data/wal"),
+        help="the WAL directory to drain (default: $FERRY_WAL_DIR or ./data/wal)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("FERRY_DB_URL", "sqlite:///./data/ferry.db"),
+        help="sqlite:///path or mysql://user:pass@host:port/db "
+        "(default: $FERRY_DB_URL or sqlite:///./data/ferry.db)",
+    )
     parser.add_argument(
         "--node", default=os.environ.get("FERRY_NODE_ID"), help="node id (default: the WAL's)"
     )
     parser.add_argument("--follow", action="store_true", help="keep tailing the WAL")
     parser.add_argument(
-        "--from-lsn", type=int, default=None, help="start here instead of after the checkpoint"
+        "--from-lsn",
+        metavar="N",
+        type=int,
+        default=None,
+        help="start here instead of after the checkpoint",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

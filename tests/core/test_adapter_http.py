@@ -15,6 +15,7 @@ import pytest
 
 from core.accept import MAX_HEAD, MAX_TARGET
 from core.guard import PeerLog
+from core.http import VERSION
 from tests.core.adapter_raw import HttpAnswer, http_raw, upgrade_request
 from tests.helpers import UNIT, ServeProcess
 
@@ -76,7 +77,13 @@ async def test_a_head_over_the_limit_is_431(serve: ServeProcess) -> None:
 
 
 async def test_head_is_answered_like_get_without_a_body(serve: ServeProcess) -> None:
-    for path, length in [("/healthz", 3), ("/readyz", 6), ("/", 35), ("/assets/app-1234.js", 14)]:
+    healthz = len(f"ok {VERSION} unknown\n")
+    for path, length in [
+        ("/healthz", healthz),
+        ("/readyz", 6),
+        ("/", 35),
+        ("/assets/app-1234.js", 14),
+    ]:
         get = await _ask(serve, _get(path))
         head = await _ask(serve, _get(path, "HEAD"))
         assert head.status == get.status == 200, path

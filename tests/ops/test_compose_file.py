@@ -1,4 +1,4 @@
-"""docker-compose.yml: valid by the Compose Specification, and the stack DESIGN §7 asks for.
+"""docker-compose.yml: valid by the Compose Specification, and the stack docs/design.md §7 asks for.
 
 Two independent validations: the raw file against the Compose Specification JSON schema
 (vendored from the pinned docker compose binary, see ops/tools/extract_compose_schema.py),

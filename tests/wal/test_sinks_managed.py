@@ -50,7 +50,7 @@ V1_SCHEMA = [
     ) ENGINE=InnoDB""",
     "CREATE TABLE ferry_schema (version INT NOT NULL) ENGINE=InnoDB",
 ]
-FERRY_TABLES = {"ferry_messages", "ferry_events", "ferry_checkpoints", "ferry_schema"}
+SINK_TABLES = {"ferry_messages", "ferry_events", "ferry_checkpoints", "ferry_schema"}
 
 
 def _rows(node: str, first: int, n: int) -> list[MessageRow]:
@@ -92,7 +92,7 @@ def _tables_without_primary_key(db: PrivateMariaDB) -> set[str]:
             db, "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'ferry'"
         )
     }
-    assert tables >= FERRY_TABLES, tables
+    assert tables >= SINK_TABLES, tables
     return {str(t) for t in tables - keyed}
 
 
