@@ -57,15 +57,13 @@ class Principal:
     _sub_re: re.Pattern[str] | None = field(default=None, repr=False)
     _sub_exact: frozenset[str] = field(default=frozenset(), repr=False)
     _cache: dict[tuple[bool, str], bool] = field(default_factory=dict, repr=False)
+    inbox: str = field(init=False, repr=False)  # "@" + user: this principal's DM channel
 
     def __post_init__(self) -> None:
+        self.inbox = "@" + self.user
         self._pub_re = _compile(self.pub_patterns)
         self._sub_re = _compile(self.sub_patterns)
         self._sub_exact = frozenset(p for p in self.sub_patterns if not _GLOB_CHARS & set(p))
-
-    @property
-    def inbox(self) -> str:
-        return "@" + self.user
 
     def _allowed(self, publish: bool, channel: str) -> bool:
         key = (publish, channel)

@@ -34,7 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -47,7 +47,6 @@ from core.log import (
     HistoryLimits,
     LogUnavailable,
     RecoveredState,
-    entry_bytes,
 )
 from core.logs import Throttle
 from core.outbox import Outbox
@@ -69,8 +68,8 @@ Origin = tuple["Session | None", "str | int | None", float]
 
 class Channel:
     __slots__ = (
-        "durable_seq", "forgotten", "history", "history_bytes", "last_seq", "msg_count",
-        "name", "owner", "replayers", "stale", "stats_mark", "subs",
+        "bytes_end", "durable_seq", "forgotten", "history", "history_bytes", "last_seq",
+        "msg_count", "name", "owner", "replayers", "stale", "starts", "stats_mark", "subs",
     )  # fmt: skip
 
     def __init__(self, name: str, last_seq: int = 0, owner: str | None = None) -> None:
@@ -82,8 +81,13 @@ class Channel:
         # The ring is made on the first message: most `@user` inboxes never get one, and
         # an empty deque per connection was a tenth of an idle connection's memory.
         self.history: deque[Entry] | tuple[()] = ()
+        # Byte accounting without per-entry work when the ring drops by count (maxlen, in
+        # C): `starts` holds each entry's start offset in a running byte count that ends at
+        # `bytes_end`, so the ring's bytes are `bytes_end - starts[0]` (see _resync).
+        self.starts: deque[int] | tuple[()] = ()
+        self.bytes_end = 0
         self.history_bytes = 0
-        self.stale = 0  # this channel's references in the router's FIFO whose entry is gone
+        self.stale = 0  # entries of its runs in the router's FIFO that are already gone
         self.msg_count = 0
         self.stats_mark = 0  # msg_count at the last stats snapshot
         self.replayers = 0  # sessions replaying its history (subscribed, not yet attached)
@@ -187,9 +191,10 @@ class Router:
         self._owned: dict[str, dict[str, None]] = {}  # user -> channels created, oldest first
         self._subscriptions = 0
         self.internal_channels = 0  # `$sys.*` and `@user` inboxes among self.channels
-        # One reference per history entry held, in LSN order: the globally oldest entry is
-        # the first live reference (see `_trim_history`).
-        self._fifo: deque[Channel] = deque()
+        # Runs of history entries in LSN order, one [channel, count] per channel group of a
+        # durable batch: the globally oldest entry is the first live one (`_trim_history`).
+        # Per group, not per entry: the bookkeeping costs one append per channel per batch.
+        self._fifo: deque[list[Any]] = deque()
         self.history_bytes = 0
         self._floor = 0
         self._active: dict[Channel, None] = {}  # channels with messages since `take_active`
@@ -285,7 +290,7 @@ class Router:
                     del self._owned[ch.owner]
         if ch.history:
             self.history_bytes -= ch.history_bytes
-        ch.history = ()
+        ch.history = ch.starts = ()
         ch.history_bytes = 0
         self._active.pop(ch, None)
         self.counters.channels_forgotten += 1
@@ -320,57 +325,77 @@ class Router:
             return
         history = ch.history
         if not isinstance(history, deque):
-            history = ch.history = deque()
+            history = ch.history = deque(maxlen=limits.size)
+            ch.starts = deque(maxlen=limits.size)
         elif history and entries[0].seq != history[-1].seq + 1:
             # Never expected: a ring must stay gapless, so start it over rather than let a
             # `since` replay skip a seq.
             self._drop_oldest(ch, len(history))
-        history.extend(entries)
-        self._fifo.extend(itertools.repeat(ch, len(entries)))
-        added = sum([len(e.data) for e in entries]) + ENTRY_OVERHEAD_BYTES * len(entries)
-        ch.history_bytes += added
-        self.history_bytes += added
-        excess = len(history) - limits.size
-        if excess > 0:
-            self._drop_oldest(ch, excess)
+        starts = ch.starts
+        assert isinstance(starts, deque)
+        n = len(entries)
+        sizes = [len(e.data) + ENTRY_OVERHEAD_BYTES for e in entries]  # entry_bytes()
+        before = len(history)
+        starts.extend(itertools.islice(itertools.accumulate(sizes, initial=ch.bytes_end), n))
+        ch.bytes_end += sum(sizes)
+        history.extend(entries)  # past `size`, the deque drops the oldest itself
+        self._fifo.append([ch, n])
+        dropped = before + n - len(history)
+        if dropped:
+            ch.stale += dropped  # their FIFO entries go when they reach the front
+            self.counters.history_dropped += dropped
+        self._resync(ch)
         while ch.history_bytes > limits.channel_bytes and history:
             self._drop_oldest(ch, 1)
 
+    def _resync(self, ch: Channel) -> None:
+        """Recompute the ring's bytes from its ends; keep the total in step."""
+        starts = ch.starts
+        now = ch.bytes_end - starts[0] if starts else 0
+        self.history_bytes += now - ch.history_bytes
+        ch.history_bytes = now
+
     def _drop_oldest(self, ch: Channel, n: int) -> None:
-        history = ch.history
-        assert isinstance(history, deque)
-        freed = 0
+        history, starts = ch.history, ch.starts
+        assert isinstance(history, deque) and isinstance(starts, deque)
         for _ in range(n):
-            freed += entry_bytes(history.popleft())
-        ch.history_bytes -= freed
-        self.history_bytes -= freed
-        ch.stale += n  # their FIFO references go when they reach the front
+            history.popleft()
+            starts.popleft()
+        ch.stale += n
         self.counters.history_dropped += n
+        self._resync(ch)
 
     def _trim_history(self) -> None:
         """Drop the globally oldest entries while over `total_bytes`; report the floor."""
         fifo = self._fifo
         total = self.history.total_bytes
         while fifo:
-            ch = fifo[0]
+            run = fifo[0]
+            ch: Channel = run[0]
             if ch.forgotten:
                 fifo.popleft()
-            elif ch.stale:
-                ch.stale -= 1
-                fifo.popleft()
+                continue
+            if ch.stale:
+                # The channel's first run holds its oldest entries: the stale ones.
+                k = min(ch.stale, run[1])
+                ch.stale -= k
+                run[1] -= k
             elif self.history_bytes > total:
-                fifo.popleft()
-                history = ch.history
-                assert isinstance(history, deque)
-                size = entry_bytes(history.popleft())
-                ch.history_bytes -= size
-                self.history_bytes -= size
-                self.counters.history_dropped += 1
+                history, starts = ch.history, ch.starts
+                assert isinstance(history, deque) and isinstance(starts, deque)
+                while run[1] and self.history_bytes > total:
+                    history.popleft()
+                    starts.popleft()
+                    self._resync(ch)
+                    self.counters.history_dropped += 1
+                    run[1] -= 1
             else:
                 break
+            if not run[1]:
+                fifo.popleft()
         floor = 0
         if fifo:
-            oldest = fifo[0].history
+            oldest = fifo[0][0].history
             assert isinstance(oldest, deque)
             floor = oldest[0].lsn
         if floor != self._floor:

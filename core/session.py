@@ -261,17 +261,21 @@ class Session:
         if self.state is State.CLOSED:
             return
         self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id)))
-        self._settled()
+        # _settled(), inlined: this runs once per acked publish
+        if self.inflight:
+            self.inflight -= 1
+        if self._pending_close is not None and not self.inflight:
+            self._settled()
 
     def unavailable(self, msg_id: MsgId) -> None:
         if self.state is State.CLOSED:
             return
         self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], msg_id)
-        self._settled()
+        self._settled(answered=True)
 
-    def _settled(self) -> None:
-        """One accepted publish got its answer; a deferred close may go now."""
-        if self.inflight:
+    def _settled(self, answered: bool = False) -> None:
+        """A deferred close may go now (`answered`: one more publish got its answer)."""
+        if answered and self.inflight:
             self.inflight -= 1
         if not self.inflight and self._pending_close is not None:
             if self._close_timer is not None:
@@ -414,9 +418,12 @@ class Session:
             raise BadRequest(str(exc)) from None
         self._take_token()
         try:
-            self.router.publish(
-                self, name, data, self.encoding, frame.id, self.user, self._owner(name)
+            principal = self.principal
+            # _owner(name), inlined (a per-publish path)
+            owner = (
+                None if principal.admin or name == principal.inbox or name[0] == "$" else self.user
             )
+            self.router.publish(self, name, data, self.encoding, frame.id, self.user, owner)
         except LogUnavailable:
             self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], frame.id)
             return
