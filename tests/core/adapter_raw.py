@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -121,9 +122,22 @@ class RawWS:
 
     @classmethod
     async def connect(
-        cls, port: int, path: str = "/ws", headers: dict[str, str] | None = None
+        cls,
+        port: int,
+        path: str = "/ws",
+        headers: dict[str, str] | None = None,
+        rcvbuf: int | None = None,
     ) -> RawWS:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        """`rcvbuf`: a small socket receive buffer, so that a client that never reads
+        stops the server's writes soon (the memory tests measure what the server holds)."""
+        if rcvbuf is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=rcvbuf)
         ws = cls(reader, writer)
         writer.write(upgrade_request(path, headers))
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), UNIT)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import websockets
 
+from tests.core.adapter_raw import OP_TEXT, RawWS
 from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
-from tests.rawws import RawClient
 
 MIB = 1024 * 1024
 
@@ -149,13 +149,13 @@ async def test_replay_to_clients_that_never_read_stays_bounded(serve) -> None:  
     base = rss(server.proc.pid)
     silent = []
     for _ in range(300):
-        raw = await RawClient.connect(server.port)
-        await raw.send_text(b'{"op":"sub","ch":"hist","since":0}')
+        raw = await RawWS.connect(server.port, rcvbuf=4096)
+        await raw.send(OP_TEXT, b'{"op":"sub","ch":"hist","since":0}')
         silent.append(raw)
     # Every reader has had its first replay page handed to its socket.
     await wait_for_metric(server, "ferry_bytes_out_total", 300 * 64 * 1024)
     grown = rss(server.proc.pid) - base
     await _bystander_works(server)
     for raw in silent:
-        raw.close()
+        raw.writer.transport.abort()
     assert grown < 120 * MIB, f"RSS grew {grown / MIB:.0f} MiB for 300 silent readers"

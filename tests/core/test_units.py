@@ -18,6 +18,7 @@ from core.outbox import Flusher, Outbox
 from core.protocol import frame_header
 from core.router import Router
 from core.session import Limits, Session
+from tests.core.world import decode_frames
 
 # --- config ------------------------------------------------------------------------------------
 
@@ -87,20 +88,7 @@ class FakeWriter:
     def frames(self) -> list[dict[str, object]]:
         """Decode the unmasked server frames written so far (JSON payloads)."""
         data = b"".join(b"".join(w) for w in self.writes)
-        out = []
-        i = 0
-        while i < len(data):
-            n = data[i + 1] & 0x7F
-            i += 2
-            if n == 126:
-                n = int.from_bytes(data[i : i + 2], "big")
-                i += 2
-            elif n == 127:
-                n = int.from_bytes(data[i : i + 8], "big")
-                i += 8
-            out.append(json.loads(data[i : i + n]))
-            i += n
-        return out
+        return [json.loads(payload) for _, payload in decode_frames(data)]
 
 
 async def test_outbox_coalesces_one_write_per_tick() -> None:
