@@ -2,6 +2,7 @@
 
     ferry bench fanout      [--subscribers 100 --window 64 --payload 128]
     ferry bench rooms       [--rooms 100 --members 10 --rate 10000]
+    ferry bench latency     [--rooms 10 --subscribers 20 --rate 5000]
     ferry bench ingest      [--publishers 50 --window 32 | --rate N]
     ferry bench connections [--connections 15000]
     ferry bench replay      [--records 1000000 --db URL]
@@ -29,6 +30,8 @@ from bench.scenarios import COMPARABLE, LOAD_SCENARIOS, NeedsWal, default_worker
 HELP = {
     "fanout": "1 publisher -> 1 channel -> S subscribers",
     "rooms": "R rooms x M members publishing at a set rate; publish->deliver latency",
+    "latency": "R rooms x S subscribers, one publisher per room at a fixed total rate; "
+    "publish->deliver p50/p99/p99.9",
     "ingest": "P publishers, no subscribers, durable acks (needs the WAL)",
     "connections": "N idle connections; server RSS per connection",
     "replay": "write a WAL of N records, drain it into --db (needs the replayer)",
@@ -108,6 +111,10 @@ def _scenario_flags(p: argparse.ArgumentParser, name: str, *, compare: bool = Fa
         g.add_argument("--rooms", "-R", type=int, default=100)
         g.add_argument("--members", "-M", type=int, default=10)
         g.add_argument("--rate", type=float, default=10_000.0, help="total publishes/s")
+    elif name == "latency":
+        g.add_argument("--rooms", "-R", type=int, default=10)
+        g.add_argument("--subscribers", "-S", type=int, default=20, help="per room")
+        g.add_argument("--rate", type=float, default=5_000.0, help="total publishes/s")
     elif name == "ingest":
         g.add_argument("--publishers", "-P", type=int, default=50)
         g.add_argument("--window", "-W", type=int, default=32, help="unacked pubs each")
@@ -164,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _defaults(args: argparse.Namespace, scenario: str) -> None:
     if getattr(args, "sample_every", 0) is None:
-        args.sample_every = 1 if scenario == "rooms" else 32
+        args.sample_every = 1 if scenario in ("rooms", "latency") else 32
 
 
 def _score(r: Result) -> float:
@@ -173,7 +180,7 @@ def _score(r: Result) -> float:
     if r.scenario == "connections":
         return -float(r.server.get("rss_per_conn_kb") or 0.0)
     lat = r.latency or r.ack_latency
-    if (r.scenario == "rooms" or "rate" in r.params) and lat is not None:
+    if (r.scenario in ("rooms", "latency") or "rate" in r.params) and lat is not None:
         return -float(lat["p99_ms"])
     return r.throughput
 

@@ -6,6 +6,8 @@
                  an open-loop total rate; throughput = deliveries/s; latency = publish->deliver
     ingest       P publishers, no subscribers, W in flight each (or an open-loop --rate);
                  throughput = acks/s; latency = pub->ack (durable: needs the WAL)
+    latency      R rooms x S subscribers, one publisher per room, a fixed total rate (open
+                 loop); latency = publish->deliver of every message, p50/p99/p99.9
     connections  N idle connections; server RSS per connection; latency = connect->welcome
     replay       see bench/replay.py
 
@@ -29,8 +31,8 @@ from bench.profiling import Profiler
 from bench.report import Result, latency_summary
 from bench.runner import Measurement, Watcher, run_load
 
-LOAD_SCENARIOS = ("fanout", "rooms", "ingest", "connections")
-COMPARABLE = ("fanout", "rooms", "connections")
+LOAD_SCENARIOS = ("fanout", "rooms", "latency", "ingest", "connections")
+COMPARABLE = ("fanout", "rooms", "latency", "connections")
 
 
 class NeedsWal(Exception):
@@ -91,6 +93,29 @@ def plan_rooms(a: argparse.Namespace, url: str) -> Plan:
     return Plan(specs, params, "deliveries/s")
 
 
+def plan_latency(a: argparse.Namespace, url: str) -> Plan:
+    """Subscribers dealt over the workers; the publishers (one per room, the total rate
+    spread evenly) in worker 0, so a publish and its deliveries are timed on one clock
+    (CLOCK_MONOTONIC, shared by the worker processes)."""
+    rooms = [f"lat.{r}" for r in range(a.rooms)]
+    subs = [room for room in rooms for _ in range(a.subscribers)]
+    k = max(1, min(a.workers, len(subs)))
+    parts = _split(subs, k)
+    specs = [
+        _spec(
+            a,
+            i,
+            url,
+            subscribers=parts[i],
+            publishers=tuple(rooms) if i == 0 else (),
+            rate=a.rate if i == 0 else 0.0,
+        )
+        for i in range(k)
+    ]
+    params = {"R": a.rooms, "S": a.subscribers, "rate": a.rate, "B": a.payload}
+    return Plan(specs, params, "deliveries/s")
+
+
 def plan_ingest(a: argparse.Namespace, url: str) -> Plan:
     pubs = [f"ingest.{i}" for i in range(a.publishers)]
     k = max(1, min(a.workers, len(pubs)))
@@ -124,6 +149,7 @@ def plan_connections(a: argparse.Namespace, url: str) -> Plan:
 PLANS: dict[str, Callable[[argparse.Namespace, str], Plan]] = {
     "fanout": plan_fanout,
     "rooms": plan_rooms,
+    "latency": plan_latency,
     "ingest": plan_ingest,
     "connections": plan_connections,
 }
@@ -160,6 +186,18 @@ def goals_for(r: Result) -> list[dict[str, Any]]:
                 p99,
                 lambda v: v <= 2.0,
             )
+        ]
+    if r.scenario == "latency":
+        lat = r.latency or {}
+        at = (
+            ""
+            if (p.get("R"), p.get("S"), p.get("rate")) == (10, 20, 5000.0)
+            else " (goal: 10x20 at 5k/s)"
+        )
+        return [
+            _goal(f"p50 publish->deliver <= 0.5 ms{at}", lat.get("p50_ms"), lambda v: v <= 0.5),
+            _goal(f"p99 publish->deliver <= 2 ms{at}", lat.get("p99_ms"), lambda v: v <= 2.0),
+            _goal(f"p99.9 publish->deliver <= 5 ms{at}", lat.get("p999_ms"), lambda v: v <= 5.0),
         ]
     if r.scenario == "connections":
         return [

@@ -31,8 +31,9 @@ PEERS = Path(__file__).resolve().parent / "peers"
 FERRY = "ferry"
 NODE_WS = "node-ws"
 WEBSOCKETS = "websockets"
+UWS = "uws"
 EXTERNAL = "external"
-TARGETS = (FERRY, NODE_WS, WEBSOCKETS)
+TARGETS = (FERRY, NODE_WS, UWS, WEBSOCKETS)
 
 START_TIMEOUT_S = 30.0
 
@@ -209,6 +210,18 @@ def start_node_ws() -> Target:
     return _spawn(NODE_WS, cmd, dict(os.environ), port, "tcp")
 
 
+def start_uws() -> Target:
+    """uWebSockets.js (the npm package `uwebsockets` 3.0.6: see bench/peers/uws_relay.mjs)."""
+    node = shutil.which("node")
+    if node is None:
+        raise TargetError("node is not installed")
+    if not (PEERS / "node_modules" / "uwebsockets").is_dir():
+        raise TargetError("bench/peers/node_modules is missing: run scripts/bootstrap.sh node")
+    port = free_port()
+    cmd = [node, str(PEERS / "uws_relay.mjs"), "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn(UWS, cmd, dict(os.environ), port, "tcp")
+
+
 def start_websockets() -> Target:
     port = free_port()
     cmd = [
@@ -238,6 +251,8 @@ def start(
         return start_node_ws()
     if name == WEBSOCKETS:
         return start_websockets()
+    if name == UWS:
+        return start_uws()
     raise TargetError(f"unknown target {name!r} (one of {', '.join(TARGETS)})")
 
 

@@ -60,6 +60,30 @@ def test_rooms(tmp_path: Path) -> None:
     assert doc["latency"]["what"] == "publish->deliver" and doc["latency"]["samples"] > 0
 
 
+def test_latency(tmp_path: Path) -> None:
+    code, doc = _run(tmp_path, "latency", "-R", "2", "-S", "3", "--rate", "200", "--workers", "2")
+    assert code == 0
+    _check_run(doc, "latency")
+    # every publish reaches the 3 subscribers of its room, each timed
+    assert doc["counts"]["delivered"] >= 3 * doc["counts"]["acked"] > 0
+    assert doc["latency"]["samples"] == doc["counts"]["delivered"]
+    assert {"p50_ms", "p99_ms", "p999_ms"} <= set(doc["latency"])
+    assert len(doc["goals"]) == 3
+
+
+def test_compare_latency_with_uws(tmp_path: Path) -> None:
+    """The uWebSockets.js peer (the npm package `uwebsockets`) speaks the same subset."""
+    out = tmp_path / "compare.json"
+    argv = ["compare", "latency", "-R", "2", "-S", "2", "--rate", "100", "--workers", "1", *TINY]
+    code = cli.main([*argv, "--targets", "ferry,uws", "--json", str(out)])
+    assert code == 0
+    doc = json.loads(out.read_text())
+    assert [r["target"] for r in doc["runs"]] == ["ferry", "uws"]
+    for run in doc["runs"]:
+        _check_run(run, "latency")
+        assert run["counts"]["delivered"] > 0
+
+
 def test_connections(tmp_path: Path) -> None:
     code, doc = _run(tmp_path, "connections", "-N", "50", "--workers", "1")
     assert code == 0
