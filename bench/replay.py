@@ -4,9 +4,9 @@ Only the contracts of docs/design.md are used, so this runs as soon as they exis
 * records are written through `wal.log.WalLog` as the relay does (`DurableLog`:
   `from_config`, `open`, `set_handlers`, `append`, `close`);
 * the drain is `ferry replay --wal-dir D --db URL` (docs/design.md §5) — run as the module it
-  delegates to, `wal.replay_tool` — timed from start to exit (process start-up included:
+  delegates to, `wal.replay.tool` — timed from start to exit (process start-up included:
   small against a large N).
-Until `wal.log`, `wal.replayer` and `wal.replay_tool` exist the scenario says so and exits 2.
+Until `wal.log`, `wal.replay.replayer` and `wal.replay.tool` exist the scenario says so and exits 2.
 """
 
 from __future__ import annotations
@@ -32,16 +32,16 @@ from bench import procfs
 from bench.profiling import py_spy, top_functions
 from bench.report import Result
 from bench.targets import ROOT
-from core.log import HistoryLimits
+from common.durability import HistoryLimits
 
 NEEDS = (
     "ferry bench replay needs the WAL and the replayer "
-    "(wal.log.WalLog, wal.replayer, wal.replay_tool)"
+    "(wal.log.WalLog, wal.replay.replayer, wal.replay.tool)"
 )
-MODULES = ("wal.log", "wal.replayer", "wal.replay_tool")
-# `ferry replay ARGS` is `wal.replay_tool.main(ARGS)`; called directly so that the drain
+MODULES = ("wal.log", "wal.replay.replayer", "wal.replay.tool")
+# `ferry replay ARGS` is `wal.replay.tool.main(ARGS)`; called directly so that the drain
 # does not depend on how core/cli.py forwards its arguments.
-REPLAY = "import sys, wal.replay_tool as t; sys.exit(t.main(sys.argv[1:]))"
+REPLAY = "import sys, wal.replay.tool as t; sys.exit(t.main(sys.argv[1:]))"
 
 
 def replayer_available() -> bool:
@@ -53,8 +53,8 @@ def replayer_available() -> bool:
 
 async def write_wal(wal_dir: str, records: int, payload: int, node: str) -> float:
     """N message records through the real log; returns the seconds it took."""
+    from common.durability import Encoding, Entry
     from core.config import Config
-    from core.log import Encoding, Entry
     from wal.log import WalLog
 
     config = replace(Config(), log="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)

@@ -37,7 +37,7 @@ from core.http import Reply, text_reply
 from core.listener import upgrade
 
 if TYPE_CHECKING:
-    from core.hub import Hub
+    from core.relay_state import RelayState
 
 log = logging.getLogger("ferry.accept")
 
@@ -61,7 +61,7 @@ PICOWS_OVERRIDES: dict[str, Any] = {}
 class Acceptor:
     """Per server: what every HandshakeProtocol needs."""
 
-    def __init__(self, hub: Hub, guard: Guard, config: Config) -> None:
+    def __init__(self, hub: RelayState, guard: Guard, config: Config) -> None:
         self.hub = hub
         self.guard = guard
         self.loop = hub.loop
@@ -280,7 +280,7 @@ def _feed(protocol: Any, data: bytes) -> None:
             return
 
 
-async def create_server(hub: Hub, guard: Guard, config: Config) -> asyncio.Server:
+async def create_server(hub: RelayState, guard: Guard, config: Config) -> asyncio.Server:
     acceptor = Acceptor(hub, guard, config)
     return await hub.loop.create_server(
         acceptor.protocol,

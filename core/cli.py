@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
+from common import logsetup
 from core import config as config_mod
-from core import logs
 
 log = logging.getLogger("ferry")
 
@@ -18,7 +18,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except config_mod.ConfigError as exc:
         print(f"ferry: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.setup(config.log_level, config.log_format)
+    logsetup.setup(config.log_level, config.log_format)
     import dataclasses
     import secrets
 
@@ -61,7 +61,7 @@ def _delegate(module: str, argv: list[str]) -> int:
     import importlib
 
     if not logging.getLogger().handlers:
-        logs.setup("info", "text")
+        logsetup.setup("info", "text")
     code: int = importlib.import_module(module).main(argv)
     return code
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DELEGATED = {"wal": "wal.tool", "replay": "wal.replay_tool", "bench": "bench.cli"}
+DELEGATED = {"wal": "wal.tool", "replay": "wal.replay.tool", "bench": "bench.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:

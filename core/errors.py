@@ -10,7 +10,7 @@
     │   └── LimitExceeded          limit_exceeded: channel cardinality limits (node, user)
     ├── AuthError                  bad/expired token: HTTP 401 at the upgrade
     └── LocalError                 our side failed; the client only learns the code
-        └── LogUnavailable         unavailable: the WAL cannot accept writes (core.log)
+        └── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
 
 The `reason` of a PeerError is written for the client. The text of any other exception is
 never sent: a client only sees the code and a fixed reason from `PUBLIC_REASONS`.
@@ -19,6 +19,10 @@ never sent: a client only sees the code and a fixed reason from `PUBLIC_REASONS`
 from __future__ import annotations
 
 import enum
+
+from common.errors import FerryError, LocalError, LogUnavailable
+
+__all__ = ["FerryError", "LocalError", "LogUnavailable"]  # re-exported: the whole tree here
 
 
 class ErrorCode(enum.StrEnum):
@@ -44,10 +48,6 @@ class CloseCode(enum.IntEnum):
     AUTH_FORBIDDEN = 4403  # the token may not be used here (another user): stop
     SLOW_CONSUMER = 4408  # outbox passed max_outbox_bytes
     RATE_ABUSE = 4429  # kept publishing while rate limited
-
-
-class FerryError(Exception):
-    """Root of every error ferry raises on purpose."""
 
 
 class PeerError(FerryError):
@@ -84,16 +84,6 @@ class LimitExceeded(PeerError):
 
 class AuthError(FerryError):
     """The token is missing, malformed, badly signed or expired (HTTP 401)."""
-
-
-class LocalError(FerryError):
-    """Our side failed. The message is for logs only."""
-
-
-class LogUnavailable(LocalError):
-    """The log cannot accept writes (write/fsync error, disk full, closed)."""
-
-    code = ErrorCode.UNAVAILABLE
 
 
 # Fixed texts for local faults: the exception's own text is for the logs only.

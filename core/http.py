@@ -27,7 +27,7 @@ import aiofiles.os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 if TYPE_CHECKING:
-    from core.hub import Hub
+    from core.relay_state import RelayState
 
 
 try:
@@ -113,7 +113,7 @@ def _list_files(root: Path, limit: int) -> list[tuple[str, Path]]:
 
 
 class HttpRoutes:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: RelayState) -> None:
         self.hub = hub
         configured = hub.config.dashboard_dir
         self.static_root = (Path(configured) if configured else DEFAULT_DASHBOARD).resolve()

@@ -24,13 +24,13 @@ from core.guard import PeerLog
 from core.protocol import ping_frame
 
 if TYPE_CHECKING:
-    from core.hub import Hub
+    from core.relay_state import RelayState
 
 log = logging.getLogger("ferry.keepalive")
 
 
 class Keepalive:
-    def __init__(self, hub: Hub, idle_timeout: float, ping_timeout: float) -> None:
+    def __init__(self, hub: RelayState, idle_timeout: float, ping_timeout: float) -> None:
         self.hub = hub
         self.idle_timeout = idle_timeout
         self.ping_timeout = ping_timeout

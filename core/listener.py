@@ -31,16 +31,16 @@ from picows import (
     WSUpgradeResponseWithListener,
 )
 
+from common.durability import Encoding
 from core.auth import Grant, token_from_request
 from core.errors import AuthError, CloseCode
-from core.log import Encoding
 from core.outbox import Outbox
 from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS, pong_frame
 from core.session import Session
 
 if TYPE_CHECKING:
     from core.guard import Guard
-    from core.hub import Hub
+    from core.relay_state import RelayState
 
 log = logging.getLogger("ferry.conn")
 
@@ -68,7 +68,7 @@ def _http_error(status: int, text: str) -> WSUpgradeResponse:
 
 
 def upgrade(
-    hub: Hub, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
+    hub: RelayState, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
 ) -> WSUpgradeResponseWithListener:
     """Decide a `/ws` upgrade for a client at `address` (core.guard). Never raises."""
     try:
@@ -78,13 +78,13 @@ def upgrade(
         return WSUpgradeResponseWithListener(_http_error(500, "internal error"), None)
 
 
-def _refuse(hub: Hub, reason: str, status: int, text: str) -> WSUpgradeResponseWithListener:
+def _refuse(hub: RelayState, reason: str, status: int, text: str) -> WSUpgradeResponseWithListener:
     hub.metrics_rejected(reason)
     return WSUpgradeResponseWithListener(_http_error(status, text), None)
 
 
 def _upgrade(
-    hub: Hub, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
+    hub: RelayState, guard: Guard, request: WSUpgradeRequest, address: str, remote: str
 ) -> WSUpgradeResponseWithListener:
     raw_path = request.path.decode("latin-1")
     headers = request.headers
@@ -132,7 +132,7 @@ class Connection(WSListener):  # type: ignore[misc]
     )  # fmt: skip
 
     def __init__(
-        self, hub: Hub, grant: Grant, encoding: Encoding, remote: str, address: str = ""
+        self, hub: RelayState, grant: Grant, encoding: Encoding, remote: str, address: str = ""
     ) -> None:
         super().__init__()
         self.hub = hub

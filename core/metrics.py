@@ -19,11 +19,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from core.hub import Hub
+    from core.relay_state import RelayState
 
 
 class RelayCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: RelayState) -> None:
         self.hub = hub
 
     def collect(self) -> Iterator[Metric]:
@@ -136,7 +136,7 @@ class RelayCollector(Collector):
             )
 
 
-def make_registry(hub: Hub) -> CollectorRegistry:
+def make_registry(hub: RelayState) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(hub))
     return registry

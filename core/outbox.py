@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from core.logs import Throttle
+from common.logsetup import Throttle
 
 log = logging.getLogger("ferry.outbox")
 _faults = Throttle(log, 10.0)

@@ -20,7 +20,7 @@ from typing import Annotated
 
 import msgspec
 
-from core.log import Encoding
+from common.durability import Encoding
 
 SUBPROTOCOLS: dict[str, Encoding] = {
     "ferry.v1.json": Encoding.JSON,

@@ -38,8 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
-from core.errors import LimitExceeded, TooLarge
-from core.log import (
+from common.durability import (
     ENTRY_OVERHEAD_BYTES,
     DurableLog,
     Encoding,
@@ -48,7 +47,8 @@ from core.log import (
     LogUnavailable,
     RecoveredState,
 )
-from core.logs import Throttle
+from common.logsetup import Throttle
+from core.errors import LimitExceeded, TooLarge
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
 

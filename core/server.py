@@ -16,15 +16,16 @@ import signal
 import time
 from typing import Any
 
+from common.durability import DurableLog, LogUnavailable
 from core.accept import create_server
 from core.config import Config
 from core.errors import CloseCode
 from core.guard import Guard
-from core.hub import Hub, history_limits
 from core.keepalive import Keepalive
 from core.listener import Connection
-from core.log import DurableLog, LogUnavailable, MemoryLog
+from core.memory_log import MemoryLog
 from core.metrics import make_registry
+from core.relay_state import RelayState, history_limits
 from core.stats import StatsPublisher
 
 log = logging.getLogger("ferry.server")
@@ -42,7 +43,7 @@ class Server:
     def __init__(self, config: Config, durable_log: DurableLog | None = None) -> None:
         self.config = config
         self.log = durable_log if durable_log is not None else make_log(config)
-        self.hub: Hub | None = None
+        self.hub: RelayState | None = None
         self.stats: StatsPublisher | None = None
         self.keepalive: Keepalive | None = None
         self.guard: Guard | None = None
@@ -59,7 +60,7 @@ class Server:
         self._stopping = asyncio.Event()
         t0 = time.monotonic()
         state = await self.log.open(history_limits(config))
-        hub = self.hub = Hub(config, self.log, loop)
+        hub = self.hub = RelayState(config, self.log, loop)
         hub.router.restore(state)
         self._log_connection_events(hub)
         registry = make_registry(hub)
@@ -109,7 +110,7 @@ class Server:
             },
         )
 
-    def _log_connection_events(self, hub: Hub) -> None:
+    def _log_connection_events(self, hub: RelayState) -> None:
         """Connects and disconnects go through the log into `ferry_events` (when it can)."""
         append_event = getattr(self.log, "append_event", None)
         if append_event is None:
@@ -224,7 +225,7 @@ def default_services(config: Config) -> list[Any]:
     watch runs when FERRY_WEBHOOK_URL is set."""
     services: list[Any] = []
     if config.replayer and config.log == "wal":
-        from wal.replay_process import ReplayService
+        from wal.replay.service import ReplayService
 
         services.append(ReplayService(config.wal_dir, config.db_url, config.node_id))
     if config.webhook_url:

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import msgspec
 
+from common.durability import Encoding, LogUnavailable
 from core.auth import Grant, Principal
 from core.errors import (
     PUBLIC_REASONS,
@@ -35,7 +36,6 @@ from core.errors import (
     RateLimited,
     TooLarge,
 )
-from core.log import Encoding, LogUnavailable
 from core.outbox import Outbox
 from core.protocol import (
     DECODERS,

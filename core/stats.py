@@ -16,11 +16,11 @@ from typing import Any
 
 import msgspec
 
-from core.hub import Hub
-from core.log import Encoding, Entry
-from core.logs import Throttle
+from common.durability import Encoding, Entry
+from common.logsetup import Throttle
+from common.service import cancel_and_wait
 from core.protocol import SYS_PREFIX, transcode
-from core.tasks import cancel_and_wait
+from core.relay_state import RelayState
 
 STATS_CHANNEL = "$sys.stats"
 TAIL_CHANNEL = "$sys.tail"
@@ -36,7 +36,7 @@ def _ms(seconds: float | None) -> float | None:
 
 
 class StatsPublisher:
-    def __init__(self, hub: Hub, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, hub: RelayState, extra: Callable[[], dict[str, Any]] | None = None) -> None:
         self.hub = hub
         self.extra = extra  # adds "wal" and "db" sections
         self._task: asyncio.Task[None] | None = None

@@ -14,8 +14,8 @@ import asyncio
 import logging
 from typing import Any
 
+from common.service import cancel_and_wait
 from core.notifier import Notifier
-from core.tasks import cancel_and_wait
 
 log = logging.getLogger("ferry.watch")
 

@@ -3,7 +3,7 @@
 Package map: `record` (framing + CRC, pure), `segment` (files, header, rotation, lock),
 `writer` (group commit), `heads` (the heads store), `reader` (iterate, classify damage),
 `recovery` (startup scan), `repair` (back up, truncate, fsync), `log` (`WalLog`, the
-`core.log.DurableLog`), `metrics` (Prometheus), `tool` (`ferry wal ...`), `errors` (the
+`common.durability.DurableLog`), `metrics` (Prometheus), `tool` (`ferry wal ...`), `errors` (the
 error tree).
 
 Directory
@@ -90,7 +90,7 @@ the log unwritable for good, and so does any exception in the writer's loop side
 The failed batch and everything pending go to `on_failed`, each entry once, `failure`
 says why, `writable` is False (/readyz 503, `ferry_wal_writable` 0,
 `ferry_wal_write_errors` counts it), every later append raises
-`core.log.LogUnavailable`, and nothing is retried: after a failed fsync the kernel may have dropped the dirty pages, so a later
+`common.durability.LogUnavailable`, and nothing is retried: after a failed fsync the kernel may have dropped the dirty pages, so a later
 "successful" fsync would prove nothing. A restart (after the disk is fixed) recovers.
 A failed record was never acknowledged, but its write may still have reached the disk and
 be found after the restart (like a commit whose outcome is unknown): failure means "not
@@ -137,7 +137,7 @@ The returned `RecoveredState` is bounded by the `HistoryLimits` given to `open`,
 the scan too (nothing is built and trimmed later): at most `max_channels` channels, the
 most recently written among those with records in the log (the least recently written
 evicted as the scan goes; the others are still answered by `head_of`); each ring at most
-`size` messages and `channel_bytes` (`core.log.entry_bytes`), all rings at most
+`size` messages and `channel_bytes` (`common.durability.entry_bytes`), all rings at most
 `total_bytes`, the globally oldest entries dropped first; every ring has consecutive
 seqs ending at its channel's head (a ring that cannot is dropped); `heads` has exactly
 the channels returned, `history` those with a ring.

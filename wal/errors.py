@@ -17,7 +17,7 @@
      ├── NodeIdMismatch .......... the directory was written by another node id
      └── RecordTooLarge .......... (also a ValueError) a payload over the format's limit
 
-`core.log.LogUnavailable` is not in this tree: it belongs to the durability seam and
+`common.errors.LogUnavailable` is not in this tree: it belongs to the durability seam and
 means "appends are refused" (closed, or a write/fsync error made the log unwritable).
 
 A clean end is not an error: iteration simply stops at a record boundary at EOF.
@@ -28,8 +28,10 @@ yet" (torn at the live end) from damage; at startup both are judged by *where* t
 
 from __future__ import annotations
 
+from common.errors import FerryError
 
-class WalError(Exception):
+
+class WalError(FerryError):
     """Base of every error raised on purpose by the wal package."""
 
 

@@ -48,7 +48,7 @@ _LOOKUP_CHUNK = 500
 
 class Head(Protocol):
     """A channel's last durable MESSAGE record: its seq and LSN. The writer's dirty heads
-    are the `core.log.Entry` objects themselves (one dict store per entry, no allocation);
+    are the `common.durability.Entry` objects themselves (one dict store per entry, no allocation);
     recovery makes `StoredHead`s."""
 
     seq: int

@@ -1,4 +1,4 @@
-"""`WalLog`: the write-ahead log behind the durability seam (`core.log.DurableLog`).
+"""`WalLog`: the write-ahead log behind the durability seam (`common.durability.DurableLog`).
 
 WalLog.open()      recovery (thread) ─▶ RecoveredState; heads store + GroupCommitWriter
 WalLog.append()    ─▶ GroupCommitWriter.append (frame the record, assign the LSN)
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from core.log import (
+from common.durability import (
     DurableHandler,
     Entry,
     FailedHandler,

@@ -4,7 +4,7 @@
     0       4    length   u32 LE, payload bytes (not counting header or padding)
     4       4    crc      u32 LE, zlib.crc32 over bytes 8 .. 17+length (lsn, type, payload)
     8       8    lsn      u64 LE
-    16      1    type     u8, `core.log.RecordType`
+    16      1    type     u8, `common.durability.RecordType`
     17      n    payload  msgpack (see `MessagePayload`, `ConnectionEvent`)
     17+n    0-7  zeros    so that the next record starts 8-aligned
 
@@ -20,7 +20,7 @@ import zlib
 
 import msgspec
 
-from core.log import Entry, RecordType
+from common.durability import Entry, RecordType
 from wal.errors import BadLength, BadPayload, ChecksumMismatch, RecordTooLarge, TornRecord
 
 RECORD_HEADER = struct.Struct("<IIQB")  # length, crc, lsn, type
@@ -45,7 +45,7 @@ class MessagePayload(msgspec.Struct, array_like=True, frozen=True, gc=False):
     ts_ms: int
     sender: str
     client_msg_id: str | None
-    encoding: int  # core.log.Encoding: data is JSON text (0) or msgpack bytes (1)
+    encoding: int  # common.durability.Encoding: data is JSON text (0) or msgpack bytes (1)
     data: bytes
 
     def to_entry(self, lsn: int) -> Entry:

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from core.log import ENTRY_OVERHEAD_BYTES, Entry, HistoryLimits, RecoveredState
+from common.durability import ENTRY_OVERHEAD_BYTES, Entry, HistoryLimits, RecoveredState
 from wal.errors import BadPayload, CorruptLog, NodeIdMismatch, RecordError, SegmentError
 from wal.heads import (
     FLUSH_CHANNELS,
@@ -151,7 +151,7 @@ class _Rebuild:
             ring = ch.ring
             if ch.seq and seq != ch.seq + 1 and ring:
                 self._drop_ring(ch)  # not consecutive (a repair's gap): start over
-            cost = len(msg.data) + ENTRY_OVERHEAD_BYTES  # = core.log.entry_bytes(entry)
+            cost = len(msg.data) + ENTRY_OVERHEAD_BYTES  # = common.durability.entry_bytes(entry)
             ring.append((lsn, msg))
             ch.bytes += cost
             self.total += cost

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from core.log import Entry, LogUnavailable
+from common.durability import Entry, LogUnavailable
 from wal.heads import HeadsTracker
 from wal.record import EVENT, ConnectionEvent, append_frame, append_message, encode_event
 from wal.segment import create_segment, encode_header, segment_name, write_all

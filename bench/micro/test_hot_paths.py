@@ -16,8 +16,8 @@ from typing import Any, cast
 import msgspec
 import pytest
 
+from common.durability import Encoding, Entry, HistoryLimits, RecoveredState
 from core.auth import Principal
-from core.log import Encoding, Entry, HistoryLimits, RecoveredState
 from core.outbox import Flusher, Outbox
 from core.protocol import DECODERS, Pub
 from core.router import Router, frame_for

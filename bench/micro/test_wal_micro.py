@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from core.log import Entry, HistoryLimits
+from common.durability import Entry, HistoryLimits
 from wal import WalLog
 
 pytestmark = pytest.mark.bench

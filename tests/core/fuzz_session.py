@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import msgspec
 
+from common.durability import Encoding, HistoryLimits
 from core.auth import Grant, Principal
-from core.log import Encoding, HistoryLimits
 from tests.core.world import Peer, World
 
 CHANNELS = ("a", "b", "@u0", "@u1", "$sys.stats", "c.d", "x" * 201, "")

@@ -15,7 +15,7 @@ import websockets
 
 from core.config import Config
 from core.guard import MAX_ADDRESS, Guard, parse_ip
-from core.log import MemoryLog
+from core.memory_log import MemoryLog
 from tests.core.adapter_raw import RawWS
 from tests.helpers import UNIT, Client, Relay, ServeProcess, http_get, wait_for
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from core.log import Encoding, HistoryLimits, entry_bytes
+from common.durability import Encoding, HistoryLimits, entry_bytes
 from tests.core.world import World
 
 J, M = Encoding.JSON, Encoding.MSGPACK

@@ -9,8 +9,8 @@ import json
 import pytest
 import websockets
 
+from common.durability import Encoding
 from core.errors import CloseCode
-from core.log import Encoding
 from tests.core.world import World
 from tests.helpers import UNIT, Client
 

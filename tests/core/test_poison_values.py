@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from common.durability import Encoding, Entry, RecoveredState
 from core import router as router_mod
-from core.log import Encoding, Entry, RecoveredState
 from core.protocol import check_value
 from core.router import Channel
 from tests.core.world import World

@@ -14,7 +14,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.log import Encoding
+from common.durability import Encoding
 from tests.core.test_poison_values import json_pub, msgpack_pub
 from tests.core.world import World
 

@@ -16,8 +16,15 @@ from typing import Any
 
 import msgspec
 
+from common.durability import (
+    DurableHandler,
+    Encoding,
+    Entry,
+    FailedHandler,
+    HistoryLimits,
+    RecoveredState,
+)
 from core.auth import Grant, Principal
-from core.log import DurableHandler, Encoding, Entry, FailedHandler, HistoryLimits, RecoveredState
 from core.outbox import Flusher, Outbox
 from core.router import Router
 from core.session import Limits, Session

@@ -39,7 +39,7 @@ def _replayer_of(pid: int) -> tuple[int, list[str]]:
         except OSError:
             continue
         args = [a.decode(errors="replace") for a in argv if a]
-        if "wal.replay_process" in args:
+        if "wal.replay.child" in args:
             return child, args
     raise AssertionError(f"no replayer child of {pid} yet")
 

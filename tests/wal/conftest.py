@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from core.log import Entry, HistoryLimits, RecoveredState
+from common.durability import Entry, HistoryLimits, RecoveredState
 from tests.helpers import IN_CI
 from wal import WalLog
 from wal.errors import RecordError

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from core.log import Entry
+from common.durability import Entry
 from wal.record import append_message
 from wal.segment import segment_name
 

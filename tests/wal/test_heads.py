@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from core.log import HistoryLimits
+from common.durability import HistoryLimits
 from tests.wal.conftest import LogFactory, fill, frames, message, segment_paths
 from tests.wal.legacy import write_v1_log
 from wal import CorruptLog, iter_records

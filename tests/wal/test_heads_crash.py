@@ -21,7 +21,7 @@ from wal.segment import list_segments, load_header
 
 CHILD = r"""
 import asyncio, json, os, sys, threading
-from core.log import Entry, HistoryLimits
+from common.durability import Entry, HistoryLimits
 from wal import WalLog, heads
 
 wal_dir, mode, marker = sys.argv[1], sys.argv[2], sys.argv[3]

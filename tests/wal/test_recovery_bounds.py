@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.log import HistoryLimits, RecoveredState, entry_bytes
+from common.durability import HistoryLimits, RecoveredState, entry_bytes
 from tests.wal.conftest import UNIT, LogFactory, message
 from tests.wal.faults import REPO
 from wal.heads import HEADS_NAME
@@ -179,7 +179,7 @@ RSS_BOUND_MB = 64
 
 _WRITE = """
 import asyncio, sys
-from core.log import Entry, HistoryLimits
+from common.durability import Entry, HistoryLimits
 from wal import WalLog
 
 async def main():
@@ -199,7 +199,7 @@ asyncio.run(main())
 
 _RECOVER = """
 import asyncio, json, sys
-from core.log import HistoryLimits
+from common.durability import HistoryLimits
 from wal import WalLog
 
 def rss_mb():

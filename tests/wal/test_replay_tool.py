@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.log import Encoding, Entry, HistoryLimits
+from common.durability import Encoding, Entry, HistoryLimits
 from tests.helpers import ROOT, UNIT
 from wal.log import WalLog
-from wal.replayer import ReplayLock
+from wal.replay.replayer import ReplayLock
 
 
 async def _write_wal(wal_dir: Path, n: int, start_seq: int = 1) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from core.log import LogUnavailable
+from common.durability import LogUnavailable
 from tests.wal.conftest import UNIT, LogFactory, SyncCounter, fill, grow_disk, message
 from tests.wal.faults import REPO, fdatasync_fault_env
 from wal import iter_records
@@ -123,7 +123,7 @@ async def test_disk_full_on_a_small_tmpfs(logs: LogFactory, small_disk: Path) ->
 
 CHILD = """
 import asyncio, json, resource, signal, sys
-from core.log import Entry, HistoryLimits, LogUnavailable
+from common.durability import Entry, HistoryLimits, LogUnavailable
 from wal import WalLog
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from core.log import Entry, LogUnavailable
+from common.durability import Entry, LogUnavailable
 from tests.wal.conftest import Handlers, LogFactory, SyncCounter, fill, message, segment_paths
 from wal import ConnectionEvent, LogFollower, RecordTooLarge, WalLocked, WalLog, iter_records
 from wal.record import EVENT, MAX_PAYLOAD_BYTES

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.log import Entry
+from common.durability import Entry
 from tests.wal.legacy import encode_v1_header
 from wal.errors import (
     BadLength,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from core.log import Entry, LogUnavailable
+from common.durability import Entry, LogUnavailable
 from tests.wal.conftest import UNIT, Handlers, LogFactory, message
 from wal import RecordTooLarge, WalLog, iter_records
 from wal import writer as writer_module

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from core.log import RecordType
+from common.durability import RecordType
 from wal.reader import LogFollower
 from wal.record import ConnectionEvent, MessagePayload
 from wal.sinks.base import Batch, EventRow, MessageRow, Sink, SinkError, redact_url

@@ -19,7 +19,7 @@ import time
 from tqdm import tqdm
 
 from wal.reader import scan_segment
-from wal.replayer import Replayer, ReplayLock, ReplayLocked, ReplayStatus
+from wal.replay.replayer import Replayer, ReplayLock, ReplayLocked, ReplayStatus
 from wal.segment import list_segments, read_header
 from wal.sinks.base import make_sink, redact_url
 

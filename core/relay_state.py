@@ -10,11 +10,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from common.durability import DurableLog, HistoryLimits
 from core.auth import Authenticator
 from core.config import Config
 from core.http import HttpRoutes
 from core.latency import LatencyHistogram
-from core.log import DurableLog, HistoryLimits
 from core.outbox import Flusher
 from core.router import Router
 from core.session import ErrorCounter, Limits
@@ -34,7 +34,7 @@ def history_limits(config: Config) -> HistoryLimits:
     )
 
 
-class Hub:
+class RelayState:
     def __init__(
         self, config: Config, durable_log: DurableLog, loop: asyncio.AbstractEventLoop
     ) -> None:

@@ -22,19 +22,20 @@ Contract every implementation keeps:
   Retention keeps the records from there on, so the rings are rebuilt as they were
   after a restart (within the `HistoryLimits` given to `open`).
 
-`MemoryLog` is the in-memory stand-in: durable only in the sense that the process is
-alive. `wal.WalLog` is the real one.
+This module is the vocabulary core (the relay) and wal (the write-ahead log) share; it
+imports neither. `core.memory_log.MemoryLog` is the in-memory stand-in: durable only in
+the sense that the process is alive. `wal.log.WalLog` is the real one. Only the
+composition root (`core.compose`) puts a `WalLog` under a `Router`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from core.errors import LogUnavailable
+from common.errors import LogUnavailable
 
 __all__ = [
     "DurableLog",
@@ -42,7 +43,6 @@ __all__ = [
     "Entry",
     "HistoryLimits",
     "LogUnavailable",
-    "MemoryLog",
     "RecordType",
     "RecoveredState",
 ]
@@ -174,71 +174,3 @@ class DurableLog(Protocol):
     def stats(self) -> dict[str, float]: ...
 
     async def close(self) -> None: ...
-
-
-class MemoryLog:
-    """In-memory stand-in for the WAL: "durable" once the next loop iteration runs.
-
-    Nothing survives a restart. Useful for tests of the relay alone and for
-    `ferry serve --log memory` when durability is explicitly not wanted.
-    """
-
-    def __init__(self) -> None:
-        self._next_lsn = 1
-        self._batch: list[Entry] = []
-        self._on_durable: DurableHandler | None = None
-        self._on_failed: FailedHandler | None = None
-        self._closed = False
-        self._scheduled = False
-        self._heads: dict[str, int] = {}
-        self.appended = 0
-
-    async def open(self, limits: HistoryLimits) -> RecoveredState:
-        return RecoveredState(next_lsn=self._next_lsn)
-
-    def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None:
-        self._on_durable = on_durable
-        self._on_failed = on_failed
-
-    def append(self, entry: Entry) -> None:
-        if self._closed:
-            raise LogUnavailable("log is closed")
-        entry.lsn = self._next_lsn
-        self._next_lsn += 1
-        self._batch.append(entry)
-        self.appended += 1
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        batch, self._batch = self._batch, []
-        heads = self._heads
-        for entry in batch:
-            heads[entry.channel] = entry.seq
-        if batch and self._on_durable is not None:
-            self._on_durable(batch)
-
-    def head_of(self, channel: str) -> int:
-        return self._heads.get(channel, 0)
-
-    def set_history_floor(self, lsn: int) -> None:
-        pass  # nothing to retain: the memory log keeps nothing
-
-    @property
-    def writable(self) -> bool:
-        return not self._closed
-
-    @property
-    def failure(self) -> str | None:
-        return "closed" if self._closed else None
-
-    def stats(self) -> dict[str, float]:
-        return {"head_lsn": float(self._next_lsn - 1), "appends": float(self.appended)}
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._flush()
-        self._closed = True

@@ -1,0 +1,27 @@
+"""The root of ferry's error tree, and the errors both core and wal raise.
+
+    FerryError                      every error ferry raises on purpose
+    ├── core.errors.PeerError       the client did something wrong (its own subtree)
+    ├── core.errors.AuthError       bad or expired token
+    ├── core.errors.ConfigError     a setting is invalid
+    ├── wal.errors.WalError         the write-ahead log (its own subtree)
+    └── LocalError                  our side failed; a client only learns the code
+        └── LogUnavailable          the durable log cannot accept writes
+
+Which code or close code a client sees for each is decided in one table,
+`core.errors.client_error`.
+"""
+
+from __future__ import annotations
+
+
+class FerryError(Exception):
+    """Root of every error ferry raises on purpose."""
+
+
+class LocalError(FerryError):
+    """Our side failed. The message is for logs only."""
+
+
+class LogUnavailable(LocalError):
+    """The log cannot accept writes (write/fsync error, disk full, closed)."""
