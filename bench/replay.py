@@ -2,7 +2,7 @@
 
 Only the contracts of docs/design.md are used, so this runs as soon as they exist:
 * records are written through `wal.log.WalLog` as the relay does (`DurableLog`:
-  `from_config`, `open`, `set_handlers`, `append`, `close`);
+  `core.compose.wal_log`, `open`, `set_handlers`, `append`, `close`);
 * the drain is `ferry replay --wal-dir D --db URL` (docs/design.md §5) — run as the module it
   delegates to, `wal.replay.tool` — timed from start to exit (process start-up included:
   small against a large N).
@@ -54,11 +54,11 @@ def replayer_available() -> bool:
 async def write_wal(wal_dir: str, records: int, payload: int, node: str) -> float:
     """N message records through the real log; returns the seconds it took."""
     from common.durability import Encoding, Entry
+    from core.compose import wal_log
     from core.config import Config
-    from wal.log import WalLog
 
     config = replace(Config(), log="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)
-    log: Any = WalLog.from_config(config)
+    log: Any = wal_log(config)
     await log.open(HistoryLimits(size=0))
     log.set_handlers(lambda entries: None, lambda entries, reason: None)
     data = b'{"p":"' + b"x" * max(0, payload - 8) + b'"}'

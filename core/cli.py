@@ -24,7 +24,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from core.server import run
+    from core.compose import run
 
     made_admin_token = None
     if not config.admin_token:

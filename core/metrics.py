@@ -136,7 +136,6 @@ class RelayCollector(Collector):
             )
 
 
-def make_registry(hub: RelayState) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
+def register_relay(registry: CollectorRegistry, hub: RelayState) -> None:
+    """The relay's metrics, in the registry the WAL's (wal/metrics.py) are in too."""
     registry.register(RelayCollector(hub))
-    return registry

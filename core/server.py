@@ -1,76 +1,105 @@
 """Server lifecycle in one place: startup -> serve -> shutdown, in a fixed order.
 
-    start():    open the log (recovery) -> restore router -> listen -> stats
-    shutdown(): stop accepting -> finish in-flight log batches (their acks go out)
-                -> close every client with 1001 -> wait (bounded) -> close the log
+    start():    open the log (recovery) -> restore router -> extensions -> listen
+                -> stats, keepalive -> services; a failed step undoes the earlier ones
+    shutdown(): stop accepting -> close the log (in-flight batches become durable or
+                fail: their acks or `unavailable` are queued) -> close every client with
+                1001 -> wait for them (bounded) -> stop services (newest first) -> stats,
+                keepalive
 A first SIGTERM/SIGINT starts the graceful shutdown; a second one forces exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from common.durability import DurableLog, LogUnavailable
+from prometheus_client import CollectorRegistry
+
+from common.durability import DurableLog
+from common.service import Service
 from core.accept import create_server
 from core.config import Config
 from core.errors import CloseCode
 from core.guard import Guard
 from core.keepalive import Keepalive
-from core.listener import Connection
-from core.memory_log import MemoryLog
-from core.metrics import make_registry
+from core.metrics import register_relay
 from core.relay_state import RelayState, history_limits
 from core.stats import StatsPublisher
 
 log = logging.getLogger("ferry.server")
 
 
-def make_log(config: Config) -> DurableLog:
-    if config.log == "memory":
-        return MemoryLog()
-    from wal.log import WalLog
-
-    return WalLog.from_config(config)
+Extension = Callable[["Server"], Iterable[Service]]
 
 
 class Server:
-    def __init__(self, config: Config, durable_log: DurableLog | None = None) -> None:
+    """One relay process: its durable log, listener, background services and their order.
+
+    `extensions` run once the relay state exists, before the listener opens: each wires
+    what it needs (hooks, stats sections) and returns the services to start after the
+    listener. `core.compose.build` fills them in; tests may use a bare `Server`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        durable_log: DurableLog,
+        *,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.config = config
-        self.log = durable_log if durable_log is not None else make_log(config)
-        self.hub: RelayState | None = None
+        self.log = durable_log
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self.extensions: list[Extension] = []
+        self.services: list[Service] = []  # started after the listener, stopped before the log
+        self.stats_sections: list[Callable[[], dict[str, Any]]] = []
         self.stats: StatsPublisher | None = None
         self.keepalive: Keepalive | None = None
         self.guard: Guard | None = None
         self.port: int = config.port
+        self._relay: RelayState | None = None
         self._server: asyncio.Server | None = None
         self._stopping: asyncio.Event | None = None
         self._closed = False
         self._signals = 0
-        self.services: list[Any] = []  # started after the listener, stopped before the log
+
+    @property
+    def relay(self) -> RelayState:
+        """The relay state (exists from `start()` on)."""
+        if self._relay is None:
+            raise RuntimeError("the server has not been started")
+        return self._relay
 
     async def start(self) -> None:
+        """Open the log, restore, listen, start services. If a step fails, what the
+        earlier ones started is undone (the WAL's lock and sync thread included) and the
+        error is raised."""
+        async with contextlib.AsyncExitStack() as undo:
+            await self._start(undo)
+            undo.pop_all()  # started: from now on shutdown() owns the order
+
+    async def _start(self, undo: contextlib.AsyncExitStack) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         t0 = time.monotonic()
         state = await self.log.open(history_limits(config))
-        hub = self.hub = RelayState(config, self.log, loop)
-        hub.router.restore(state)
-        self._log_connection_events(hub)
-        registry = make_registry(hub)
-        wal_registry = getattr(self.log, "registry", None)
-        if wal_registry is not None:
-            for collector in list(wal_registry._collector_to_names):
-                registry.register(collector)
-        hub.http.registry = registry
-        self.registry = registry
-        await hub.http.load()  # the dashboard's files, read off the loop
+        undo.push_async_callback(self.log.close)
+        relay = self._relay = RelayState(config, self.log, loop)
+        relay.router.restore(state)
+        for extend in self.extensions:
+            self.services.extend(extend(self))
+        register_relay(self.registry, relay)
+        relay.http.registry = self.registry
+        await relay.http.load()  # the dashboard's files, read off the loop
         # What exists now (modules, recovered history) lives as long as the process: keep
         # it out of every collection, and collect the young generation less often (an
         # accept burst allocates a lot of short-lived objects).
@@ -78,20 +107,24 @@ class Server:
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         guard = self.guard = Guard(config)
-        hub.on_connect.append(guard.connected)
-        hub.on_disconnect.append(guard.disconnected)
+        relay.on_connect.append(guard.connected)
+        relay.on_disconnect.append(guard.disconnected)
         # ferry reads request heads itself (slowloris bounds, HEAD, fixed error bodies)
         # and hands accepted upgrades to picows: core/accept.py.
-        self._server = await create_server(hub, guard, config)
+        self._server = await create_server(relay, guard, config)
+        undo.callback(self._server.close)
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else config.port
-        self.stats = StatsPublisher(hub, self._extra_stats)
-        self.stats.start()
-        self.keepalive = Keepalive(hub, config.idle_timeout, config.ping_timeout)
+        self.stats = StatsPublisher(relay, self._extra_stats)
+        await self.stats.start()
+        undo.push_async_callback(self.stats.stop)
+        self.keepalive = Keepalive(relay, config.idle_timeout, config.ping_timeout)
         self.keepalive.start()
+        undo.callback(self.keepalive.stop)
         for service in self.services:
-            await service.start(self)
-        if not hub.auth.enabled:
+            await service.start()
+            undo.push_async_callback(service.stop)
+        if not relay.auth.enabled:
             log.warning(
                 "AUTH IS OFF: any client may publish and subscribe to any channel (except $sys.*). "
                 "Set FERRY_AUTH=jwt and FERRY_JWT_SECRET for production."
@@ -110,40 +143,14 @@ class Server:
             },
         )
 
-    def _log_connection_events(self, hub: RelayState) -> None:
-        """Connects and disconnects go through the log into `ferry_events` (when it can)."""
-        append_event = getattr(self.log, "append_event", None)
-        if append_event is None:
-            return
-        from wal.record import ConnectionEvent
-
-        def record(conn: Connection, kind: str) -> None:
-            closed = kind == "disconnect"
-            event = ConnectionEvent(
-                kind=kind,
-                user=conn.principal.user,
-                remote=conn.remote,
-                close_code=((conn.session.close_code if conn.session else None) or 1006)
-                if closed
-                else None,
-                duration_ms=int((time.monotonic() - conn.connected_at) * 1000) if closed else None,
-                ts_ms=time.time_ns() // 1_000_000,
-                conn_id=conn.conn_id,
-            )
-            try:
-                append_event(event)
-            except LogUnavailable:
-                pass  # the log is failing: publishers hear about it; events are best effort then
-
-        hub.on_connect.append(lambda conn: record(conn, "connect"))
-        hub.on_disconnect.append(lambda conn: record(conn, "disconnect"))
-
     def _extra_stats(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
-        for service in self.services:
-            section = getattr(service, "stats_section", None)
-            if section is not None:
-                extra.update(section())
+        for section in self.stats_sections:
+            extra.update(section())
+        services = {service.name: service.stats() for service in self.services}
+        if self.stats is not None:
+            services[self.stats.name] = self.stats.stats()
+        extra["services"] = services
         return extra
 
     def install_signal_handlers(self) -> None:
@@ -174,11 +181,11 @@ class Server:
 
     async def shutdown(self) -> None:
         """Graceful, bounded, idempotent."""
-        if self._closed or self.hub is None:
+        if self._closed or self._relay is None:
             return
         self._closed = True
-        hub = self.hub
-        hub.closing = True
+        relay = self._relay
+        relay.closing = True
         timeout = self.config.shutdown_timeout
         t0 = time.monotonic()
         if self._server is not None:
@@ -188,7 +195,7 @@ class Server:
             await asyncio.wait_for(self.log.close(), timeout)
         except TimeoutError:
             log.error("log did not finish in-flight batches within %.1fs", timeout)
-        connections = list(hub.connections)
+        connections = list(relay.connections)
         for conn in connections:
             if conn.session is not None:
                 conn.session.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -206,7 +213,7 @@ class Server:
             try:
                 await asyncio.wait_for(service.stop(), max(0.5, timeout - (time.monotonic() - t0)))
             except TimeoutError:
-                log.error("%s did not stop in time", type(service).__name__)
+                log.error("%s did not stop in time", service.name)
         if self.stats is not None:
             await self.stats.stop()
         if self.keepalive is not None:
@@ -218,44 +225,3 @@ class Server:
                 "shutdown_s": round(time.monotonic() - t0, 3),
             },
         )
-
-
-def default_services(config: Config) -> list[Any]:
-    """The replayer child runs next to a WAL (not next to the memory log); the webhook
-    watch runs when FERRY_WEBHOOK_URL is set."""
-    services: list[Any] = []
-    if config.replayer and config.log == "wal":
-        from wal.replay.service import ReplayService
-
-        services.append(ReplayService(config.wal_dir, config.db_url, config.node_id))
-    if config.webhook_url:
-        from core.watch import OpsWatch
-
-        services.append(
-            OpsWatch(
-                config.webhook_url,
-                config.node_id,
-                config.alert_backlog_records,
-                config.alert_fsync_ms,
-            )
-        )
-    return services
-
-
-async def run(config: Config, announce_admin_token: str | None = None) -> int:
-    server = Server(config)
-    server.services.extend(default_services(config))
-    await server.start()
-    if announce_admin_token is not None:
-        host = config.host if config.host not in ("0.0.0.0", "::", "") else "localhost"
-        # The token rides in the URL's fragment, which browsers never send to a server.
-        log.warning(
-            "dashboard: http://%s:%d/#token=%s (FERRY_ADMIN_TOKEN is not set: this admin "
-            "token was made for this run only; set FERRY_ADMIN_TOKEN to keep one)",
-            host,
-            server.port,
-            announce_admin_token,
-        )
-    server.install_signal_handlers()
-    await server.serve_forever()
-    return 0

@@ -7,9 +7,7 @@ whatever the traffic through the relay.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +15,7 @@ from typing import Any
 import msgspec
 
 from common.durability import Encoding, Entry
-from common.logsetup import Throttle
-from common.service import cancel_and_wait
+from common.service import Loop
 from core.protocol import SYS_PREFIX, transcode
 from core.relay_state import RelayState
 
@@ -28,7 +25,6 @@ TOP_CHANNELS = 10
 PREVIEW_CHARS = 200
 
 _json = msgspec.json.Encoder()
-_faults = Throttle(logging.getLogger("ferry.stats"), 10.0)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -39,7 +35,7 @@ class StatsPublisher:
     def __init__(self, hub: RelayState, extra: Callable[[], dict[str, Any]] | None = None) -> None:
         self.hub = hub
         self.extra = extra  # adds "wal" and "db" sections
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Loop("ferry-stats", self._round, hub.config.stats_interval)
         self._prev: dict[str, float] = {}
         self._prev_at = time.monotonic()
         self._prev_hist = hub.ack_latency.snapshot()
@@ -47,24 +43,23 @@ class StatsPublisher:
         self._tail_at = time.monotonic()
         hub.router.add_tap(self._tail)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-stats")
+    name = "stats"
+
+    async def start(self) -> None:
+        await self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._loop.stop()
 
-    async def _run(self) -> None:
-        interval = self.hub.config.stats_interval
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                ch = self.hub.router.get(STATS_CHANNEL)
-                snapshot = self.snapshot()
-                if ch is not None and ch.subscriber_count:
-                    self.hub.router.publish_ephemeral(STATS_CHANNEL, _json.encode(snapshot))
-            except Exception:  # one bad snapshot must not end $sys.stats for good
-                _faults.exception("$sys.stats snapshot failed")
+    def stats(self) -> dict[str, Any]:
+        return self._loop.stats()
+
+    def _round(self) -> None:
+        # A failed snapshot is logged and counted by the Loop; the next one runs anyway.
+        ch = self.hub.router.get(STATS_CHANNEL)
+        snapshot = self.snapshot()
+        if ch is not None and ch.subscriber_count:
+            self.hub.router.publish_ephemeral(STATS_CHANNEL, _json.encode(snapshot))
 
     def snapshot(self) -> dict[str, Any]:
         """One stats object (the `$sys.stats` data); rates are since the previous call."""

@@ -10,12 +10,15 @@ and never blocks the loop; without FERRY_WEBHOOK_URL this service is not started
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.service import cancel_and_wait
+from common.service import Loop
 from core.notifier import Notifier
+
+if TYPE_CHECKING:
+    from core.server import Server
 
 log = logging.getLogger("ferry.watch")
 
@@ -23,8 +26,14 @@ CHECK_INTERVAL_S = 1.0
 
 
 class OpsWatch:
+    """A `Service`: one `check()` a second in a `Loop` (a failed check is logged, counted
+    in `stats()`, and the next one runs)."""
+
+    name = "watch"
+
     def __init__(
         self,
+        server: Server,
         webhook_url: str,
         node_id: str,
         backlog_records: int,
@@ -34,13 +43,13 @@ class OpsWatch:
         self.notifier = Notifier(webhook_url, node_id=node_id, min_interval_s=min_interval_s)
         self.backlog_records = backlog_records
         self.fsync_ms = fsync_ms
-        self._task: asyncio.Task[None] | None = None
         self._db_state: str | None = None
         self._wal_writable: bool | None = None
-        self._server: Any = None
-
-    async def start(self, server: Any) -> None:
         self._server = server
+        self._loop = Loop("ferry-watch", self.check, CHECK_INTERVAL_S)
+
+    async def start(self) -> None:
+        server = self._server
         self.notifier.start()
         config = server.config
         self.notifier.notify(
@@ -48,24 +57,19 @@ class OpsWatch:
             f"ferry {config.node_id} serving on port {server.port} "
             f"(log={config.log}, sync={config.wal_sync})",
         )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-watch")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
+        await self._loop.stop()
         await self.notifier.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._loop.stats(), "notifier": dataclasses.asdict(self.notifier.stats)}
 
     def _db_section(self) -> dict[str, Any]:
         # The side-effect-free view: stats_section() keeps the dashboard's rows/s window.
-        db_status = self._server.hub.db_status
+        db_status = self._server.relay.db_status
         return db_status() if db_status is not None else {}
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
-            try:
-                self.check()
-            except Exception:
-                log.exception("watch check failed")
 
     def check(self) -> None:
         self._check_wal()
@@ -96,10 +100,10 @@ class OpsWatch:
             )
 
     def _check_wal(self) -> None:
-        hub = self._server.hub
-        if getattr(hub, "closing", False):
+        relay = self._server.relay
+        if relay.closing:
             return  # shutting down: the log closes on purpose
-        durable_log = hub.log
+        durable_log = relay.log
         writable = bool(durable_log.writable)
         failure = durable_log.failure
         if not writable and failure == "closed":

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from core import compose
 from core.server import Server
 from tests.helpers import Relay, relay_config
 
@@ -16,7 +17,7 @@ async def start_relay(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
     servers: list[Server] = []
 
     async def start(**overrides: Any) -> Relay:
-        server = Server(relay_config(tmp_path, **overrides))
+        server = compose.build(relay_config(tmp_path, **overrides))
         await server.start()
         servers.append(server)
         return Relay(server)

@@ -65,7 +65,7 @@ class Relay:
 
     @property
     def hub(self) -> Any:
-        return self.server.hub
+        return self.server.relay
 
 
 async def wait_for(

@@ -17,7 +17,6 @@ import collections
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -36,9 +35,6 @@ from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_win
 from wal.segment import lock_dir, node_id_bytes, open_for_append, segment_name, unlock_dir
 from wal.writer import Batch, GroupCommitWriter
 
-if TYPE_CHECKING:
-    from core.config import Config
-
 log = logging.getLogger("ferry.wal")
 
 DurableListener = Callable[[Batch], None]
@@ -49,7 +45,7 @@ class WalLog:
     """The WAL in a directory, opened by `open()`; one writer per directory (a lock file).
 
     Parameters beyond `core.config.Config` (`max_batch_bytes`, `history_max_bytes`,
-    `heads_flush_channels`) are for tests and tuning; `from_config` is how the server
+    `heads_flush_channels`) are for tests and tuning; `core.compose.wal_log` is how the server
     builds one.
     """
 
@@ -99,17 +95,6 @@ class WalLog:
         self._sync_ms: collections.deque[float] = collections.deque(maxlen=_RECENT)
         self._batch_records: collections.deque[int] = collections.deque(maxlen=_RECENT)
         self._batches = 0
-
-    @classmethod
-    def from_config(cls, config: Config, registry: CollectorRegistry | None = None) -> WalLog:
-        return cls(
-            config.wal_dir,
-            node_id=config.node_id,
-            sync=config.wal_sync,
-            segment_bytes=config.wal_segment_bytes,
-            max_batch_delay_ms=config.wal_max_batch_delay_ms,
-            registry=registry,
-        )
 
     # -- DurableLog ----------------------------------------------------------------------
 

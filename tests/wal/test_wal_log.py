@@ -146,25 +146,6 @@ async def test_write_mode_skips_the_per_batch_fdatasync(
     assert [r.lsn for r in iter_records(str(tmp_path))] == list(range(1, 301))
 
 
-def test_from_config(tmp_path: Path) -> None:
-    from core.config import load
-
-    config = load(
-        environ={
-            "FERRY_WAL_DIR": str(tmp_path / "w"),
-            "FERRY_NODE_ID": "edge-7",
-            "FERRY_WAL_SYNC": "write",
-            "FERRY_WAL_SEGMENT_BYTES": "65536",
-            "FERRY_WAL_MAX_BATCH_DELAY_MS": "2",
-        }
-    )
-    log = WalLog.from_config(config)
-    assert (log.wal_dir, log.node_id, log.sync) == (str(tmp_path / "w"), "edge-7", "write")
-    assert (log.segment_bytes, log.max_batch_delay_ms) == (65536, 2.0)
-    with pytest.raises(ValueError):
-        WalLog(tmp_path, node_id="x" * 65)
-
-
 async def test_retention_deletes_segments_behind_the_checkpoint(
     logs: LogFactory, tmp_path: Path
 ) -> None:

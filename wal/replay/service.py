@@ -29,6 +29,7 @@ import time
 from typing import Any
 
 from common.service import cancel_and_wait
+from wal.log import WalLog
 from wal.replay.replayer import Backoff
 from wal.sinks.base import redact_url
 
@@ -45,11 +46,26 @@ CHILD_ENV_SECRETS = ("FERRY_DB_URL", "FERRY_JWT_SECRET", "FERRY_ADMIN_TOKEN", "F
 
 
 class ReplayService:
-    """Runs and watches the replay child; a `Server` service (start/stop/stats_section)."""
+    """Runs and watches the replay child: a `common.service.Service`.
+
+    It follows the `WalLog` it is given (durable head -> child; child's checkpoint ->
+    `set_checkpoint`, which is what lets the WAL delete segments) and reports; it changes
+    nothing of the relay's. What the relay does with the reports (`database_view`,
+    `stats_section`) is decided in the composition root, `core.compose`.
+    """
+
+    name = "replayer"
 
     def __init__(
-        self, wal_dir: str, db_url: str, node_id: str, *, extra_env: dict[str, str] | None = None
+        self,
+        wal: WalLog,
+        wal_dir: str,
+        db_url: str,
+        node_id: str,
+        *,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        self._log = wal
         self.wal_dir = wal_dir
         self.db_url = db_url
         self.node_id = node_id
@@ -70,22 +86,15 @@ class ReplayService:
         self._sent_durable = 0
         self._durable_scheduled = False
         self._stopping = False
-        self._log: Any = None
+        self.restarts = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- Server service protocol ---------------------------------------------------------
 
-    async def start(self, server: Any) -> None:
+    async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._log = server.log
-        add_listener = getattr(self._log, "add_durable_listener", None)
-        if add_listener is not None:
-            add_listener(self._on_durable)
-        self._durable = int(getattr(self._log, "durable_lsn", 0))
-        hub = server.hub
-        # The relay stays ready while the database is down (the WAL holds the backlog);
-        # the database's state is reported in /metrics and $sys.stats instead.
-        hub.db_status = self.metrics_section
+        self._log.add_durable_listener(self._on_durable)
+        self._durable = self._log.durable_lsn
         self._task = self._loop.create_task(self._supervise(), name="ferry-replay-supervisor")
 
     async def stop(self) -> None:
@@ -108,7 +117,15 @@ class ReplayService:
                 await proc.wait()
         await cancel_and_wait(self._task)
 
-    def metrics_section(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
+        task = self._task
+        return {
+            "running": task is not None and not task.done(),
+            "state": self.status.get("state"),
+            "restarts": self.restarts,
+        }
+
+    def database_view(self) -> dict[str, Any]:
         """Side-effect-free view of the database log (for /metrics and the webhook watch)."""
         return {
             "state": self.status.get("state"),
@@ -123,7 +140,7 @@ class ReplayService:
 
     def stats_section(self) -> dict[str, Any]:
         """The `db` section of `$sys.stats` (moves the rows/s window: one caller only)."""
-        view = self.metrics_section()
+        view = self.database_view()
         now = time.monotonic()
         prev_rows, prev_at = self._rows_prev
         if now - prev_at >= 0.5:
@@ -144,7 +161,7 @@ class ReplayService:
     # --- durable head -> child -----------------------------------------------------------
 
     def _on_durable(self, _batch: object) -> None:
-        self._durable = int(self._log.durable_lsn)
+        self._durable = self._log.durable_lsn
         if not self._durable_scheduled and self._loop is not None:
             self._durable_scheduled = True
             self._loop.call_later(DURABLE_INTERVAL, self._send_durable)
@@ -185,6 +202,7 @@ class ReplayService:
             if self._stopping:
                 return
             log.error("replayer exited with %s; restarting", code)
+            self.restarts += 1
             self.status["state"] = "down"
             self.status["last_error"] = f"replayer process exited ({code})"
             if time.monotonic() - started > 30:
@@ -198,6 +216,5 @@ class ReplayService:
             return
         self.status = status
         checkpoint = int(status.get("checkpoint", 0))
-        set_checkpoint = getattr(self._log, "set_checkpoint", None)
-        if checkpoint and set_checkpoint is not None:
-            set_checkpoint(checkpoint)
+        if checkpoint:
+            self._log.set_checkpoint(checkpoint)

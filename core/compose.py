@@ -1,0 +1,137 @@
+"""The composition root: the one place that puts a durable log under the relay.
+
+core (the relay) and wal (the write-ahead log) don't import each other: both speak
+`common.durability`. This module picks the log the config asks for (`WalLog`, or the
+in-memory `MemoryLog`), gives it and the relay one Prometheus registry, and wires what
+crosses the seam:
+
+    WalLog.append_event   <- connect/disconnect hooks of the relay   (ferry_events)
+    ReplayService         <- the WalLog (durable head, checkpoint -> retention)
+    relay.db_status       <- ReplayService.database_view            (core decides)
+    $sys.stats "db"       <- ReplayService.stats_section
+    OpsWatch              <- the server (webhook notifications)
+
+`core.cli` runs `run()`; tests build servers with `build()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+
+from common.durability import DurableLog, LogUnavailable
+from common.service import Service
+from core.config import Config
+from core.listener import Connection
+from core.memory_log import MemoryLog
+from core.server import Server
+from core.watch import OpsWatch
+from wal.log import WalLog
+from wal.record import ConnectionEvent
+from wal.replay.service import ReplayService
+
+log = logging.getLogger("ferry.server")
+
+
+def wal_log(config: Config, registry: CollectorRegistry | None = None) -> WalLog:
+    return WalLog(
+        config.wal_dir,
+        node_id=config.node_id,
+        sync=config.wal_sync,
+        segment_bytes=config.wal_segment_bytes,
+        max_batch_delay_ms=config.wal_max_batch_delay_ms,
+        registry=registry,
+    )
+
+
+def make_log(config: Config, registry: CollectorRegistry) -> DurableLog:
+    if config.log == "memory":
+        return MemoryLog()
+    return wal_log(config, registry)
+
+
+def build(config: Config, durable_log: DurableLog | None = None) -> Server:
+    """A server as `ferry serve` runs it (services included), not yet started."""
+    registry = CollectorRegistry(auto_describe=False)
+    if durable_log is None:
+        durable_log = make_log(config, registry)
+    server = Server(config, durable_log, registry=registry)
+    if isinstance(durable_log, WalLog):
+        wal = durable_log
+        server.extensions.append(lambda srv: _connection_events(srv, wal))
+        if config.replayer:
+            server.extensions.append(lambda srv: _replayer(srv, wal))
+    if config.webhook_url:
+        server.extensions.append(_watch)
+    return server
+
+
+def _connection_events(server: Server, wal: WalLog) -> Iterable[Service]:
+    """Connects and disconnects go through the WAL into `ferry_events` (when it can)."""
+
+    def record(conn: Connection, kind: str) -> None:
+        closed = kind == "disconnect"
+        event = ConnectionEvent(
+            kind=kind,
+            user=conn.principal.user,
+            remote=conn.remote,
+            close_code=((conn.session.close_code if conn.session else None) or 1006)
+            if closed
+            else None,
+            duration_ms=int((time.monotonic() - conn.connected_at) * 1000) if closed else None,
+            ts_ms=time.time_ns() // 1_000_000,
+            conn_id=conn.conn_id,
+        )
+        try:
+            wal.append_event(event)
+        except LogUnavailable:
+            pass  # the log is failing: publishers hear about it; events are best effort then
+
+    relay = server.relay
+    relay.on_connect.append(lambda conn: record(conn, "connect"))
+    relay.on_disconnect.append(lambda conn: record(conn, "disconnect"))
+    return ()
+
+
+def _replayer(server: Server, wal: WalLog) -> Iterable[Service]:
+    config = server.config
+    replay = ReplayService(wal, config.wal_dir, config.db_url, config.node_id)
+    # The relay stays ready while the database is down (the WAL holds the backlog); the
+    # database's state is reported in /metrics and $sys.stats instead.
+    server.relay.db_status = replay.database_view
+    server.stats_sections.append(replay.stats_section)
+    return (replay,)
+
+
+def _watch(server: Server) -> Iterable[Service]:
+    config = server.config
+    return (
+        OpsWatch(
+            server,
+            config.webhook_url,
+            config.node_id,
+            config.alert_backlog_records,
+            config.alert_fsync_ms,
+        ),
+    )
+
+
+async def run(config: Config, announce_admin_token: str | None = None) -> int:
+    server = build(config)
+    await server.start()
+    if announce_admin_token is not None:
+        host = config.host if config.host not in ("0.0.0.0", "::", "") else "localhost"
+        # The token rides in the URL's fragment, which browsers never send to a server.
+        log.warning(
+            "dashboard: http://%s:%d/#token=%s (FERRY_ADMIN_TOKEN is not set: this admin "
+            "token was made for this run only; set FERRY_ADMIN_TOKEN to keep one)",
+            host,
+            server.port,
+            announce_admin_token,
+        )
+    server.install_signal_handlers()
+    await server.serve_forever()
+    return 0
