@@ -28,7 +28,7 @@ import jwt
 
 from core.config import Config
 from core.errors import AuthError
-from core.protocol import SYS_PREFIX
+from core.protocol import MAX_CHANNEL_CHARS, NAME_CHARS, SYS_PREFIX
 
 ADMIN_USER = "admin"
 ANONYMOUS_USER = "anonymous"
@@ -36,7 +36,7 @@ SERVER_USER = "ferry"  # the `from` of the server's own messages ($sys.*)
 # Names a client may not take: they would speak as the server or read the admin's inbox.
 RESERVED_USERS = frozenset({ADMIN_USER, SERVER_USER})
 _GLOB_CHARS = frozenset("*?[")
-_USER_RE = re.compile(r"[A-Za-z0-9_.:@$-]{1,199}")
+_USER_RE = re.compile(f"{NAME_CHARS}{{1,{MAX_CHANNEL_CHARS - 1}}}")  # "@" + user: a channel
 _CACHE_LIMIT = 1024
 
 

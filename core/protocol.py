@@ -29,8 +29,15 @@ SUBPROTOCOLS: dict[str, Encoding] = {
 SUBPROTOCOL_NAMES = {v: k for k, v in SUBPROTOCOLS.items()}
 PROTOCOL_VERSION = 1
 
-CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@$-]{1,200}")
+# The characters of channel names and user ids (a user's inbox is "@" + user id).
+NAME_CHARS = r"[A-Za-z0-9_.:@$-]"
+MAX_CHANNEL_CHARS = 200
+CHANNEL_RE = re.compile(f"{NAME_CHARS}{{1,{MAX_CHANNEL_CHARS}}}")
+# The server's own channels: written by the server only, readable by the admin only.
 SYS_PREFIX = "$sys."
+STATS_CHANNEL = SYS_PREFIX + "stats"
+TAIL_CHANNEL = SYS_PREFIX + "tail"
+SERVER_CHANNELS = frozenset({STATS_CHANNEL, TAIL_CHANNEL})
 
 # A client message id is echoed verbatim and logged; bounded so it fits the database column.
 MsgId = Annotated[str, msgspec.Meta(max_length=128)] | int | None

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from common.durability import DurableLog, HistoryLimits
+from common.latency import LatencyHistogram
 from core.auth import Authenticator
 from core.config import Config
 from core.http import HttpRoutes
-from core.latency import LatencyHistogram
 from core.outbox import Flusher
 from core.router import Router
 from core.session import ErrorCounter, Limits

@@ -39,6 +39,7 @@ from core.errors import (
 from core.outbox import Outbox
 from core.protocol import (
     DECODERS,
+    SERVER_CHANNELS,
     SUBPROTOCOL_NAMES,
     SYS_PREFIX,
     Ack,
@@ -77,7 +78,6 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 ABUSE_WINDOW_S = 10.0
 # The server's own channels: nobody publishes into them, not even the admin.
-SERVER_CHANNELS = frozenset({"$sys.stats", "$sys.tail"})
 # A `since` replay adds at most this much per flush, and only after the previous page was
 # handed to the socket: a client that never reads pins one page, not its whole history.
 REPLAY_PAGE_BYTES = 64 * 1024

@@ -16,11 +16,9 @@ import msgspec
 
 from common.durability import Encoding, Entry
 from common.service import Loop
-from core.protocol import SYS_PREFIX, transcode
+from core.protocol import STATS_CHANNEL, SYS_PREFIX, TAIL_CHANNEL, transcode
 from core.relay_state import RelayState
 
-STATS_CHANNEL = "$sys.stats"
-TAIL_CHANNEL = "$sys.tail"
 TOP_CHANNELS = 10
 PREVIEW_CHARS = 200
 
@@ -144,7 +142,7 @@ class StatsPublisher:
         for entry in entries:
             if self._tail_tokens < 1.0:
                 return
-            if entry.channel.startswith("$sys."):
+            if entry.channel.startswith(SYS_PREFIX):
                 continue
             self._tail_tokens -= 1.0
             try:

@@ -16,6 +16,7 @@ import bisect
 import collections
 import logging
 import os
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
@@ -28,6 +29,7 @@ from common.durability import (
     LogUnavailable,
     RecoveredState,
 )
+from common.latency import LatencyHistogram, RecentQuantiles
 from wal.heads import FLUSH_CHANNELS, HeadsReader, HeadsStoreError, HeadsTracker
 from wal.metrics import WalMetrics
 from wal.record import ConnectionEvent
@@ -38,7 +40,8 @@ from wal.writer import Batch, GroupCommitWriter
 log = logging.getLogger("ferry.wal")
 
 DurableListener = Callable[[Batch], None]
-_RECENT = 1024  # batches behind the "recent" figures in stats()
+_RECENT = 1024  # batches behind records_per_fsync in stats()
+FSYNC_WINDOW_S = 10.0  # the fsync p50/p99 in stats() cover the last 5-10 s
 
 
 class WalLog:
@@ -92,7 +95,8 @@ class WalLog:
         self._deleting: set[asyncio.Future[None]] = set()
         self._first_lsn = 1
         self._closed = False
-        self._sync_ms: collections.deque[float] = collections.deque(maxlen=_RECENT)
+        self.fsync_latency = LatencyHistogram()
+        self._fsync_recent = RecentQuantiles(self.fsync_latency, FSYNC_WINDOW_S, time.monotonic)
         self._batch_records: collections.deque[int] = collections.deque(maxlen=_RECENT)
         self._batches = 0
 
@@ -261,7 +265,6 @@ class WalLog:
 
     def stats(self) -> dict[str, float]:
         writer = self._writer
-        syncs = sorted(self._sync_ms)
         counts = self._batch_records
         return {
             "head_lsn": float(self.head_lsn),
@@ -270,8 +273,8 @@ class WalLog:
             "checkpoint_lsn": float(self._checkpoint),
             "bytes": float(self._bytes),
             "segments": float(len(self._segments)),
-            "fsync_p50_ms": _percentile(syncs, 0.50),
-            "fsync_p99_ms": _percentile(syncs, 0.99),
+            "fsync_p50_ms": (self._fsync_recent.quantile(0.50) or 0.0) * 1000.0,
+            "fsync_p99_ms": (self._fsync_recent.quantile(0.99) or 0.0) * 1000.0,
             "records_per_fsync": sum(counts) / len(counts) if counts else 0.0,
             "batches": float(self._batches),
             "appends": float(writer.next_lsn - self._opened_next_lsn) if writer else 0.0,
@@ -363,7 +366,7 @@ class WalLog:
         self._bytes += size
         self._segments[-1].size += size
         self._batches += 1
-        self._sync_ms.append(batch.sync_s * 1000.0)
+        self.fsync_latency.observe(batch.sync_s)
         self._batch_records.append(records)
         m = self.metrics
         m.appends.inc(records)
@@ -486,9 +489,3 @@ def _delete(paths: list[str]) -> None:
             pass
         except OSError as exc:
             log.warning("WAL retention: cannot delete %s: %s", path, exc)
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -15,9 +15,10 @@ import websockets
 
 from core.config import Config
 from core.guard import MAX_ADDRESS, Guard, parse_ip
-from core.memory_log import MemoryLog
 from tests.core.adapter_raw import RawWS
 from tests.helpers import UNIT, Client, Relay, ServeProcess, http_get, wait_for
+from wal.log import WalLog
+from wal.record import ConnectionEvent
 
 PARTIAL = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
 
@@ -215,17 +216,23 @@ async def _one_connection(relay: Relay, headers: dict[str, str]) -> tuple[str, s
 
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The connection events the server writes for ferry_events (the memory log takes them
-    here; the WAL takes the same objects)."""
+    """The connection events the server hands the WAL for ferry_events (recorded here,
+    then written as usual): the composition root wires them for a WAL-backed relay."""
     recorded: list[Any] = []
-    monkeypatch.setattr(MemoryLog, "append_event", recorded.append, raising=False)
+    append = WalLog.append_event
+
+    def record(self: WalLog, event: ConnectionEvent) -> int:
+        recorded.append(event)
+        return append(self, event)
+
+    monkeypatch.setattr(WalLog, "append_event", record)
     return recorded
 
 
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     start_relay: Any, events: list[Any]
 ) -> None:
-    relay = await start_relay()
+    relay = await start_relay(log="wal")
     remote, address = await _one_connection(relay, {"X-Forwarded-For": "6.6.6.6" + "x" * 15000})
     assert remote.startswith("127.0.0.1:") and address == "127.0.0.1"
     await wait_for(lambda: len(events) == 2, what="connect and disconnect events")
@@ -233,7 +240,7 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 
 
 async def test_forwarded_for_from_a_trusted_proxy(start_relay: Any, events: list[Any]) -> None:
-    relay = await start_relay(trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
+    relay = await start_relay(log="wal", trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
     # right-most entry that is not a trusted proxy
     xff = "198.51.100.1, 203.0.113.7, 10.1.2.3"
     assert await _one_connection(relay, {"X-Forwarded-For": xff}) == ("203.0.113.7", "203.0.113.7")

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from common.durability import Encoding, HistoryLimits
+from common.latency import LatencyHistogram
 from core import config as config_mod
 from core.auth import Principal
 from core.errors import CloseCode
-from core.latency import LatencyHistogram
 from core.memory_log import MemoryLog
 from core.outbox import Flusher, Outbox
 from core.protocol import frame_header

@@ -392,7 +392,7 @@ def test_main_thread_busy_share_under_load(
 
     idle = window(BASELINE_STATS)
     load = subprocess.Popen(
-        [sys.executable, "-m", "tests.e2e.loadgen", "--url", server.url,
+        [sys.executable, "-m", "tests.load", "--url", server.url,
          "--rate", str(LOAD_RATE), "--seconds", str(UNIT * 6)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -414,7 +414,7 @@ def test_main_thread_busy_share_under_load(
             "Timestamp delta (wall time in tasks), cpu = ThreadTime delta / Timestamp delta; "
             "long tasks from a PerformanceObserver; relay rates from the $sys.stats documents "
             "of the same window (WAL head LSN delta over their ts_ms span). Load from a "
-            "separate process: tests/e2e/loadgen.py, 4 websockets publishers + 1 subscriber."
+            "separate process: tests/load.py, 4 websockets publishers + 1 subscriber."
         ),
         "setup": {
             "browser": f"chromium {context.browser.version if context.browser else '?'}, "
