@@ -57,7 +57,7 @@ async def write_wal(wal_dir: str, records: int, payload: int, node: str) -> floa
     from core.config import Config
     from wal.log import WalLog
 
-    config = replace(Config(), log="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)
+    config = replace(Config(), durability="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)
     log: Any = WalLog.from_config(config)
     await log.open(HistoryLimits(size=0))
     log.set_handlers(lambda entries: None, lambda entries, reason: None)

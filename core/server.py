@@ -32,7 +32,7 @@ log = logging.getLogger("ferry.server")
 
 
 def make_log(config: Config) -> DurableLog:
-    if config.log == "memory":
+    if config.durability == "memory":
         return MemoryLog()
     from wal.log import WalLog
 
@@ -101,8 +101,8 @@ class Server:
             extra={
                 "node": config.node_id,
                 "listen": f"{config.host}:{self.port}",
-                "log": config.log,
-                "wal_dir": config.wal_dir if config.log == "wal" else "-",
+                "log": config.durability,
+                "wal_dir": config.wal_dir if config.durability == "wal" else "-",
                 "wal_sync": config.wal_sync,
                 "channels_recovered": len(state.heads),
                 "next_lsn": state.next_lsn,
@@ -224,7 +224,7 @@ def default_services(config: Config) -> list[Any]:
     """The replayer child runs next to a WAL (not next to the memory log); the webhook
     watch runs when FERRY_WEBHOOK_URL is set."""
     services: list[Any] = []
-    if config.replayer and config.log == "wal":
+    if config.replayer and config.durability == "wal":
         from wal.replay.service import ReplayService
 
         services.append(ReplayService(config.wal_dir, config.db_url, config.node_id))

@@ -46,7 +46,7 @@ class OpsWatch:
         self.notifier.notify(
             "start",
             f"ferry {config.node_id} serving on port {server.port} "
-            f"(log={config.log}, sync={config.wal_sync})",
+            f"(durability={config.durability}, sync={config.wal_sync})",
         )
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ferry-watch")
 

@@ -68,7 +68,7 @@ async def test_slowloris_is_bounded_per_address(tmp_path: Path) -> None:
     timeout = UNIT / 2
     server = ServeProcess(
         {
-            "FERRY_LOG": "memory",
+            "FERRY_DURABILITY": "memory",
             "FERRY_MAX_HANDSHAKES_PER_IP": "4",
             "FERRY_HANDSHAKE_TIMEOUT": str(timeout),
         }

@@ -5,6 +5,9 @@ replayer's work (reading segments, building rows, driving the database client) i
 Python; in a thread it would fight the relay for the GIL, in its own process it runs on
 the other core (measured in docs/benchmarks.md).
 
+Logging is set up in the child as `ferry serve` resolved it (flags, environment or TOML
+file): `--log-level` and `--log-format` on its command line, not secrets.
+
 Pipe protocol (one line each, both directions):
 
     parent -> child   "DB <url>"   first line: the database URL (secrets never go on the
@@ -71,6 +74,7 @@ class ReplayService:
         self._durable_scheduled = False
         self._stopping = False
         self._log: Any = None
+        self._child_args: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- Server service protocol ---------------------------------------------------------
@@ -78,6 +82,8 @@ class ReplayService:
     async def start(self, server: Any) -> None:
         self._loop = asyncio.get_running_loop()
         self._log = server.log
+        config = server.config
+        self._child_args = ["--log-level", config.log_level, "--log-format", config.log_format]
         add_listener = getattr(self._log, "add_durable_listener", None)
         if add_listener is not None:
             add_listener(self._on_durable)
@@ -172,6 +178,7 @@ class ReplayService:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "wal.replay.child",
                 "--wal-dir", self.wal_dir, "--node", self.node_id, "--db-from-stdin",
+                *self._child_args,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
             assert self._proc.stdin is not None
