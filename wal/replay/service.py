@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from common.service import cancel_and_wait
+from core.stats_doc import DbStats
 from wal.replay.replayer import Backoff
 from wal.sinks.base import redact_url
 
@@ -127,7 +128,7 @@ class ReplayService:
             "rows": int(self.status.get("rows", 0) or 0),
         }
 
-    def stats_section(self) -> dict[str, Any]:
+    def stats_section(self) -> dict[str, DbStats]:
         """The `db` section of `$sys.stats` (moves the rows/s window: one caller only)."""
         view = self.metrics_section()
         now = time.monotonic()
@@ -136,15 +137,15 @@ class ReplayService:
             self.rows_per_s = round((view["rows"] - prev_rows) / (now - prev_at), 1)
             self._rows_prev = (view["rows"], now)
         return {
-            "db": {
-                "state": view["state"],
-                "last_error": view["last_error"],
-                "url": view["url"],
-                "checkpoint_lsn": view["checkpoint_lsn"],
-                "lag_records": view["lag_records"],
-                "lag_seconds": view["lag_seconds"] if view["lag_records"] else 0.0,
-                "rows_per_s": self.rows_per_s,
-            }
+            "db": DbStats(
+                state=view["state"],
+                last_error=view["last_error"],
+                url=view["url"],
+                checkpoint_lsn=view["checkpoint_lsn"],
+                lag_records=view["lag_records"],
+                lag_seconds=view["lag_seconds"] if view["lag_records"] else 0.0,
+                rows_per_s=self.rows_per_s,
+            )
         }
 
     # --- durable head -> child -----------------------------------------------------------
