@@ -91,6 +91,20 @@ class TailEntry(msgspec.Struct):
     preview: str
 
 
+class DbStatus(msgspec.Struct):
+    """The replayer's view of the database for /metrics and the webhook watch (not sent:
+    `DbStats` is what `$sys.stats` carries)."""
+
+    state: DbState
+    last_error: str | None
+    url: str | None
+    up: bool
+    checkpoint_lsn: int
+    lag_records: int
+    lag_seconds: float
+    rows: int
+
+
 WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (Stats, TailEntry)
 
 _HEADER = """\

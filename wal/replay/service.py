@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from common.service import cancel_and_wait
-from core.stats_doc import DbStats
+from core.stats_doc import DbStats, DbStatus
 from wal.replay.replayer import Backoff
 from wal.sinks.base import redact_url
 
@@ -115,18 +115,20 @@ class ReplayService:
                 await proc.wait()
         await cancel_and_wait(self._task)
 
-    def metrics_section(self) -> dict[str, Any]:
+    def metrics_section(self) -> DbStatus:
         """Side-effect-free view of the database log (for /metrics and the webhook watch)."""
-        return {
-            "state": self.status.get("state"),
-            "last_error": self.status.get("last_error"),
-            "url": redact_url(self.db_url),
-            "up": self.status.get("state") == "up",
-            "checkpoint_lsn": int(self.status.get("checkpoint", 0) or 0),
-            "lag_records": max(0, self._durable - int(self.status.get("checkpoint", 0) or 0)),
-            "lag_seconds": float(self.status.get("lag_seconds") or 0.0),
-            "rows": int(self.status.get("rows", 0) or 0),
-        }
+        status = self.status
+        checkpoint = int(status.get("checkpoint", 0) or 0)
+        return DbStatus(
+            state=status.get("state", "starting"),
+            last_error=status.get("last_error"),
+            url=redact_url(self.db_url),
+            up=status.get("state") == "up",
+            checkpoint_lsn=checkpoint,
+            lag_records=max(0, self._durable - checkpoint),
+            lag_seconds=float(status.get("lag_seconds") or 0.0),
+            rows=int(status.get("rows", 0) or 0),
+        )
 
     def stats_section(self) -> dict[str, DbStats]:
         """The `db` section of `$sys.stats` (moves the rows/s window: one caller only)."""
@@ -134,16 +136,16 @@ class ReplayService:
         now = time.monotonic()
         prev_rows, prev_at = self._rows_prev
         if now - prev_at >= 0.5:
-            self.rows_per_s = round((view["rows"] - prev_rows) / (now - prev_at), 1)
-            self._rows_prev = (view["rows"], now)
+            self.rows_per_s = round((view.rows - prev_rows) / (now - prev_at), 1)
+            self._rows_prev = (view.rows, now)
         return {
             "db": DbStats(
-                state=view["state"],
-                last_error=view["last_error"],
-                url=view["url"],
-                checkpoint_lsn=view["checkpoint_lsn"],
-                lag_records=view["lag_records"],
-                lag_seconds=view["lag_seconds"] if view["lag_records"] else 0.0,
+                state=view.state,
+                last_error=view.last_error,
+                url=view.url,
+                checkpoint_lsn=view.checkpoint_lsn,
+                lag_records=view.lag_records,
+                lag_seconds=view.lag_seconds if view.lag_records else 0.0,
                 rows_per_s=self.rows_per_s,
             )
         }
