@@ -81,7 +81,7 @@ def _common(p: argparse.ArgumentParser, *, compare: bool) -> None:
         "--log",
         default="auto",
         choices=("auto", "wal", "memory"),
-        help="ferry's FERRY_LOG (auto: wal once wal.log exists, else memory)",
+        help="ferry's FERRY_DURABILITY (auto: wal once wal.log exists, else memory)",
     )
     s.add_argument("--wal-sync", default="fsync", choices=("fsync", "write"))
     s.add_argument("--db", help="FERRY_DB_URL for ferry / the replay target")

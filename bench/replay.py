@@ -4,9 +4,9 @@ Only the contracts of docs/design.md are used, so this runs as soon as they exis
 * records are written through `wal.log.WalLog` as the relay does (`DurableLog`:
   `core.compose.wal_log`, `open`, `set_handlers`, `append`, `close`);
 * the drain is `ferry replay --wal-dir D --db URL` (docs/design.md §5) — run as the module it
-  delegates to, `wal.replay.tool` — timed from start to exit (process start-up included:
+  delegates to, `core.replay_tool` — timed from start to exit (process start-up included:
   small against a large N).
-Until `wal.log`, `wal.replay.replayer` and `wal.replay.tool` exist the scenario says so and exits 2.
+Until `wal.log`, `wal.replay.replayer` and `core.replay_tool` exist the scenario says so and exits 2.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from common.durability import HistoryLimits
 
 NEEDS = (
     "ferry bench replay needs the WAL and the replayer "
-    "(wal.log.WalLog, wal.replay.replayer, wal.replay.tool)"
+    "(wal.log.WalLog, wal.replay.replayer, core.replay_tool)"
 )
-MODULES = ("wal.log", "wal.replay.replayer", "wal.replay.tool")
-# `ferry replay ARGS` is `wal.replay.tool.main(ARGS)`; called directly so that the drain
+MODULES = ("wal.log", "wal.replay.replayer", "core.replay_tool")
+# `ferry replay ARGS` is `core.replay_tool.main(ARGS)`; called directly so that the drain
 # does not depend on how core/cli.py forwards its arguments.
-REPLAY = "import sys, wal.replay.tool as t; sys.exit(t.main(sys.argv[1:]))"
+REPLAY = "import sys, core.replay_tool as t; sys.exit(t.main(sys.argv[1:]))"
 
 
 def replayer_available() -> bool:
@@ -57,7 +57,7 @@ async def write_wal(wal_dir: str, records: int, payload: int, node: str) -> floa
     from core.compose import wal_log
     from core.config import Config
 
-    config = replace(Config(), log="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)
+    config = replace(Config(), durability="wal", wal_dir=wal_dir, wal_sync="write", node_id=node)
     log: Any = wal_log(config)
     await log.open(HistoryLimits(size=0))
     log.set_handlers(lambda entries: None, lambda entries, reason: None)

@@ -36,7 +36,7 @@ COMPARABLE = ("fanout", "rooms", "latency", "connections")
 
 
 class NeedsWal(Exception):
-    """The scenario needs `FERRY_LOG=wal` and the WAL package is not there yet."""
+    """The scenario needs `FERRY_DURABILITY=wal` and the WAL package is not there yet."""
 
 
 @dataclass
@@ -214,7 +214,7 @@ def goals_for(r: Result) -> list[dict[str, Any]]:
 
 
 def resolve_log(a: argparse.Namespace, scenario: str) -> tuple[str, list[str]]:
-    """Which `FERRY_LOG` ferry runs with, and the notes that go with the choice."""
+    """Which `FERRY_DURABILITY` ferry runs with, and the notes that go with the choice."""
     log: str = a.log
     if log == "auto":
         log = "wal" if targets.wal_available() else "memory"
@@ -224,10 +224,12 @@ def resolve_log(a: argparse.Namespace, scenario: str) -> tuple[str, list[str]]:
                     "ingest measures durable acks and needs the WAL (wal.log.WalLog), "
                     "which is not there yet; `--log memory` runs it without durability"
                 )
-            return log, ["WAL not available yet: ferry ran with FERRY_LOG=memory (no fdatasync)"]
+            return log, [
+                "WAL not available yet: ferry ran with FERRY_DURABILITY=memory (no fdatasync)"
+            ]
     if log == "memory":
-        return log, ["ferry ran with FERRY_LOG=memory: acks are not durable"]
-    return log, [f"ferry ran with FERRY_LOG=wal, FERRY_WAL_SYNC={a.wal_sync}"]
+        return log, ["ferry ran with FERRY_DURABILITY=memory: acks are not durable"]
+    return log, [f"ferry ran with FERRY_DURABILITY=wal, FERRY_WAL_SYNC={a.wal_sync}"]
 
 
 def _server_env(a: argparse.Namespace) -> dict[str, str]:

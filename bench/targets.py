@@ -64,7 +64,7 @@ def free_port() -> int:
 
 
 def wal_available() -> bool:
-    """True once the WAL package's `wal.log.WalLog` (what `FERRY_LOG=wal` loads) exists."""
+    """True once the WAL package's `wal.log.WalLog` (what `FERRY_DURABILITY=wal` loads) exists."""
     try:
         return importlib.util.find_spec("wal.log") is not None
     except ImportError:
@@ -176,7 +176,7 @@ def start_ferry(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(FERRY_BENCH_ENV)
-    env.update({"FERRY_HOST": "127.0.0.1", "FERRY_PORT": str(port), "FERRY_LOG": log})
+    env.update({"FERRY_HOST": "127.0.0.1", "FERRY_PORT": str(port), "FERRY_DURABILITY": log})
     # A node id per run: with a database shared between runs (--db), a second run under
     # the same node would find its checkpoint past every LSN and replay nothing.
     env["FERRY_NODE_ID"] = f"bench-{os.getpid()}-{port}"

@@ -13,12 +13,15 @@ log = logging.getLogger("ferry")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    notes: list[str] = []  # logged once logging is set up from this very config
     try:
-        config = config_mod.load(vars(args), config_file=args.config)
+        config = config_mod.load(vars(args), config_file=args.config, warn=notes.append)
     except config_mod.ConfigError as exc:
         print(f"ferry: configuration error: {exc}", file=sys.stderr)
         return 2
     logsetup.setup(config.log_level, config.log_format)
+    for note in notes:
+        log.warning("configuration: %s", note)
     import dataclasses
     import secrets
 
@@ -40,15 +43,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    import os
-
     from core.auth import make_token
 
-    secret = args.secret or os.environ.get("FERRY_JWT_SECRET", "")
+    env = config_mod.env_name
+    try:
+        secret = args.secret or config_mod.from_environment("jwt_secret")
+    except config_mod.ConfigError as exc:
+        print(f"ferry token: {exc}", file=sys.stderr)
+        return 2
     if not secret:
         print(
-            "ferry token: needs the relay's HS256 secret: --secret or FERRY_JWT_SECRET "
-            "(the one `ferry serve` runs with under FERRY_AUTH=jwt)",
+            f"ferry token: needs the relay's HS256 secret: --secret or {env('jwt_secret')} "
+            f"(the one `ferry serve` runs with under {env('auth')}=jwt)",
             file=sys.stderr,
         )
         return 2
@@ -89,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=float, default=3600.0, help="seconds until it expires (default: 3600)"
     )
-    token.add_argument("--secret", default=None, help="HS256 secret (default: FERRY_JWT_SECRET)")
+    token.add_argument(
+        "--secret",
+        default=None,
+        help=f"HS256 secret (default: {config_mod.env_name('jwt_secret')})",
+    )
     token.set_defaults(func=_cmd_token)
 
     wal = sub.add_parser(
@@ -110,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DELEGATED = {"wal": "wal.tool", "replay": "wal.replay.tool", "bench": "bench.cli"}
+DELEGATED = {"wal": "wal.tool", "replay": "core.replay_tool", "bench": "bench.cli"}
 
 
 def main(argv: list[str] | None = None) -> int:

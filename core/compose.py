@@ -48,7 +48,7 @@ def wal_log(config: Config, registry: CollectorRegistry | None = None) -> WalLog
 
 
 def make_log(config: Config, registry: CollectorRegistry) -> DurableLog:
-    if config.log == "memory":
+    if config.durability == "memory":
         return MemoryLog()
     return wal_log(config, registry)
 
@@ -98,7 +98,14 @@ def _connection_events(server: Server, wal: WalLog) -> Iterable[Service]:
 
 def _replayer(server: Server, wal: WalLog) -> Iterable[Service]:
     config = server.config
-    replay = ReplayService(wal, config.wal_dir, config.db_url, config.node_id)
+    replay = ReplayService(
+        wal,
+        config.wal_dir,
+        config.db_url,
+        config.node_id,
+        log_level=config.log_level,
+        log_format=config.log_format,
+    )
     # The relay stays ready while the database is down (the WAL holds the backlog); the
     # database's state is reported in /metrics and $sys.stats instead.
     server.relay.db_status = replay.database_view

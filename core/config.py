@@ -1,8 +1,11 @@
 """One frozen, validated `Config`, loaded from flags > environment (`FERRY_*`) > TOML file > defaults.
 
-Every setting is declared once in `SETTINGS`; its environment variable is `FERRY_<NAME>` and its
-flag `--<name-with-dashes>`. Unknown keys (in the TOML file or as `FERRY_*` variables) and bad
-values are startup errors that name the key and the source.
+Every setting is declared once, as a field of `Config` made by `setting()`: its type (a
+`Literal` lists the choices), default, check and help. The environment variable
+(`FERRY_<NAME>`), the flag (`--<name-with-dashes>`), the TOML key, the checks and `--help`
+are all derived from that one declaration. Unknown keys (in the TOML file or as `FERRY_*`
+variables) and bad values, defaults included, are startup errors that name the key and the
+source. Renamed settings keep their old names working for a while (`RENAMED`), with a warning.
 """
 
 from __future__ import annotations
@@ -10,12 +13,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import logging
 import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints, overload
+
+T = TypeVar("T")
+Check = Callable[[Any], str | None]
+
+log = logging.getLogger("ferry.config")
 
 
 class ConfigError(Exception):
@@ -23,72 +32,35 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
-    # network
-    host: str = "0.0.0.0"
-    port: int = 8080
-    allowed_origins: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()  # addresses/CIDRs whose X-Forwarded-For is believed
-    handshake_timeout: float = 5.0  # seconds for a client to finish its HTTP upgrade request
-    max_handshakes: int = 1024  # unfinished upgrade requests at once (all clients)
-    max_handshakes_per_ip: int = 32  # unfinished upgrade requests at once from one address
-    # storage
-    log: str = "wal"  # wal | memory (memory keeps nothing across restarts)
-    wal_dir: str = "./data/wal"
-    wal_sync: str = "fsync"  # fsync | write (page cache only: unsafe on power loss)
-    wal_segment_bytes: int = 64 * 1024 * 1024
-    wal_max_batch_delay_ms: float = 0.0
-    history_size: int = 1000
-    history_channel_bytes: int = 1024 * 1024  # history bytes per channel
-    history_total_bytes: int = 256 * 1024 * 1024  # history bytes over all channels
-    db_url: str = "sqlite:///./data/ferry.db"
-    replayer: bool = True
-    node_id: str = field(default_factory=socket.gethostname)
-    # auth
-    auth: str = "none"  # none | jwt
-    jwt_secret: str = ""
-    admin_token: str = ""
-    jwt_max_ttl: float = 86400.0  # longest token lifetime accepted (exp - now); 0: any
-    # limits
-    max_frame_bytes: int = 64 * 1024
-    max_outbox_bytes: int = 4 * 1024 * 1024
-    max_connections: int = 20_000
-    max_connections_per_user: int = 1000  # 0: no limit
-    max_connections_per_ip: int = 1000  # 0: no limit
-    max_subscriptions: int = 1000
-    max_channels: int = 100_000  # channels held in memory (idle ones are forgotten first)
-    max_channels_per_user: int = 10_000  # channels one user may have created and held
-    max_data_depth: int = 32  # nesting of arrays/maps inside a published value
-    publish_rate: float = 1000.0  # sustained publishes/s per connection
-    publish_burst: int = 2000
-    rate_abuse_limit: int = 100  # rate_limited errors within one window before close 4429
-    idle_timeout: float = 60.0  # seconds without any frame from the client before a ping
-    ping_timeout: float = 20.0  # seconds to answer that ping before the connection is closed
-    # observability
-    stats_interval: float = 1.0
-    tail_rate: int = 50  # $sys.tail messages per second at most
-    log_level: str = "info"
-    log_format: str = "text"  # text | json
-    dashboard_dir: str = ""  # default: dashboard/dist next to the package
-    dashboard_max_bytes: int = 32 * 1024 * 1024  # the dashboard's files are served from memory
-    webhook_url: str = ""
-    alert_backlog_records: int = 1_000_000
-    alert_fsync_ms: float = 500.0
-    # lifecycle
-    shutdown_timeout: float = 10.0
-    build_commit: str = ""  # the commit this build came from (the image sets it); /healthz
+class Spec:
+    """What a setting declares besides its type and default (a field's `metadata["ferry"]`)."""
 
-    @property
-    def auth_enabled(self) -> bool:
-        return self.auth == "jwt"
+    help: str
+    check: Check | None = None
+    shown_default: str | None = None  # for --help, when the default is not a constant
 
 
-def _choice(*allowed: str) -> Callable[[Any], str | None]:
-    def check(value: Any) -> str | None:
-        return None if value in allowed else f"must be one of {', '.join(allowed)}"
-
-    check.choices = allowed  # type: ignore[attr-defined]
-    return check
+@overload
+def setting(
+    default: T, *, help: str, shown: str | None = None, check: Check | None = None
+) -> T: ...
+@overload
+def setting(
+    *, factory: Callable[[], T], help: str, shown: str, check: Check | None = None
+) -> T: ...
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    help: str,
+    shown: str | None = None,
+    check: Check | None = None,
+) -> Any:
+    """A `Config` field declaring one setting: its default (or a factory), help and check."""
+    metadata = {"ferry": Spec(help, check, shown)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _positive(value: Any) -> str | None:
@@ -97,6 +69,14 @@ def _positive(value: Any) -> str | None:
 
 def _non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
+
+
+def _at_least(low: int) -> Check:
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def _between(low: int, high: int) -> Check:
+    return lambda value: None if low <= value <= high else f"must be {low}..{high}"
 
 
 def _networks(value: Any) -> str | None:
@@ -108,114 +88,225 @@ def _networks(value: Any) -> str | None:
     return None
 
 
-def _port(value: Any) -> str | None:
-    return None if 0 <= value <= 65535 else "must be a port number 0..65535"
+# The WAL's segment header holds the node id in 64 bytes of UTF-8 (wal/segment.py).
+NODE_ID_MAX_BYTES = 64
 
 
-CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "port": _port,
-    "log": _choice("wal", "memory"),
-    "wal_sync": _choice("fsync", "write"),
-    "wal_segment_bytes": lambda v: None if v >= 4096 else "must be >= 4096",
-    "wal_max_batch_delay_ms": _non_negative,
-    "history_size": _non_negative,
-    "history_channel_bytes": _non_negative,
-    "history_total_bytes": _non_negative,
-    "trusted_proxies": _networks,
-    "handshake_timeout": _positive,
-    "max_handshakes": _positive,
-    "max_handshakes_per_ip": _positive,
-    "jwt_max_ttl": _non_negative,
-    "max_connections_per_user": _non_negative,
-    "max_connections_per_ip": _non_negative,
-    "max_channels": _positive,
-    "max_channels_per_user": _positive,
-    "max_data_depth": lambda v: None if 1 <= v <= 256 else "must be 1..256",
-    "auth": _choice("none", "jwt"),
+def _hostname() -> str:
+    return socket.gethostname()
+
+
+def _node_id(value: Any) -> str | None:
+    size = len(value.encode())
+    return None if 0 < size <= NODE_ID_MAX_BYTES else f"must be 1..{NODE_ID_MAX_BYTES} UTF-8 bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # network
+    host: str = setting("0.0.0.0", help="address to listen on")
+    port: int = setting(
+        8080,
+        help="port for /ws, /metrics, /healthz, /readyz and the dashboard",
+        check=_between(0, 65535),
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        (), help="comma-separated Origin allow-list for /ws (empty: any origin)"
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        help="comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
+        check=_networks,
+    )
+    handshake_timeout: float = setting(
+        5.0, help="seconds a client has to send its whole upgrade request", check=_positive
+    )
+    max_handshakes: int = setting(
+        1024, help="unfinished upgrade requests at once (more are dropped)", check=_positive
+    )
+    max_handshakes_per_ip: int = setting(
+        32, help="unfinished upgrade requests at once from one address", check=_positive
+    )
+    # storage
+    durability: Literal["wal", "memory"] = setting(
+        "wal", help="where acks are made durable: wal, or memory (nothing survives a restart)"
+    )
+    wal_dir: str = setting("./data/wal", help="write-ahead log directory")
+    wal_sync: Literal["fsync", "write"] = setting(
+        "fsync", help="fsync, or write (page cache only, unsafe on power loss)"
+    )
+    wal_segment_bytes: int = setting(
+        64 * 1024 * 1024, help="WAL segment size in bytes", check=_at_least(4096)
+    )
+    wal_max_batch_delay_ms: float = setting(
+        0.0, help="extra time a WAL batch may wait to grow (ms)", check=_non_negative
+    )
+    history_size: int = setting(
+        1000, help="messages per channel kept for `sub` with `since`", check=_non_negative
+    )
+    history_channel_bytes: int = setting(
+        1024 * 1024,
+        help="history bytes kept per channel (oldest dropped first)",
+        check=_non_negative,
+    )
+    history_total_bytes: int = setting(
+        256 * 1024 * 1024,
+        help="history bytes kept over all channels (oldest dropped first)",
+        check=_non_negative,
+    )
+    db_url: str = setting(
+        "sqlite:///./data/ferry.db", help="sqlite:///path or mysql://user:pass@host:port/db"
+    )
+    replayer: bool = setting(True, help="run the WAL -> database replayer inside serve")
+    node_id: str = setting(
+        factory=_hostname,
+        help="this node's id in the WAL and the database",
+        shown="the hostname",
+        check=_node_id,
+    )
+    # auth
+    auth: Literal["none", "jwt"] = setting("none", help="none or jwt")
+    jwt_secret: str = setting("", help="HS256 secret for client tokens (>= 32 bytes)")
+    admin_token: str = setting(
+        "", help="token that grants everything, $sys.* included (>= 32 bytes)"
+    )
+    jwt_max_ttl: float = setting(
+        86400.0,
+        help="longest accepted token lifetime in seconds (exp - now); 0: any",
+        check=_non_negative,
+    )
+    # limits
     # A WAL record holds at most 4 MiB of payload: keep every accepted frame below that.
-    "max_frame_bytes": lambda v: None if 256 <= v <= 4_000_000 else "must be 256..4000000",
-    "max_outbox_bytes": lambda v: None if v >= 1024 else "must be >= 1024",
-    "max_connections": _positive,
-    "max_subscriptions": _positive,
-    "publish_rate": _positive,
-    "publish_burst": _positive,
-    "rate_abuse_limit": _positive,
-    "idle_timeout": _positive,
-    "ping_timeout": _positive,
-    "stats_interval": _positive,
-    "tail_rate": _non_negative,
-    "dashboard_max_bytes": _non_negative,
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "log_format": _choice("text", "json"),
-    "shutdown_timeout": _positive,
-    "alert_backlog_records": _positive,
-    "alert_fsync_ms": _positive,
-    "node_id": lambda v: None if 0 < len(v) <= 64 else "must be 1..64 characters",
-}
+    max_frame_bytes: int = setting(
+        64 * 1024,
+        help="largest frame a client may send (close 1009 past it)",
+        check=_between(256, 4_000_000),
+    )
+    max_outbox_bytes: int = setting(
+        4 * 1024 * 1024,
+        help="unsent bytes per connection before close 4408 (slow consumer)",
+        check=_at_least(1024),
+    )
+    max_connections: int = setting(
+        20_000, help="connections at once (HTTP 503 past it)", check=_positive
+    )
+    max_connections_per_user: int = setting(
+        1000,
+        help="connections at once per user (HTTP 429 past it; 0: no limit)",
+        check=_non_negative,
+    )
+    max_connections_per_ip: int = setting(
+        1000,
+        help="connections at once per client address (HTTP 429 past it; 0: no limit)",
+        check=_non_negative,
+    )
+    max_subscriptions: int = setting(1000, help="channels per connection", check=_positive)
+    max_channels: int = setting(
+        100_000, help="channels held in memory; idle ones are forgotten first", check=_positive
+    )
+    max_channels_per_user: int = setting(
+        10_000,
+        help="channels one user may have created and the node still holds",
+        check=_positive,
+    )
+    max_data_depth: int = setting(
+        32,
+        help="deepest nesting of arrays/maps accepted in a published value",
+        check=_between(1, 256),
+    )
+    publish_rate: float = setting(
+        1000.0, help="publishes per second per connection (token bucket rate)", check=_positive
+    )
+    publish_burst: int = setting(2000, help="publish token bucket size", check=_positive)
+    rate_abuse_limit: int = setting(
+        100, help="rate_limited errors in 10 s before close 4429", check=_positive
+    )
+    idle_timeout: float = setting(
+        60.0, help="seconds of client silence before the server pings", check=_positive
+    )
+    ping_timeout: float = setting(
+        20.0, help="seconds to answer the ping before the connection is dropped", check=_positive
+    )
+    # observability
+    stats_interval: float = setting(
+        1.0, help="seconds between $sys.stats snapshots", check=_positive
+    )
+    tail_rate: int = setting(50, help="$sys.tail messages per second at most", check=_non_negative)
+    log_level: Literal["debug", "info", "warning", "error"] = setting(
+        "info", help="debug, info, warning or error"
+    )
+    log_format: Literal["text", "json"] = setting("text", help="text or json")
+    dashboard_dir: str = setting("", help="directory served at /", shown="dashboard/dist")
+    dashboard_max_bytes: int = setting(
+        32 * 1024 * 1024,
+        help="bytes of dashboard files held in memory and served (more are left out)",
+        check=_non_negative,
+    )
+    webhook_url: str = setting("", help="Discord-compatible webhook for operational notifications")
+    alert_backlog_records: int = setting(
+        1_000_000,
+        help="notify when the replay backlog passes this many records",
+        check=_positive,
+    )
+    alert_fsync_ms: float = setting(
+        500.0, help="notify when the WAL's fsync p99 passes this (ms)", check=_positive
+    )
+    # lifecycle
+    shutdown_timeout: float = setting(
+        10.0, help="seconds a graceful shutdown may take", check=_positive
+    )
+    build_commit: str = setting(
+        "", help="commit this build came from (set by the image; /healthz reports it)"
+    )
 
-HELP: dict[str, str] = {
-    "host": "address to listen on",
-    "port": "port for /ws, /metrics, /healthz, /readyz and the dashboard",
-    "allowed_origins": "comma-separated Origin allow-list for /ws (empty: any origin)",
-    "trusted_proxies": "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is trusted",
-    "handshake_timeout": "seconds a client has to send its whole upgrade request",
-    "max_handshakes": "unfinished upgrade requests at once (more are dropped)",
-    "max_handshakes_per_ip": "unfinished upgrade requests at once from one address",
-    "log": "durability log: wal (default) or memory (nothing survives a restart)",
-    "wal_dir": "write-ahead log directory",
-    "wal_sync": "fsync (default) or write (page cache only, unsafe on power loss)",
-    "wal_segment_bytes": "WAL segment size in bytes",
-    "wal_max_batch_delay_ms": "extra time a WAL batch may wait to grow (ms)",
-    "history_size": "messages per channel kept for `sub` with `since`",
-    "history_channel_bytes": "history bytes kept per channel (oldest dropped first)",
-    "history_total_bytes": "history bytes kept over all channels (oldest dropped first)",
-    "db_url": "sqlite:///path or mysql://user:pass@host:port/db",
-    "replayer": "run the WAL -> database replayer inside serve",
-    "node_id": "this node's id in the WAL and the database (default: hostname)",
-    "auth": "none or jwt",
-    "jwt_secret": "HS256 secret for client tokens (>= 32 bytes)",
-    "admin_token": "token that grants everything, $sys.* included (>= 32 bytes)",
-    "jwt_max_ttl": "longest accepted token lifetime in seconds (exp - now); 0: any",
-    "max_frame_bytes": "largest frame a client may send (close 1009 past it)",
-    "max_outbox_bytes": "unsent bytes per connection before close 4408 (slow consumer)",
-    "max_connections": "connections at once (HTTP 503 past it)",
-    "max_connections_per_user": "connections at once per user (HTTP 429 past it; 0: no limit)",
-    "max_connections_per_ip": "connections at once per client address (HTTP 429 past it; 0: no limit)",
-    "max_subscriptions": "channels per connection",
-    "max_channels": "channels held in memory; idle ones are forgotten first",
-    "max_channels_per_user": "channels one user may have created and the node still holds",
-    "max_data_depth": "deepest nesting of arrays/maps accepted in a published value",
-    "publish_rate": "publishes per second per connection (token bucket rate)",
-    "publish_burst": "publish token bucket size",
-    "rate_abuse_limit": "rate_limited errors in 10 s before close 4429",
-    "idle_timeout": "seconds of client silence before the server pings",
-    "ping_timeout": "seconds to answer the ping before the connection is dropped",
-    "stats_interval": "seconds between $sys.stats snapshots",
-    "tail_rate": "$sys.tail messages per second at most",
-    "log_level": "debug, info, warning or error",
-    "log_format": "text or json",
-    "dashboard_dir": "directory served at / (default: dashboard/dist)",
-    "dashboard_max_bytes": "bytes of dashboard files held in memory and served (more are left out)",
-    "webhook_url": "Discord-compatible webhook for operational notifications",
-    "alert_backlog_records": "notify when the replay backlog passes this many records",
-    "alert_fsync_ms": "notify when the WAL's fsync p99 passes this (ms)",
-    "shutdown_timeout": "seconds a graceful shutdown may take",
-    "build_commit": "commit this build came from (set by the image; /healthz reports it)",
-}
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth == "jwt"
+
+
+# Old name -> new name. The old one still works (flag, environment, TOML) and logs a warning.
+RENAMED: dict[str, str] = {"log": "durability"}
 
 # HS256 keys and the admin token: shorter ones can be brute-forced offline from one token.
 MIN_SECRET_BYTES = 32
 GENERATE_SECRET = "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`"
 
 FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+SPECS: dict[str, Spec] = {name: f.metadata["ferry"] for name, f in FIELDS.items()}
+_HINTS: dict[str, Any] = get_type_hints(Config)
 ENV_PREFIX = "FERRY_"
 
 
+def choices(name: str) -> tuple[str, ...]:
+    """The values a `Literal` setting allows; () for any other setting."""
+    hint = _HINTS[name]
+    return get_args(hint) if get_origin(hint) is Literal else ()
+
+
 def _kind(name: str) -> type:
-    annotation = str(FIELDS[name].type)
-    if annotation.startswith("tuple"):
+    hint = _HINTS[name]
+    if get_origin(hint) is tuple:
         return tuple
-    return {"int": int, "float": float, "bool": bool, "str": str}[annotation]
+    if get_origin(hint) is Literal:
+        return str
+    kind: type = hint
+    return kind
+
+
+def default(name: str) -> Any:
+    """A setting's declared default (its factory called)."""
+    f = FIELDS[name]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def _problem(name: str, value: Any) -> str | None:
+    allowed = choices(name)
+    if allowed and value not in allowed:
+        return f"must be one of {', '.join(allowed)}"
+    check = SPECS[name].check
+    return check(value) if check else None
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
@@ -253,24 +344,41 @@ def env_name(name: str) -> str:
     return ENV_PREFIX + name.upper()
 
 
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def from_environment(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """One setting as `ferry serve` takes it from the environment (`FERRY_<NAME>`), checked;
+    None when the variable is not set. For tools that share a setting with serve."""
+    environ = os.environ if environ is None else environ
+    key = env_name(name)
+    if key not in environ:
+        return None
+    value = _coerce(name, environ[key], f"environment {key}")
+    problem = _problem(name, value)
+    if problem:
+        raise ConfigError(f"environment {key}: {name} = {value!r}: {problem}")
+    return value
+
+
 _METAVARS = {bool: "{true,false}", tuple: "A,B,...", int: "N", float: "X"}
-# Defaults that are not a constant, or not worth printing, as --help shows them.
-_SHOWN_DEFAULTS = {"node_id": "the hostname", "dashboard_dir": "dashboard/dist"}
 
 
 def _metavar(name: str) -> str:
-    choices = getattr(CHECKS.get(name), "choices", None)
-    if choices:
-        return "{" + ",".join(choices) + "}"
+    allowed = choices(name)
+    if allowed:
+        return "{" + ",".join(allowed) + "}"
     kind = _kind(name)
     return _METAVARS.get(kind) or ("URL" if name.endswith("_url") else name.split("_")[-1].upper())
 
 
-def _shown_default(name: str) -> str:
-    if name in _SHOWN_DEFAULTS:
-        return _SHOWN_DEFAULTS[name]
-    field = FIELDS[name]
-    value = field.default
+def shown_default(name: str) -> str:
+    """A setting's default as --help shows it."""
+    spec = SPECS[name]
+    if spec.shown_default is not None:
+        return spec.shown_default
+    value = FIELDS[name].default
     if value in ("", ()):
         return "none"
     if isinstance(value, bool):
@@ -283,62 +391,100 @@ def _shown_default(name: str) -> str:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """One `--name` flag per setting; absent flags stay None so lower sources show through."""
     parser.add_argument("--config", metavar="FILE", help="TOML file with settings")
-    for name in FIELDS:
+    for name, spec in SPECS.items():
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            flag_name(name),
             dest=name,
             default=None,
             metavar=_metavar(name),
-            help=f"{HELP.get(name, name)} (default: {_shown_default(name)}; env {env_name(name)})",
+            help=f"{spec.help} (default: {shown_default(name)}; env {env_name(name)})",
         )
+    for old in RENAMED:
+        parser.add_argument(flag_name(old), dest=old, default=None, help=argparse.SUPPRESS)
+
+
+Warn = Callable[[str], None]
+
+
+def _renamed(old: str, new: str, warn: Warn) -> None:
+    warn(f"{old} is deprecated: use {new} (the old name will stop working)")
+
+
+def _layer(
+    items: Mapping[str, Any], source: str, spell: Callable[[str], str], warn: Warn
+) -> dict[str, tuple[Any, str]]:
+    """One source's values and where each came from, by setting name; `spell` writes a name
+    as this source does. A renamed setting's old name counts unless the new one is given here
+    too."""
+    layer: dict[str, tuple[Any, str]] = {}
+    for name, value in items.items():
+        if name in RENAMED:
+            new = RENAMED[name]
+            _renamed(spell(name), spell(new), warn)
+            if new not in items:
+                where = f"{source} {spell(name)}"
+                layer[new] = (_coerce(new, value, where), where)
+        elif name in FIELDS:
+            where = f"{source} {spell(name)}"
+            layer[name] = (_coerce(name, value, where), where)
+        else:
+            raise ConfigError(f"{source}: unknown setting {spell(name)}")
+    return layer
+
+
+def _file_items(config_file: str) -> dict[str, Any]:
+    try:
+        with open(config_file, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
+    return {key.replace("-", "_"): value for key, value in data.items()}
 
 
 def load(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_file: str | None = None,
+    warn: Warn = log.warning,
 ) -> Config:
-    """Build the Config: flags > env > file > defaults; raise ConfigError on anything wrong."""
+    """Build the Config: flags > env > file > defaults; raise ConfigError on anything wrong.
+
+    `warn` gets the notes about deprecated names (`ferry serve` logs them once logging is
+    set up from the very config being loaded)."""
     environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-
+    layers = []  # lowest precedence first
     if config_file:
-        try:
-            with open(config_file, "rb") as fh:
-                data = tomllib.load(fh)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: not valid TOML: {exc}") from None
-        for key, value in data.items():
-            name = key.replace("-", "_")
-            if name not in FIELDS:
-                raise ConfigError(f"{config_file}: unknown setting {key!r}")
-            values[name] = _coerce(name, value, config_file)
+        layers.append(_layer(_file_items(config_file), config_file, repr, warn))
+    env_items = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX)
+    }
+    layers.append(_layer(env_items, "environment", env_name, warn))
+    flag_items = {
+        name: value
+        for name, value in (flags or {}).items()
+        if value is not None and (name in FIELDS or name in RENAMED)
+    }
+    layers.append(_layer(flag_items, "flag", flag_name, warn))
+    chosen: dict[str, tuple[Any, str]] = {}
+    for layer in layers:
+        chosen.update(layer)
 
-    for key, value in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        name = key[len(ENV_PREFIX) :].lower()
-        if name not in FIELDS:
-            raise ConfigError(f"environment: unknown setting {key}")
-        values[name] = _coerce(name, value, f"environment {key}")
-
-    for name, value in (flags or {}).items():
-        if value is None or name not in FIELDS:
-            continue
-        values[name] = _coerce(name, value, f"flag --{name.replace('_', '-')}")
-
-    for name, value in values.items():
-        check = CHECKS.get(name)
-        problem = check(value) if check else None
+    config = Config(**{name: value for name, (value, _) in chosen.items()})
+    for name in FIELDS:  # defaults too: the hostname may not fit as a node id
+        value = getattr(config, name)
+        problem = _problem(name, value)
         if problem:
-            raise ConfigError(f"{name} = {value!r}: {problem}")
+            where = chosen[name][1] if name in chosen else f"default (set {env_name(name)})"
+            raise ConfigError(f"{where}: {name} = {value!r}: {problem}")
 
-    config = Config(**values)
     if config.auth_enabled and not config.jwt_secret:
         raise ConfigError(
-            f"auth = 'jwt' needs jwt_secret (FERRY_JWT_SECRET); generate one with {GENERATE_SECRET}"
+            f"auth = 'jwt' needs jwt_secret ({env_name('jwt_secret')}); "
+            f"generate one with {GENERATE_SECRET}"
         )
     for name in ("jwt_secret", "admin_token"):
         secret: str = getattr(config, name)

@@ -21,7 +21,7 @@ class MemoryLog:
     """In-memory stand-in for the WAL: "durable" once the next loop iteration runs.
 
     Nothing survives a restart. Useful for tests of the relay alone and for
-    `ferry serve --log memory` when durability is explicitly not wanted.
+    `ferry serve --durability memory` when durability is explicitly not wanted.
     """
 
     def __init__(self) -> None:

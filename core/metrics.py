@@ -112,27 +112,27 @@ class RelayCollector(Collector):
         if hub.db_status is not None:
             db = hub.db_status()
             yield GaugeMetricFamily(
-                "ferry_db_up", "1 when the replayer's database answers", value=int(db["up"])
+                "ferry_db_up", "1 when the replayer's database answers", value=int(db.up)
             )
             yield GaugeMetricFamily(
                 "ferry_replay_lag_records",
                 "Durable WAL records not yet in the database",
-                value=db["lag_records"],
+                value=db.lag_records,
             )
             yield GaugeMetricFamily(
                 "ferry_replay_lag_seconds",
                 "Age of the oldest record not yet in the database",
-                value=db["lag_seconds"],
+                value=db.lag_seconds,
             )
             yield GaugeMetricFamily(
                 "ferry_replay_checkpoint_lsn",
                 "Last LSN committed to the database",
-                value=db["checkpoint_lsn"],
+                value=db.checkpoint_lsn,
             )
             yield CounterMetricFamily(
                 "ferry_replay_rows",
                 "Rows written to the database (rate() gives rows/s)",
-                value=db["rows"],
+                value=db.rows,
             )
 
 

@@ -8,10 +8,11 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from common.durability import DurableLog, HistoryLimits
 from common.latency import LatencyHistogram
+from common.stats_doc import DbStatus
 from core.auth import Authenticator
 from core.config import Config
 from core.http import HttpRoutes
@@ -70,7 +71,7 @@ class RelayState:
         # Connection event hooks (the log records connects and disconnects).
         self.on_connect: list[Callable[[Connection], None]] = []
         # The database log's state for /metrics (set by the replay service when it runs).
-        self.db_status: Callable[[], dict[str, Any]] | None = None
+        self.db_status: Callable[[], DbStatus] | None = None
         self.on_disconnect: list[Callable[[Connection], None]] = []
         self._ids = itertools.count(1)
         self._id_prefix = f"{config.node_id}-{int(self.started_at) % 100000:05d}-"

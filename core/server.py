@@ -134,8 +134,8 @@ class Server:
             extra={
                 "node": config.node_id,
                 "listen": f"{config.host}:{self.port}",
-                "log": config.log,
-                "wal_dir": config.wal_dir if config.log == "wal" else "-",
+                "log": config.durability,
+                "wal_dir": config.wal_dir if config.durability == "wal" else "-",
                 "wal_sync": config.wal_sync,
                 "channels_recovered": len(state.heads),
                 "next_lsn": state.next_lsn,

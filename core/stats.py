@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgspec
 
 from common.durability import Encoding, Entry
 from common.service import Loop
+from common.stats_doc import DB_OFF, Stats, TailEntry, TopChannel, WalStats
 from core.protocol import STATS_CHANNEL, SYS_PREFIX, TAIL_CHANNEL, transcode
 from core.relay_state import RelayState
 
@@ -30,9 +31,11 @@ def _ms(seconds: float | None) -> float | None:
 
 
 class StatsPublisher:
-    def __init__(self, hub: RelayState, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, hub: RelayState, extra: Callable[[], Mapping[str, Any]] | None = None
+    ) -> None:
         self.hub = hub
-        self.extra = extra  # adds "wal" and "db" sections
+        self.extra = extra  # services' sections by `Stats` field name ("db")
         self._loop = Loop("ferry-stats", self._round, hub.config.stats_interval)
         self._prev: dict[str, float] = {}
         self._prev_at = time.monotonic()
@@ -59,8 +62,8 @@ class StatsPublisher:
         if ch is not None and ch.subscriber_count:
             self.hub.router.publish_ephemeral(STATS_CHANNEL, _json.encode(snapshot))
 
-    def snapshot(self) -> dict[str, Any]:
-        """One stats object (the `$sys.stats` data); rates are since the previous call."""
+    def snapshot(self) -> Stats:
+        """One stats message (the `$sys.stats` data); rates are since the previous call."""
         hub = self.hub
         router = hub.router
         c = router.counters
@@ -82,48 +85,44 @@ class StatsPublisher:
             if delta and not ch.name.startswith(SYS_PREFIX)
         ]
         top = heapq.nlargest(TOP_CHANNELS, top)
-        doc: dict[str, Any] = {
-            "node": hub.config.node_id,
-            "uptime_s": round(time.time() - hub.started_at, 1),
-            "ts_ms": int(time.time() * 1000),
-            "connections": len(hub.connections),
-            "subscriptions": router.subscription_count,
+        log_stats = hub.log.stats()
+        doc = Stats(
+            node=hub.config.node_id,
+            uptime_s=round(time.time() - hub.started_at, 1),
+            ts_ms=int(time.time() * 1000),
+            connections=len(hub.connections),
+            subscriptions=router.subscription_count,
             # what users publish on: not the server's $sys.* nor the connections' inboxes
-            "channels": len(router.channels) - router.internal_channels,
-            "history_bytes": router.history_bytes,
-            "msgs_in_per_s": rates["msgs_in"],
-            "deliveries_per_s": rates["deliveries"],
-            "bytes_in_per_s": rates["bytes_in"],
-            "bytes_out_per_s": rates["bytes_out"],
-            "ack_p50_ms": _ms(hist.quantile(0.5, since)),
-            "ack_p99_ms": _ms(hist.quantile(0.99, since)),
-            "slow_consumer_closes": hub.slow_consumer_closes,
-            "errors": dict(hub.errors.by_code),
-            "top_channels": [
-                {"ch": name, "rate": round(delta / elapsed, 1), "subscribers": subs}
+            channels=len(router.channels) - router.internal_channels,
+            history_bytes=router.history_bytes,
+            msgs_in_per_s=rates["msgs_in"],
+            deliveries_per_s=rates["deliveries"],
+            bytes_in_per_s=rates["bytes_in"],
+            bytes_out_per_s=rates["bytes_out"],
+            ack_p50_ms=_ms(hist.quantile(0.5, since)),
+            ack_p99_ms=_ms(hist.quantile(0.99, since)),
+            slow_consumer_closes=hub.slow_consumer_closes,
+            errors=dict(hub.errors.by_code),
+            top_channels=[
+                TopChannel(ch=name, rate=round(delta / elapsed, 1), subscribers=subs)
                 for delta, name, subs in top
             ],
-            "wal": {
-                "writable": hub.log.writable,
-                "failure": hub.log.failure,
-                "sync": hub.config.wal_sync,
-            },
-            "db": {"state": "off", "last_error": None, "url": None},
-        }
-        log_stats = hub.log.stats()
-        doc["wal"].update(
-            {
-                "head_lsn": log_stats.get("head_lsn"),
-                "bytes": log_stats.get("bytes"),
-                "segments": log_stats.get("segments"),
-                "fsync_p50_ms": log_stats.get("fsync_p50_ms"),
-                "fsync_p99_ms": log_stats.get("fsync_p99_ms"),
-                "records_per_fsync": log_stats.get("records_per_fsync"),
-            }
+            wal=WalStats(
+                writable=hub.log.writable,
+                failure=hub.log.failure,
+                sync=hub.config.wal_sync,
+                head_lsn=log_stats.get("head_lsn"),
+                bytes=log_stats.get("bytes"),
+                segments=log_stats.get("segments"),
+                fsync_p50_ms=log_stats.get("fsync_p50_ms"),
+                fsync_p99_ms=log_stats.get("fsync_p99_ms"),
+                records_per_fsync=log_stats.get("records_per_fsync"),
+            ),
+            db=DB_OFF,
         )
         if self.extra is not None:
-            for key, section in self.extra().items():
-                doc[key] = section
+            # Services' sections (the replayer's "db") replace the fields of the same name.
+            doc = msgspec.structs.replace(doc, **self.extra())
         self._prev = totals
         self._prev_at = now
         self._prev_hist = hist.snapshot()
@@ -153,12 +152,12 @@ class StatsPublisher:
                 )
             except Exception:  # only a value logged before `pub` checked values
                 text = b"(a value JSON cannot show)"
-            item = {
-                "ch": entry.channel,
-                "seq": entry.seq,
-                "from": entry.sender,
-                "ts": entry.ts_ms,
-                "size": len(entry.data),
-                "preview": text[:PREVIEW_CHARS].decode("utf-8", "replace"),
-            }
+            item = TailEntry(
+                ch=entry.channel,
+                seq=entry.seq,
+                sender=entry.sender,
+                ts=entry.ts_ms,
+                size=len(entry.data),
+                preview=text[:PREVIEW_CHARS].decode("utf-8", "replace"),
+            )
             router.publish_ephemeral(TAIL_CHANNEL, _json.encode(item))

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from common.service import Loop
+from common.stats_doc import DbStatus
 from core.notifier import Notifier
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class OpsWatch:
         self.notifier.notify(
             "start",
             f"ferry {config.node_id} serving on port {server.port} "
-            f"(log={config.log}, sync={config.wal_sync})",
+            f"(durability={config.durability}, sync={config.wal_sync})",
         )
         await self._loop.start()
 
@@ -64,39 +65,41 @@ class OpsWatch:
         await self.notifier.close()
 
     def stats(self) -> dict[str, Any]:
-        return {**self._loop.stats(), "notifier": dataclasses.asdict(self.notifier.stats)}
+        sent = dataclasses.asdict(self.notifier.stats)
+        return {**self._loop.stats(), **{f"notifier_{k}": v for k, v in sent.items()}}
 
-    def _db_section(self) -> dict[str, Any]:
+    def _db_status(self) -> DbStatus | None:
         # The side-effect-free view: stats_section() keeps the dashboard's rows/s window.
         db_status = self._server.relay.db_status
-        return db_status() if db_status is not None else {}
+        return db_status() if db_status is not None else None
 
     def check(self) -> None:
         self._check_wal()
-        db = self._db_section()
-        state = db.get("state")
-        if state in ("down", "up") and state != self._db_state:
-            if state == "down":
-                self.notifier.notify(
-                    "db_down",
-                    f"database down: {db.get('last_error') or 'unreachable'} "
-                    f"({db.get('url')}); the WAL keeps every message",
-                )
-            elif self._db_state is not None:
-                self.notifier.notify(
-                    "db_up", f"database back up ({db.get('url')}); replaying the backlog"
-                )
-            self._db_state = state
-        lag = int(db.get("lag_records") or 0)
-        if lag > self.backlog_records:
-            self.notifier.notify(
-                "wal_backlog", f"replay backlog {lag} records ({db.get('lag_seconds')} s behind)"
-            )
+        db = self._db_status()
+        if db is not None:
+            self._check_db(db)
         wal = self._server.log.stats()
         p99 = wal.get("fsync_p99_ms")
         if p99 is not None and p99 > self.fsync_ms:
             self.notifier.notify(
                 "slow_fsync", f"WAL fsync p99 {p99:.1f} ms (threshold {self.fsync_ms:g} ms)"
+            )
+
+    def _check_db(self, db: DbStatus) -> None:
+        if db.state in ("down", "up") and db.state != self._db_state:
+            if db.state == "down":
+                self.notifier.notify(
+                    "db_down",
+                    f"database down: {db.last_error or 'unreachable'} "
+                    f"({db.url}); the WAL keeps every message",
+                )
+            elif self._db_state is not None:
+                self.notifier.notify("db_up", f"database back up ({db.url}); replaying the backlog")
+            self._db_state = db.state
+        if db.lag_records > self.backlog_records:
+            self.notifier.notify(
+                "wal_backlog",
+                f"replay backlog {db.lag_records} records ({db.lag_seconds} s behind)",
             )
 
     def _check_wal(self) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("common", "core", "wal")
-COMPOSITION_ROOT = {"core/compose.py", "core/cli.py"}
+COMPOSITION_ROOT = {"core/compose.py", "core/cli.py", "core/replay_tool.py"}
 
 
 def _modules(package: str) -> list[Path]:

@@ -6,6 +6,8 @@
  * pure (text in, typed frame or null out) so it can be reasoned about without a socket.
  */
 
+import type * as Wire from "./stats.gen";
+
 export const SUBPROTOCOL = "ferry.v1.json";
 export const PROTOCOL_VERSION = 1;
 export const STATS_CHANNEL = "$sys.stats";
@@ -15,69 +17,25 @@ export const TAIL_CHANNEL = "$sys.tail";
 export const CHANNEL_RE = /^[A-Za-z0-9_.:@$-]{1,200}$/;
 
 // ---- the `$sys.*` payloads -------------------------------------------------------------
+// The field names and literal values come from the server's Structs (stats.gen.ts, made
+// from common/stats_doc.py); here every field may also be null, as the panels expect it.
 
-type N = number | null;
+type OrNull<T> = { [K in keyof T]: T[K] | null };
 
-export interface WalStats {
-  writable: boolean | null;
-  failure: string | null;
-  sync: "fsync" | "write" | null;
-  head_lsn: N;
-  bytes: N;
-  segments: N;
-  fsync_p50_ms: N;
-  fsync_p99_ms: N;
-  records_per_fsync: N;
-}
-
-export type DbState = "up" | "down" | "recovering" | "off";
-
-export interface DbStats {
-  state: DbState | null;
-  last_error: string | null;
-  url: string | null;
-  checkpoint_lsn: N;
-  lag_records: N;
-  lag_seconds: N;
-  rows_per_s: N;
-}
-
-export interface TopChannel {
-  ch: string;
-  rate: N;
-  subscribers: N;
-}
+export type WalStats = OrNull<Wire.WalStats>;
+export type DbState = Wire.DbStats["state"];
+export type DbStats = OrNull<Wire.DbStats>;
+export type TopChannel = Pick<Wire.TopChannel, "ch"> & OrNull<Omit<Wire.TopChannel, "ch">>;
 
 /** One `$sys.stats` message (1 Hz). Any field may be null when the server doesn't know it. */
-export interface Stats {
-  node: string | null;
-  uptime_s: N;
-  ts_ms: N;
-  connections: N;
-  subscriptions: N;
-  channels: N;
-  msgs_in_per_s: N;
-  deliveries_per_s: N;
-  bytes_in_per_s: N;
-  bytes_out_per_s: N;
-  ack_p50_ms: N;
-  ack_p99_ms: N;
-  slow_consumer_closes: N;
-  errors: Record<string, number> | null;
+export type Stats = OrNull<Omit<Wire.Stats, "wal" | "db" | "top_channels">> & {
   wal: WalStats | null;
   db: DbStats | null;
   top_channels: TopChannel[] | null;
-}
+};
 
 /** One sampled `$sys.tail` message. */
-export interface TailEntry {
-  ch: string;
-  seq: number;
-  from: string;
-  ts: number;
-  size: number;
-  preview: string;
-}
+export type TailEntry = Wire.TailEntry;
 
 /**
  * A `$sys.stats` payload, by shape. An admin can publish to `$sys.*` too; a value that

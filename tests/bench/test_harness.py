@@ -102,7 +102,7 @@ def test_ingest(tmp_path: Path) -> None:
     assert code == 0
     _check_run(doc, "ingest")
     assert doc["counts"]["acked"] > 0 and doc["counts"]["delivered"] == 0
-    assert doc["ack_latency"]["samples"] > 0 and doc["settings"]["FERRY_LOG"] == "wal"
+    assert doc["ack_latency"]["samples"] > 0 and doc["settings"]["FERRY_DURABILITY"] == "wal"
 
 
 def test_replay(tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ async def test_slowloris_is_bounded_per_address(tmp_path: Path) -> None:
     timeout = UNIT / 2
     server = ServeProcess(
         {
-            "FERRY_LOG": "memory",
+            "FERRY_DURABILITY": "memory",
             "FERRY_MAX_HANDSHAKES_PER_IP": "4",
             "FERRY_HANDSHAKE_TIMEOUT": str(timeout),
         }
@@ -232,7 +232,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     start_relay: Any, events: list[Any]
 ) -> None:
-    relay = await start_relay(log="wal")
+    relay = await start_relay(durability="wal")
     remote, address = await _one_connection(relay, {"X-Forwarded-For": "6.6.6.6" + "x" * 15000})
     assert remote.startswith("127.0.0.1:") and address == "127.0.0.1"
     await wait_for(lambda: len(events) == 2, what="connect and disconnect events")
@@ -240,7 +240,7 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
 
 
 async def test_forwarded_for_from_a_trusted_proxy(start_relay: Any, events: list[Any]) -> None:
-    relay = await start_relay(log="wal", trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
+    relay = await start_relay(durability="wal", trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
     # right-most entry that is not a trusted proxy
     xff = "198.51.100.1, 203.0.113.7, 10.1.2.3"
     assert await _one_connection(relay, {"X-Forwarded-For": xff}) == ("203.0.113.7", "203.0.113.7")

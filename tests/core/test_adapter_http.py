@@ -33,7 +33,11 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Any:
     (dashboard / "index.html").write_text("<!doctype html><title>ferry</title>")
     (dashboard / "assets" / "app-1234.js").write_text("console.log(1)")
     server = ServeProcess(
-        {"FERRY_LOG": "memory", "FERRY_LOG_LEVEL": "info", "FERRY_DASHBOARD_DIR": str(dashboard)}
+        {
+            "FERRY_DURABILITY": "memory",
+            "FERRY_LOG_LEVEL": "info",
+            "FERRY_DASHBOARD_DIR": str(dashboard),
+        }
     )
     server.start(tmp / "serve.log")
     try:

@@ -124,7 +124,7 @@ class Flooder(threading.Thread):
 
 @pytest.mark.parametrize("payload_size", [125, 0], ids=["125-byte-pings", "empty-pings"])
 async def test_ping_flood_is_bounded_and_closed_4408(tmp_path: Path, payload_size: int) -> None:
-    server = ServeProcess({"FERRY_LOG": "memory", "FERRY_LOG_LEVEL": "info"})
+    server = ServeProcess({"FERRY_DURABILITY": "memory", "FERRY_LOG_LEVEL": "info"})
     server.start(tmp_path / "serve.log")
     try:
         server.wait_healthy()

@@ -76,7 +76,7 @@ async def test_ack_then_close_frame_on_a_real_socket(start_relay, fragmented: bo
     """A client whose message is refused with 1009 after its publishes: it receives their
     acks first, then the close frame (a fragmented message over the limit, or one frame
     between the limit and twice it)."""
-    relay = await start_relay(log="wal", max_frame_bytes=1024)
+    relay = await start_relay(durability="wal", max_frame_bytes=1024)
     async with websockets.connect(relay.url, max_size=None) as ws:
         json.loads(await ws.recv())  # welcome
         for i in range(20):

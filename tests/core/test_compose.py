@@ -42,17 +42,17 @@ def test_the_wal_is_built_from_the_config(tmp_path: Path) -> None:
 def test_build_wires_the_replayer_only_next_to_a_wal(tmp_path: Path) -> None:
     memory = compose.build(relay_config(tmp_path, replayer=True))
     assert isinstance(memory.log, MemoryLog) and memory.extensions == []
-    durable = compose.build(relay_config(tmp_path, log="wal", replayer=True))
+    durable = compose.build(relay_config(tmp_path, durability="wal", replayer=True))
     assert isinstance(durable.log, WalLog) and len(durable.extensions) == 2
 
 
 async def test_a_failed_start_leaves_no_lock_and_no_sync_thread(tmp_path: Path) -> None:
-    first = compose.build(relay_config(tmp_path / "a", log="wal"))
+    first = compose.build(relay_config(tmp_path / "a", durability="wal"))
     await first.start()
     try:
         threads = _sync_threads()
         # Same port: the listener step fails after the WAL was opened and locked.
-        second = compose.build(relay_config(tmp_path / "b", log="wal", port=first.port))
+        second = compose.build(relay_config(tmp_path / "b", durability="wal", port=first.port))
         with pytest.raises(OSError):
             await second.start()
         assert _sync_threads() == threads
@@ -88,16 +88,14 @@ async def test_a_failing_stats_round_does_not_end_sys_stats(
 
 
 async def test_the_replayer_reports_and_the_relay_decides(tmp_path: Path) -> None:
-    server = compose.build(relay_config(tmp_path, log="wal", replayer=True))
+    server = compose.build(relay_config(tmp_path, durability="wal", replayer=True))
     await server.start()
     try:
         (replayer,) = [s for s in server.services if isinstance(s, ReplayService)]
         assert server.relay.db_status == replayer.database_view
-        await wait_for(
-            lambda: replayer.database_view()["state"] == "up", what="the replayer to be up"
-        )
+        await wait_for(lambda: replayer.database_view().state == "up", what="the replayer to be up")
         extra = server._extra_stats()
-        assert extra["db"]["state"] == "up"
+        assert extra["db"].state == "up"
         assert extra["services"]["replayer"]["running"] is True
         assert extra["services"]["stats"]["failures"] == 0
     finally:

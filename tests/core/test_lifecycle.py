@@ -15,7 +15,7 @@ from tests.helpers import ROOT, UNIT, Client, ServeProcess, http_get
 
 
 async def test_sigterm_closes_clients_1001_and_exits_0(tmp_path: Path) -> None:
-    server = ServeProcess({"FERRY_LOG": "memory", "FERRY_REPLAYER": "false"}).start(
+    server = ServeProcess({"FERRY_DURABILITY": "memory", "FERRY_REPLAYER": "false"}).start(
         tmp_path / "serve.log"
     )
     try:
@@ -77,7 +77,7 @@ def test_http_endpoints(tmp_path: Path) -> None:
     (dist / "assets").mkdir(parents=True)
     (dist / "index.html").write_text("<!doctype html><title>dash</title>")
     (dist / "assets" / "app-1234.js").write_text("console.log(1)")
-    server = ServeProcess({"FERRY_LOG": "memory", "FERRY_DASHBOARD_DIR": str(dist)}).start(
+    server = ServeProcess({"FERRY_DURABILITY": "memory", "FERRY_DASHBOARD_DIR": str(dist)}).start(
         tmp_path / "s.log"
     )
     try:
@@ -101,7 +101,9 @@ def test_http_endpoints(tmp_path: Path) -> None:
 
 
 def test_root_without_dashboard_says_how_to_build(tmp_path: Path) -> None:
-    server = ServeProcess({"FERRY_LOG": "memory", "FERRY_DASHBOARD_DIR": str(tmp_path / "none")})
+    server = ServeProcess(
+        {"FERRY_DURABILITY": "memory", "FERRY_DASHBOARD_DIR": str(tmp_path / "none")}
+    )
     server.start(tmp_path / "s.log")
     try:
         server.wait_healthy()
@@ -112,7 +114,7 @@ def test_root_without_dashboard_says_how_to_build(tmp_path: Path) -> None:
 
 
 def test_auth_off_is_loud(tmp_path: Path) -> None:
-    server = ServeProcess({"FERRY_LOG": "memory"}).start(tmp_path / "s.log")
+    server = ServeProcess({"FERRY_DURABILITY": "memory"}).start(tmp_path / "s.log")
     try:
         server.wait_healthy()
         assert "AUTH IS OFF" in server.output()
@@ -172,7 +174,7 @@ async def test_second_signal_forces_exit(tmp_path: Path) -> None:
 
     server = ServeProcess(
         {
-            "FERRY_LOG": "memory",
+            "FERRY_DURABILITY": "memory",
             "FERRY_SHUTDOWN_TIMEOUT": "60",
             "FERRY_MAX_OUTBOX_BYTES": str(64 * 1024 * 1024),
             "FERRY_PUBLISH_RATE": "1000000",

@@ -48,7 +48,7 @@ def _metric(http: str, name: str) -> float:
 async def test_stalled_reader_is_closed_4408(tmp_path: Path) -> None:
     server = ServeProcess(
         {
-            "FERRY_LOG": "memory",
+            "FERRY_DURABILITY": "memory",
             "FERRY_MAX_OUTBOX_BYTES": str(256 * 1024),
             "FERRY_REPLAYER": "false",
             "FERRY_PUBLISH_RATE": "100000",

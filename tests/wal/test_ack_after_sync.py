@@ -34,7 +34,7 @@ async def test_no_ack_and_no_delivery_before_fdatasync_returns(
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    relay = await start_relay(log="wal")  # type: ignore[operator]
+    relay = await start_relay(durability="wal")  # type: ignore[operator]
     reader = await Client.connect(relay.url)
     await reader.sub("room.h")
     publisher = await Client.connect(relay.url)

@@ -138,11 +138,12 @@ def main() -> int:
     source.add_argument("--db", help="database URL (visible in ps: not for passwords)")
     source.add_argument("--db-from-stdin", action="store_true", help='first line "DB <url>"')
     parser.add_argument("--node", required=True)
+    # As `ferry serve` resolved them: its flags and TOML file never reach this environment.
+    parser.add_argument("--log-level", required=True)
+    parser.add_argument("--log-format", required=True)
     args = parser.parse_args()
     db_url = _read_db_url() if args.db_from_stdin else args.db
-    logsetup.setup(
-        os.environ.get("FERRY_LOG_LEVEL", "info"), os.environ.get("FERRY_LOG_FORMAT", "text")
-    )
+    logsetup.setup(args.log_level, args.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return uvloop.run(child_main(args.wal_dir, db_url, args.node))

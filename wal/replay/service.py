@@ -5,6 +5,9 @@ replayer's work (reading segments, building rows, driving the database client) i
 Python; in a thread it would fight the relay for the GIL, in its own process it runs on
 the other core (measured in docs/benchmarks.md).
 
+Logging is set up in the child as `ferry serve` resolved it (flags, environment or TOML
+file): `--log-level` and `--log-format` on its command line, not secrets.
+
 Pipe protocol (one line each, both directions):
 
     parent -> child   "DB <url>"   first line: the database URL (secrets never go on the
@@ -29,6 +32,7 @@ import time
 from typing import Any
 
 from common.service import cancel_and_wait
+from common.stats_doc import DbStats, DbStatus
 from wal.log import WalLog
 from wal.replay.replayer import Backoff
 from wal.sinks.base import redact_url
@@ -64,6 +68,8 @@ class ReplayService:
         node_id: str,
         *,
         extra_env: dict[str, str] | None = None,
+        log_level: str = "info",
+        log_format: str = "text",
     ) -> None:
         self._log = wal
         self.wal_dir = wal_dir
@@ -87,6 +93,8 @@ class ReplayService:
         self._durable_scheduled = False
         self._stopping = False
         self.restarts = 0
+        # serve's resolved logging, handed to the child (not secrets: on its command line)
+        self._child_args = ["--log-level", log_level, "--log-format", log_format]
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- Server service protocol ---------------------------------------------------------
@@ -125,37 +133,39 @@ class ReplayService:
             "restarts": self.restarts,
         }
 
-    def database_view(self) -> dict[str, Any]:
+    def database_view(self) -> DbStatus:
         """Side-effect-free view of the database log (for /metrics and the webhook watch)."""
-        return {
-            "state": self.status.get("state"),
-            "last_error": self.status.get("last_error"),
-            "url": redact_url(self.db_url),
-            "up": self.status.get("state") == "up",
-            "checkpoint_lsn": int(self.status.get("checkpoint", 0) or 0),
-            "lag_records": max(0, self._durable - int(self.status.get("checkpoint", 0) or 0)),
-            "lag_seconds": float(self.status.get("lag_seconds") or 0.0),
-            "rows": int(self.status.get("rows", 0) or 0),
-        }
+        status = self.status
+        checkpoint = int(status.get("checkpoint", 0) or 0)
+        return DbStatus(
+            state=status.get("state", "starting"),
+            last_error=status.get("last_error"),
+            url=redact_url(self.db_url),
+            up=status.get("state") == "up",
+            checkpoint_lsn=checkpoint,
+            lag_records=max(0, self._durable - checkpoint),
+            lag_seconds=float(status.get("lag_seconds") or 0.0),
+            rows=int(status.get("rows", 0) or 0),
+        )
 
-    def stats_section(self) -> dict[str, Any]:
+    def stats_section(self) -> dict[str, DbStats]:
         """The `db` section of `$sys.stats` (moves the rows/s window: one caller only)."""
         view = self.database_view()
         now = time.monotonic()
         prev_rows, prev_at = self._rows_prev
         if now - prev_at >= 0.5:
-            self.rows_per_s = round((view["rows"] - prev_rows) / (now - prev_at), 1)
-            self._rows_prev = (view["rows"], now)
+            self.rows_per_s = round((view.rows - prev_rows) / (now - prev_at), 1)
+            self._rows_prev = (view.rows, now)
         return {
-            "db": {
-                "state": view["state"],
-                "last_error": view["last_error"],
-                "url": view["url"],
-                "checkpoint_lsn": view["checkpoint_lsn"],
-                "lag_records": view["lag_records"],
-                "lag_seconds": view["lag_seconds"] if view["lag_records"] else 0.0,
-                "rows_per_s": self.rows_per_s,
-            }
+            "db": DbStats(
+                state=view.state,
+                last_error=view.last_error,
+                url=view.url,
+                checkpoint_lsn=view.checkpoint_lsn,
+                lag_records=view.lag_records,
+                lag_seconds=view.lag_seconds if view.lag_records else 0.0,
+                rows_per_s=self.rows_per_s,
+            )
         }
 
     # --- durable head -> child -----------------------------------------------------------
@@ -189,6 +199,7 @@ class ReplayService:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "wal.replay.child",
                 "--wal-dir", self.wal_dir, "--node", self.node_id, "--db-from-stdin",
+                *self._child_args,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
             )  # fmt: skip
             assert self._proc.stdin is not None

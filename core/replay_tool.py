@@ -12,12 +12,12 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 
 from tqdm import tqdm
 
+from core import config
 from wal.reader import scan_segment
 from wal.replay.replayer import Replayer, ReplayLock, ReplayLocked, ReplayStatus
 from wal.segment import list_segments, read_header
@@ -43,7 +43,7 @@ def _node_of(wal_dir: str) -> str | None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    node = args.node or _node_of(args.wal_dir) or socket.gethostname()
+    node = args.node or _node_of(args.wal_dir) or config.default("node_id")
     lock = ReplayLock(args.wal_dir)
     try:
         lock.acquire()
@@ -98,25 +98,39 @@ async def _run(args: argparse.Namespace) -> int:
     return 0 if s.state != "down" else 1
 
 
+# The settings this tool shares with `ferry serve`: same environment variable, same default.
+SHARED = {"wal_dir": "wal_dir", "db": "db_url", "node": "node_id"}
+
+
+def _shared(name: str) -> str:
+    return f" (default: ${config.env_name(name)} or {config.shown_default(name)})"
+
+
+def _resolve_shared(args: argparse.Namespace) -> None:
+    """Unset flags take `ferry serve`'s environment variable, then its default (the node
+    id's default is the WAL's own, looked up later)."""
+    for dest, name in SHARED.items():
+        if getattr(args, dest) is None:
+            value = config.from_environment(name)
+            if value is None and name != "node_id":
+                value = config.default(name)
+            setattr(args, dest, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ferry replay", description=__doc__.splitlines()[0] if __doc__ else None
     )
     parser.add_argument(
-        "--wal-dir",
-        metavar="DIR",
-        default=os.environ.get("FERRY_WAL_DIR", "./data/wal"),
-        help="the WAL directory to drain (default: $FERRY_WAL_DIR or ./data/wal)",
+        "--wal-dir", metavar="DIR", help="the WAL directory to drain" + _shared("wal_dir")
     )
     parser.add_argument(
         "--db",
         metavar="URL",
-        default=os.environ.get("FERRY_DB_URL", "sqlite:///./data/ferry.db"),
-        help="sqlite:///path or mysql://user:pass@host:port/db "
-        "(default: $FERRY_DB_URL or sqlite:///./data/ferry.db)",
+        help="sqlite:///path or mysql://user:pass@host:port/db" + _shared("db_url"),
     )
     parser.add_argument(
-        "--node", default=os.environ.get("FERRY_NODE_ID"), help="node id (default: the WAL's)"
+        "--node", help=f"node id (default: ${config.env_name('node_id')}, else the WAL's)"
     )
     parser.add_argument("--follow", action="store_true", help="keep tailing the WAL")
     parser.add_argument(
@@ -132,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _resolve_shared(args)
+    except config.ConfigError as exc:
+        print(f"ferry replay: {exc}", file=sys.stderr)
+        return 2
     if not os.path.isdir(args.wal_dir):
         print(f"ferry replay: no WAL directory {args.wal_dir}", file=sys.stderr)
         return 2

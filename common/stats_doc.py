@@ -1,0 +1,154 @@
+"""The server's own messages on `$sys.stats` and `$sys.tail`, as msgspec Structs.
+
+These are the one declaration of what the dashboard receives: dashboard/src/stats.gen.ts is
+generated from them (`python -m common.stats_doc > dashboard/src/stats.gen.ts`) through their
+JSON Schema, and a test regenerates it to catch drift. A field that is sometimes absent on
+the wire is `UNSET` (left out when encoded), never a default that would be sent.
+
+This module imports msgspec only: the replayer's service (wal/replay/service.py) builds
+the `db` section without pulling in the relay.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+# The replayer's states (wal.replay.replayer.DbState), and "off" when serve runs none.
+DbState = Literal["starting", "up", "down", "recovering", "off"]
+
+
+class WalStats(msgspec.Struct):
+    """The durable log: whether it takes writes, and the WAL's numbers (null for the memory log)."""
+
+    writable: bool
+    failure: str | None
+    sync: Literal["fsync", "write"]
+    # The log's stats() are floats, counts included (and so are they on the wire).
+    head_lsn: float | None
+    bytes: float | None
+    segments: float | None
+    fsync_p50_ms: float | None
+    fsync_p99_ms: float | None
+    records_per_fsync: float | None
+
+
+class DbStats(msgspec.Struct):
+    """The replayer's database; the replay numbers are left out while no replayer runs."""
+
+    state: DbState
+    last_error: str | None
+    url: str | None
+    checkpoint_lsn: int | UnsetType = UNSET
+    lag_records: int | UnsetType = UNSET
+    lag_seconds: float | UnsetType = UNSET
+    rows_per_s: float | UnsetType = UNSET
+
+
+DB_OFF = DbStats(state="off", last_error=None, url=None)
+
+
+class TopChannel(msgspec.Struct):
+    ch: str
+    rate: float  # messages per second over the last interval
+    subscribers: int
+
+
+class Stats(msgspec.Struct):
+    """One `$sys.stats` message; rates and latencies are over the last interval."""
+
+    node: str
+    uptime_s: float
+    ts_ms: int
+    connections: int
+    subscriptions: int
+    channels: int
+    history_bytes: int
+    msgs_in_per_s: float
+    deliveries_per_s: float
+    bytes_in_per_s: float
+    bytes_out_per_s: float
+    ack_p50_ms: float | None
+    ack_p99_ms: float | None
+    slow_consumer_closes: int
+    errors: dict[str, int]
+    top_channels: list[TopChannel]
+    wal: WalStats
+    db: DbStats
+    # each background service's own health (common.service.Service.stats), by name
+    services: dict[str, dict[str, str | float | bool | None]] = msgspec.field(default_factory=dict)
+
+
+class TailEntry(msgspec.Struct):
+    """One sampled `$sys.tail` message: a durable message's envelope and a JSON preview."""
+
+    ch: str
+    seq: int
+    sender: str = msgspec.field(name="from")
+    ts: int
+    size: int
+    preview: str
+
+
+class DbStatus(msgspec.Struct):
+    """The replayer's view of the database for /metrics and the webhook watch (not sent:
+    `DbStats` is what `$sys.stats` carries)."""
+
+    state: DbState
+    last_error: str | None
+    url: str | None
+    up: bool
+    checkpoint_lsn: int
+    lag_records: int
+    lag_seconds: float
+    rows: int
+
+
+WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (Stats, TailEntry)
+
+_HEADER = """\
+// Generated from common/stats_doc.py by `python -m common.stats_doc`: do not edit.
+// What the server sends on `$sys.stats` and `$sys.tail`; protocol.ts adds the dashboard's
+// defensive view (any field may be null in a message an admin published by hand).
+"""
+
+
+def _ts_type(schema: dict[str, Any]) -> str:
+    if "$ref" in schema:
+        return str(schema["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in schema:
+        return " | ".join(_ts_type(option) for option in schema["anyOf"])
+    if "enum" in schema:
+        return " | ".join(msgspec.json.encode(value).decode() for value in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"{_ts_type(schema['items'])}[]"
+    if kind == "object":
+        return f"Record<string, {_ts_type(schema['additionalProperties'])}>"
+    names = {"integer": "number", "number": "number", "string": "string", "boolean": "boolean"}
+    return names.get(str(kind), "null")
+
+
+def typescript() -> str:
+    """TypeScript interfaces for the wire types, from their JSON Schema."""
+    _, components = msgspec.json.schema_components(WIRE_TYPES)
+    out = [_HEADER.rstrip("\n")]
+    for name, schema in components.items():
+        required = set(schema.get("required", ()))
+        if schema.get("description"):
+            out.append(f"\n/** {schema['description']} */")
+        else:
+            out.append("")
+        out.append(f"export interface {name} {{")
+        for field, spec in schema["properties"].items():
+            optional = "" if field in required else "?"
+            out.append(f"  {field}{optional}: {_ts_type(spec)};")
+        out.append("}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(typescript())
