@@ -34,7 +34,11 @@ MESSAGE = int(RecordType.MESSAGE)
 EVENT = int(RecordType.EVENT)
 KNOWN_TYPES = frozenset((MESSAGE, EVENT))
 _PADDING = tuple(b"\0" * n for n in range(ALIGN))
-_ZERO_SECTOR = b"\0" * 512
+# The smallest sector a disk writes as a unit. A write cut short by a crash leaves whole
+# sectors unwritten, which read back as zeros; they start at file offsets that are
+# multiples of this (what etcd's wal decoder calls minSectorSize, see `isTornEntry`).
+SECTOR_BYTES = 512
+_ZERO_SECTOR = bytes(SECTOR_BYTES)
 
 
 class MessagePayload(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -152,7 +156,8 @@ def decode_frame(view: memoryview, offset: int, base: int = 0) -> Frame:
     """Decode the record at `offset` of `view`, whose end is taken as the end of the data.
 
     Raises `TornRecord` when the data ends inside the record (or the header is all zeros,
-    what an unfinished write leaves behind), `BadLength`, or `ChecksumMismatch`. Offsets in
+    or the CRC fails over a zero sector: what an unfinished write leaves behind, see
+    `has_zero_sector`), `BadLength`, or `ChecksumMismatch`. Offsets in
     the errors are relative to `view`; the reader turns them into file offsets. `base` is
     added to the offsets of the returned frame (the file offset of `view[0]`).
     """
@@ -177,11 +182,26 @@ def decode_frame(view: memoryview, offset: int, base: int = 0) -> Frame:
             f"record needs {nxt - offset} bytes, {end - offset} remain", offset, needs_more=True
         )
     if _crc32(view[offset + 8 : stop]) != crc:
-        if bytes(view[offset:stop]).find(_ZERO_SECTOR) >= 0:
-            # A sector that never reached the disk reads as zeros: a torn write.
+        if has_zero_sector(view, offset, stop, base):
             raise TornRecord("checksum mismatch over a zero-filled sector", offset)
         raise ChecksumMismatch(f"stored {crc:#010x}", offset)
     return Frame(base + offset, base + nxt, lsn, rtype, view[offset + 17 : stop])
+
+
+def has_zero_sector(view: memoryview, start: int, stop: int, base: int = 0) -> bool:
+    """Whether a whole sector of `view[start:stop]` is zeros, sectors taken at file offsets
+    (`base` is the file offset of `view[0]`) that are multiples of `SECTOR_BYTES`.
+
+    That is what an unwritten sector looks like. Zeros anywhere else are only data that
+    failed its CRC: a payload may well hold 512 zero bytes, and a record damaged there is
+    corrupt, not torn (a follower stops quietly at a torn record, but not at this one).
+    """
+    at = start + (-(base + start) % SECTOR_BYTES)
+    while at + SECTOR_BYTES <= stop:
+        if view[at : at + SECTOR_BYTES] == _ZERO_SECTOR:
+            return True
+        at += SECTOR_BYTES
+    return False
 
 
 def decode_message(payload: bytes | memoryview) -> MessagePayload:

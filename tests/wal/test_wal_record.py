@@ -141,7 +141,7 @@ def test_damage_classification(mutate: object, error: type[RecordError]) -> None
 
 def test_zeroed_sector_inside_a_record_reads_as_torn() -> None:
     raw = bytearray(frame(3, MESSAGE, b"\xc6" + b"z" * 2000))
-    raw[600:1112] = b"\0" * 512
+    raw[1024:1536] = b"\0" * 512  # a whole sector (file offsets 1024..1536)
     with pytest.raises(TornRecord):
         decode_frame(memoryview(bytes(raw)), 0)
 
