@@ -195,14 +195,14 @@ from wal.errors import (
 from wal.log import WalLog
 from wal.reader import LogFollower, Record, iter_records
 from wal.record import ConnectionEvent, MessagePayload
-from wal.writer import Batch
+from wal.writer import CommitBatch
 
 __all__ = [
     "BadLength",
     "BadPayload",
     "BadSegmentHeader",
-    "Batch",
     "ChecksumMismatch",
+    "CommitBatch",
     "ConnectionEvent",
     "CorruptLog",
     "CorruptRecord",

@@ -34,14 +34,14 @@ from wal.metrics import WalMetrics
 from wal.record import ConnectionEvent
 from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_window
 from wal.segment import lock_dir, node_id_bytes, open_for_append, segment_name, unlock_dir
-from wal.writer import Batch, GroupCommitWriter
+from wal.writer import CommitBatch, GroupCommitWriter
 
 if TYPE_CHECKING:
     from core.config import Config
 
 log = logging.getLogger("ferry.wal")
 
-DurableListener = Callable[[Batch], None]
+DurableListener = Callable[[CommitBatch], None]
 _RECENT = 1024  # batches behind the "recent" figures in stats()
 
 
@@ -212,7 +212,7 @@ class WalLog:
         self._on_failed = on_failed
 
     def append(self, entry: Entry) -> None:
-        """Frame `entry`, give it the next LSN; `on_durable` reports it once it is synced."""
+        """RecordSpan `entry`, give it the next LSN; `on_durable` reports it once it is synced."""
         writer = self._writer
         if writer is None:
             raise LogUnavailable("WAL is closed" if self._closed else "WAL is not open")
@@ -366,7 +366,7 @@ class WalLog:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _batch_done(self, batch: Batch) -> None:
+    def _batch_done(self, batch: CommitBatch) -> None:
         """The writer's completion of a durable batch. Bookkeeping first: an exception
         there fails this batch (the writer's failure path); then delivery, whose handlers'
         exceptions are logged; then what follows from it (heads flush, retention), whose
@@ -411,7 +411,7 @@ class WalLog:
             if writer is not None:
                 writer.fail(exc, "batch completion")
 
-    def _rotated(self, batch: Batch) -> None:
+    def _rotated(self, batch: CommitBatch) -> None:
         rotation = batch.rotation
         assert rotation is not None
         sealed = self._segments[-1]

@@ -80,7 +80,7 @@ class ConnectionEvent(msgspec.Struct, array_like=True, frozen=True, gc=False):
     conn_id: str = ""  # the connection's id (the `client` of its welcome frame)
 
 
-class Frame(msgspec.Struct, frozen=True, gc=False):
+class RecordSpan(msgspec.Struct, frozen=True, gc=False):
     """One record as found in a buffer: [offset, end) including header and padding.
 
     (A Struct rather than a NamedTuple: created per record on every read, and a Struct is
@@ -110,7 +110,7 @@ def framed_size(payload_len: int) -> int:
 
 
 def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
-    """Frame `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
+    """RecordSpan `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
     payload = _encode(
         (
             entry.channel,
@@ -134,8 +134,8 @@ def encode_event(event: ConnectionEvent) -> bytes:
     return _encoder.encode(event)
 
 
-def append_frame(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
-    """Frame any payload as a record of `rtype` onto the end of `buf`."""
+def append_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
+    """RecordSpan any payload as a record of `rtype` onto the end of `buf`."""
     n = len(payload)
     if n > MAX_PAYLOAD_BYTES:
         raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
@@ -145,21 +145,21 @@ def append_frame(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
     buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
 
 
-def frame(lsn: int, rtype: int, payload: bytes) -> bytes:
+def encode_record(lsn: int, rtype: int, payload: bytes) -> bytes:
     """One framed record (header, payload, padding)."""
     buf = bytearray()
-    append_frame(buf, lsn, rtype, payload)
+    append_record(buf, lsn, rtype, payload)
     return bytes(buf)
 
 
-def decode_frame(view: memoryview, offset: int, base: int = 0) -> Frame:
+def decode_record(view: memoryview, offset: int, base: int = 0) -> RecordSpan:
     """Decode the record at `offset` of `view`, whose end is taken as the end of the data.
 
     Raises `TornRecord` when the data ends inside the record (or the header is all zeros,
     or the CRC fails over a zero sector: what an unfinished write leaves behind, see
     `has_zero_sector`), `BadLength`, or `ChecksumMismatch`. Offsets in
     the errors are relative to `view`; the reader turns them into file offsets. `base` is
-    added to the offsets of the returned frame (the file offset of `view[0]`).
+    added to the offsets of the returned span (the file offset of `view[0]`).
     """
     end = len(view)
     if offset + 17 > end:  # RECORD_HEADER_SIZE
@@ -185,7 +185,7 @@ def decode_frame(view: memoryview, offset: int, base: int = 0) -> Frame:
         if has_zero_sector(view, offset, stop, base):
             raise TornRecord("checksum mismatch over a zero-filled sector", offset)
         raise ChecksumMismatch(f"stored {crc:#010x}", offset)
-    return Frame(base + offset, base + nxt, lsn, rtype, view[offset + 17 : stop])
+    return RecordSpan(base + offset, base + nxt, lsn, rtype, view[offset + 17 : stop])
 
 
 def has_zero_sector(view: memoryview, start: int, stop: int, base: int = 0) -> bool:

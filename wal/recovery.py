@@ -28,8 +28,8 @@ from wal.reader import DirScan, SegmentScan, scan_dir
 from wal.record import (
     MAX_PAYLOAD_BYTES,
     MESSAGE,
-    Frame,
     MessagePayload,
+    RecordSpan,
     decode_payload,
     framed_size,
 )
@@ -318,7 +318,7 @@ def _migrate(
 def _scan(wal_dir: str, node_id: str, rebuild: _Rebuild) -> DirScan:
     """Read every record in LSN order up to the first damage, MESSAGE ones into `rebuild`."""
 
-    def visit(index: int, span: Frame) -> None:
+    def visit(index: int, span: RecordSpan) -> None:
         body = decode_payload(span.type, span.payload)
         if span.type == MESSAGE:
             rebuild.message(span.lsn, cast(MessagePayload, body))

@@ -13,7 +13,7 @@ import pytest
 from common.durability import Entry
 from wal.errors import ChecksumMismatch, CorruptRecord, TornRecord
 from wal.reader import LogFollower, scan_segment
-from wal.record import SECTOR_BYTES, append_message, decode_frame, has_zero_sector
+from wal.record import SECTOR_BYTES, append_message, decode_record, has_zero_sector
 from wal.segment import encode_header, segment_name
 
 ZEROS = 600  # more than a sector of zeros in the payload
@@ -55,7 +55,7 @@ def test_unaligned_zeros_with_a_bad_crc_are_corrupt() -> None:
     view = memoryview(damaged)
     assert not has_zero_sector(view, 0, len(damaged), base)
     with pytest.raises(ChecksumMismatch) as info:
-        decode_frame(view, 0, base)
+        decode_record(view, 0, base)
     assert not isinstance(info.value, TornRecord) and info.value.offset == 0
 
 
@@ -65,7 +65,7 @@ def test_the_same_bytes_at_a_sector_aligned_offset_are_torn() -> None:
     damaged = _flip_outside_zeros(raw, zeros_at)
     base = _base_for(zeros_at, aligned=True)
     with pytest.raises(TornRecord) as info:
-        decode_frame(memoryview(damaged), 0, base)
+        decode_record(memoryview(damaged), 0, base)
     assert info.value.needs_more is False
 
 
@@ -74,7 +74,7 @@ def test_an_unwritten_sector_inside_a_record_is_torn() -> None:
     append_message(buf, 3, _entry(3, b"z" * 2000))
     buf[SECTOR_BYTES : 2 * SECTOR_BYTES] = bytes(SECTOR_BYTES)  # never reached the disk
     with pytest.raises(TornRecord) as info:
-        decode_frame(memoryview(bytes(buf)), 0)
+        decode_record(memoryview(bytes(buf)), 0)
     assert info.value.needs_more is False and info.value.offset == 0
 
 
@@ -82,7 +82,7 @@ def test_a_genuine_payload_of_zeros_decodes() -> None:
     raw, zeros_at = _zeros_record()
     for aligned in (False, True):
         base = _base_for(zeros_at, aligned=aligned)
-        got = decode_frame(memoryview(raw), 0, base)
+        got = decode_record(memoryview(raw), 0, base)
         assert (got.lsn, got.offset, got.end) == (2, base, base + len(raw))
 
 

@@ -36,7 +36,7 @@ from typing import Any, cast
 from common.durability import RecordType
 from wal.reader import LogFollower
 from wal.record import ConnectionEvent, MessagePayload
-from wal.sinks.base import Batch, EventRow, MessageRow, Sink, SinkError, redact_url
+from wal.sinks.base import EventRow, MessageRow, RowBatch, Sink, SinkError, redact_url
 
 log = logging.getLogger("ferry.replayer")
 
@@ -165,7 +165,7 @@ class Replayer:
         self._stopping = False
         self._next_lsn = 1
         self._follower: LogFollower | None = None
-        self._prefetch: tuple[int, asyncio.Future[Batch]] | None = None
+        self._prefetch: tuple[int, asyncio.Future[RowBatch]] | None = None
         self._pending_since = 0.0  # unix time of the oldest record of a batch not yet written
         self._backoff = Backoff()
 
@@ -248,9 +248,9 @@ class Replayer:
             self._move(DbState.RECOVERING)
         log.info("replaying from LSN %d", self._next_lsn, extra={"db": redact_url(self.sink.url)})
 
-    def _read_batch(self, start: int) -> Batch:
+    def _read_batch(self, start: int) -> RowBatch:
         """Up to `batch_rows` records from `start`, never past the durable head."""
-        batch = Batch(self.node_id)
+        batch = RowBatch(self.node_id)
         limit = self.status.durable_lsn if self._durable_known else None
         if limit is not None and limit < start:
             return batch

@@ -40,7 +40,10 @@ class EventRow(NamedTuple):
 
 
 @dataclass
-class Batch:
+class RowBatch:
+    """The rows one sink transaction inserts, and the checkpoint it moves to (not the
+    writer's `wal.writer.CommitBatch`: these are decoded rows, read back from the log)."""
+
     node: str
     messages: list[MessageRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
@@ -63,7 +66,7 @@ class Sink(Protocol):
 
     async def checkpoint(self, node: str) -> int: ...
 
-    async def write(self, batch: Batch) -> None: ...
+    async def write(self, batch: RowBatch) -> None: ...
 
     async def close(self) -> None: ...
 
