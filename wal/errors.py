@@ -13,9 +13,16 @@
      ├── CorruptLog .............. startup refuses: damage where no torn write can be;
      │                             names file and offset, `ferry wal repair` is the way out
      ├── LsnNotAvailable ......... a reader asked for LSNs the directory does not hold
-     ├── WalLocked ............... another process writes this directory
+     ├── WalLocked ............... another process writes this directory (`writer.lock`)
+     ├── ReplayLocked ............ another replayer replays it (`replay.lock`)
      ├── NodeIdMismatch .......... the directory was written by another node id
+     ├── HeadsStoreError ......... heads.db cannot be opened, read or written
+     ├── SinkError ............... the database could not take a batch (`wal.sinks`)
      └── RecordTooLarge .......... (also a ValueError) a payload over the format's limit
+
+`RecordTooLarge` keeps its `ValueError` base on purpose: the relay's router
+(`core/router.py`, `Router.publish`) catches `ValueError` from `DurableLog.append` as "the
+log refuses this record" and answers `too_large` without using up a seq.
 
 `common.errors.LogUnavailable` is not in this tree: it belongs to the durability seam and
 means "appends are refused" (closed, or a write/fsync error made the log unwritable).
@@ -128,8 +135,25 @@ class WalLocked(WalError):
     """Another process holds the directory's writer lock."""
 
 
+class ReplayLocked(WalError):
+    """Another replayer holds the directory's replay lock."""
+
+
 class NodeIdMismatch(WalError):
     """The directory's segments carry another node id than the one configured."""
+
+
+class HeadsStoreError(WalError):
+    """heads.db cannot be opened, read or written (SQLite's error, with the path)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SinkError(WalError):
+    """The database could not take the batch; the text is for logs and the dashboard."""
 
 
 class RecordTooLarge(WalError, ValueError):

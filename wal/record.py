@@ -109,8 +109,20 @@ def framed_size(payload_len: int) -> int:
     return (RECORD_HEADER_SIZE + payload_len + ALIGN - 1) & ~(ALIGN - 1)
 
 
+def append_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
+    """Frame `payload` as a record of `rtype` with `lsn` onto the end of `buf`: the one
+    place the record layout is written (header, payload, padding; see the module
+    docstring). On the hot path for every append, hence the prebound names."""
+    n = len(payload)
+    if n > MAX_PAYLOAD_BYTES:
+        raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
+    buf += _pack_header(n, _crc32(payload, _crc32(_pack_lsn_type(lsn, rtype))), lsn, rtype)
+    buf += payload
+    buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
+
+
 def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
-    """RecordSpan `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
+    """Frame `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
     payload = _encode(
         (
             entry.channel,
@@ -122,27 +134,11 @@ def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
             entry.data,
         )
     )
-    n = len(payload)
-    if n > MAX_PAYLOAD_BYTES:
-        raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
-    buf += _pack_header(n, _crc32(payload, _crc32(_pack_lsn_type(lsn, MESSAGE))), lsn, MESSAGE)
-    buf += payload
-    buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
+    append_record(buf, lsn, MESSAGE, payload)
 
 
 def encode_event(event: ConnectionEvent) -> bytes:
     return _encoder.encode(event)
-
-
-def append_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
-    """RecordSpan any payload as a record of `rtype` onto the end of `buf`."""
-    n = len(payload)
-    if n > MAX_PAYLOAD_BYTES:
-        raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
-    crc = zlib.crc32(payload, zlib.crc32(_LSN_TYPE.pack(lsn, rtype)))
-    buf += RECORD_HEADER.pack(n, crc, lsn, rtype)
-    buf += payload
-    buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
 
 
 def encode_record(lsn: int, rtype: int, payload: bytes) -> bytes:

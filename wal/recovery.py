@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from common.durability import ENTRY_OVERHEAD_BYTES, Entry, HistoryLimits, RecoveredState
-from wal.errors import CorruptLog, NodeIdMismatch, RecordError, SegmentError
+from wal.errors import CorruptLog, HeadsStoreError, NodeIdMismatch, RecordError, SegmentError
 from wal.heads import (
     FLUSH_CHANNELS,
     Head,
     HeadsStore,
-    HeadsStoreError,
     StoredHead,
     heads_behind,
 )

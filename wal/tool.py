@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 import msgspec
 
-from wal.errors import RecordError, WalError
-from wal.heads import HeadsStoreError, HeadsSummary, heads_behind, read_summary
+from wal.errors import HeadsStoreError, RecordError, WalError
+from wal.heads import HeadsSummary, heads_behind, read_summary
 from wal.reader import DirScan, SegmentScan, iter_records, scan_dir
 from wal.record import ConnectionEvent, MessagePayload, RecordSpan, decode_payload
 from wal.recovery import is_torn_tail, tail_window

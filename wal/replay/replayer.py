@@ -8,7 +8,8 @@ the same transaction, so a crash anywhere leaves the database either before or a
 the whole batch; the next start resumes after the committed checkpoint.
 
 It never reads past the durable head it is given (`durable_lsn`), so a row can never
-reach the database ahead of its fdatasync. A lock file keeps two replayers off one WAL.
+reach the database ahead of its fdatasync. A lock file (`wal.lockfile.replay_lock`) keeps
+two replayers off one WAL.
 
 Database states, all in one table:
 
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import fcntl
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,13 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from common.durability import RecordType
+from wal.errors import SinkError
 from wal.reader import LogFollower
 from wal.record import ConnectionEvent, MessagePayload
-from wal.sinks.base import EventRow, MessageRow, RowBatch, Sink, SinkError, redact_url
+from wal.sinks.base import EventRow, MessageRow, RowBatch, Sink, redact_url
 
 log = logging.getLogger("ferry.replayer")
-
-LOCK_NAME = "replay.lock"
 
 
 class DbState(enum.StrEnum):
@@ -56,35 +54,6 @@ TRANSITIONS: dict[DbState, frozenset[DbState]] = {
     DbState.DOWN: frozenset({DbState.RECOVERING, DbState.UP}),
     DbState.RECOVERING: frozenset({DbState.UP, DbState.DOWN}),
 }
-
-
-class ReplayLocked(Exception):
-    """Another replayer holds this WAL's lock file."""
-
-
-class ReplayLock:
-    """An flock on `<wal_dir>/replay.lock`; released when the process dies, whatever the cause."""
-
-    def __init__(self, wal_dir: str) -> None:
-        self.path = os.path.join(wal_dir, LOCK_NAME)
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ReplayLocked(f"another replayer holds {self.path}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 @dataclass

@@ -54,10 +54,6 @@ class RowBatch:
         return len(self.messages) + len(self.events)
 
 
-class SinkError(Exception):
-    """The database could not take the batch; the text is for logs and the dashboard."""
-
-
 class Sink(Protocol):
     url: str
     fault: Callable[[str], None]  # test hook, called between the inserts and the commit

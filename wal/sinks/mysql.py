@@ -29,7 +29,8 @@ import aiomysql
 import pymysql
 from pymysql.converters import escape_string
 
-from wal.sinks.base import SCHEMA_VERSION, EventRow, MessageRow, RowBatch, SinkError, redact_url
+from wal.errors import SinkError
+from wal.sinks.base import SCHEMA_VERSION, EventRow, MessageRow, RowBatch, redact_url
 
 log = logging.getLogger("ferry.sink.mysql")
 

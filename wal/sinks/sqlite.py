@@ -10,7 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from wal.sinks.base import SCHEMA_VERSION, RowBatch, SinkError
+from wal.errors import SinkError
+from wal.sinks.base import SCHEMA_VERSION, RowBatch
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ferry_messages (
