@@ -5,6 +5,8 @@
     ├── core.errors.AuthError       bad or expired token
     ├── core.errors.ConfigError     a setting is invalid
     ├── wal.errors.WalError         the write-ahead log (its own subtree)
+    ├── RecordRefused               the durable log refuses one record (too large for
+    │                               its format); nothing was used up, later appends go on
     └── LocalError                  our side failed; a client only learns the code
         └── LogUnavailable          the durable log cannot accept writes
 
@@ -25,3 +27,8 @@ class LocalError(FerryError):
 
 class LogUnavailable(LocalError):
     """The log cannot accept writes (write/fsync error, disk full, closed)."""
+
+
+class RecordRefused(FerryError):
+    """`DurableLog.append` refuses this one record (e.g. too large for the log's format):
+    nothing was assigned, and the log still takes other records."""

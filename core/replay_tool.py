@@ -18,8 +18,10 @@ import time
 from tqdm import tqdm
 
 from core import config
+from wal.errors import ReplayLocked
+from wal.lockfile import replay_lock
 from wal.reader import scan_segment
-from wal.replay.replayer import Replayer, ReplayLock, ReplayLocked, ReplayStatus
+from wal.replay.replayer import Replayer, ReplayStatus
 from wal.segment import list_segments, read_header
 from wal.sinks.base import make_sink, redact_url
 
@@ -44,7 +46,7 @@ def _node_of(wal_dir: str) -> str | None:
 
 async def _run(args: argparse.Namespace) -> int:
     node = args.node or _node_of(args.wal_dir) or config.default("node_id")
-    lock = ReplayLock(args.wal_dir)
+    lock = replay_lock(args.wal_dir)
     try:
         lock.acquire()
     except ReplayLocked as exc:

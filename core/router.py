@@ -47,6 +47,7 @@ from common.durability import (
     LogUnavailable,
     RecoveredState,
 )
+from common.errors import RecordRefused
 from common.logsetup import Throttle
 from core.errors import LimitExceeded, TooLarge
 from core.outbox import Outbox
@@ -529,7 +530,7 @@ class Router:
             ch.last_seq -= 1
             self.counters.publish_failures += 1
             raise
-        except ValueError:
+        except RecordRefused:
             # the log refuses the record (too large for its format): no seq is used up
             ch.last_seq -= 1
             raise TooLarge("message too large for the log") from None

@@ -52,6 +52,12 @@ segments too. Payloads are msgpack arrays:
 
 New payload fields may only be appended, with defaults.
 
+A record that fails its CRC is torn (a write the crash cut short) when one of the
+512-byte sectors it covers, counted from file offset 0 as the disk writes them, is all
+zeros: that is what an unwritten sector reads back as (etcd's wal decoder does the same,
+`isTornEntry`). Otherwise it is corrupt, even if its payload holds 512 zeros elsewhere.
+A zero-filled header is torn too; so is data that ends inside a record.
+
 Heads store (`heads.py`): heads.db
 ----------------------------------
 Each channel's last durable seq, outside the segments. Stdlib sqlite3, journal_mode=WAL,
@@ -189,14 +195,14 @@ from wal.errors import (
 from wal.log import WalLog
 from wal.reader import LogFollower, Record, iter_records
 from wal.record import ConnectionEvent, MessagePayload
-from wal.writer import Batch
+from wal.writer import CommitBatch
 
 __all__ = [
     "BadLength",
     "BadPayload",
     "BadSegmentHeader",
-    "Batch",
     "ChecksumMismatch",
+    "CommitBatch",
     "ConnectionEvent",
     "CorruptLog",
     "CorruptRecord",

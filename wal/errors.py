@@ -13,9 +13,17 @@
      ├── CorruptLog .............. startup refuses: damage where no torn write can be;
      │                             names file and offset, `ferry wal repair` is the way out
      ├── LsnNotAvailable ......... a reader asked for LSNs the directory does not hold
-     ├── WalLocked ............... another process writes this directory
+     ├── WalLocked ............... another process writes this directory (`writer.lock`)
+     ├── ReplayLocked ............ another replayer replays it (`replay.lock`)
      ├── NodeIdMismatch .......... the directory was written by another node id
-     └── RecordTooLarge .......... (also a ValueError) a payload over the format's limit
+     ├── HeadsStoreError ......... heads.db cannot be opened, read or written
+     ├── SinkError ............... the database could not take a batch (`wal.sinks`)
+     └── RecordTooLarge .......... (also common.errors.RecordRefused) a payload over the
+                                  format's limit
+
+`RecordTooLarge` is also the durability seam's `common.errors.RecordRefused`: the relay's
+router (`core/router.py`, `Router.publish`) catches that from `DurableLog.append` as "the
+log refuses this record" and answers `too_large` without using up a seq.
 
 `common.errors.LogUnavailable` is not in this tree: it belongs to the durability seam and
 means "appends are refused" (closed, or a write/fsync error made the log unwritable).
@@ -28,7 +36,7 @@ yet" (torn at the live end) from damage; at startup both are judged by *where* t
 
 from __future__ import annotations
 
-from common.errors import FerryError
+from common.errors import FerryError, RecordRefused
 
 
 class WalError(FerryError):
@@ -128,9 +136,26 @@ class WalLocked(WalError):
     """Another process holds the directory's writer lock."""
 
 
+class ReplayLocked(WalError):
+    """Another replayer holds the directory's replay lock."""
+
+
 class NodeIdMismatch(WalError):
     """The directory's segments carry another node id than the one configured."""
 
 
-class RecordTooLarge(WalError, ValueError):
+class HeadsStoreError(WalError):
+    """heads.db cannot be opened, read or written (SQLite's error, with the path)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SinkError(WalError):
+    """The database could not take the batch; the text is for logs and the dashboard."""
+
+
+class RecordTooLarge(WalError, RecordRefused):
     """A record's payload is larger than `record.MAX_PAYLOAD_BYTES`: the caller's fault."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
-from wal.errors import WalError
+from wal.errors import HeadsStoreError
 from wal.segment import V1_HEADS, fsync_dir
 
 log = logging.getLogger("ferry.wal")
@@ -78,15 +78,6 @@ _UPSERT = (
 )
 _SET_AS_OF = "UPDATE meta SET value = ? WHERE key = 'as_of'"
 _GET = "SELECT seq FROM heads WHERE channel = ?"
-
-
-class HeadsStoreError(WalError):
-    """heads.db cannot be opened, read or written (SQLite's error, with the path)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def heads_path(wal_dir: str) -> str:

@@ -30,16 +30,18 @@ from common.durability import (
     RecoveredState,
 )
 from common.latency import LatencyHistogram, RecentQuantiles
-from wal.heads import FLUSH_CHANNELS, HeadsReader, HeadsStoreError, HeadsTracker
+from wal.errors import HeadsStoreError
+from wal.heads import FLUSH_CHANNELS, HeadsReader, HeadsTracker
+from wal.lockfile import writer_lock
 from wal.metrics import WalMetrics
 from wal.record import ConnectionEvent
 from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_window
-from wal.segment import lock_dir, node_id_bytes, open_for_append, segment_name, unlock_dir
-from wal.writer import Batch, GroupCommitWriter
+from wal.segment import node_id_bytes, open_for_append, segment_name
+from wal.writer import CommitBatch, GroupCommitWriter
 
 log = logging.getLogger("ferry.wal")
 
-DurableListener = Callable[[Batch], None]
+DurableListener = Callable[[CommitBatch], None]
 _RECENT = 1024  # batches behind records_per_fsync in stats()
 FSYNC_WINDOW_S = 10.0  # the fsync p50/p99 in stats() cover the last 5-10 s
 
@@ -82,7 +84,7 @@ class WalLog:
         self.metrics = WalMetrics(self.registry)
         self._writer: GroupCommitWriter | None = None
         self._heads: HeadsTracker | None = None
-        self._lock_fd: int | None = None
+        self._lock = writer_lock(self.wal_dir)
         self._on_durable: DurableHandler | None = None
         self._on_failed: FailedHandler | None = None
         self._listeners: list[DurableListener] = []
@@ -111,7 +113,7 @@ class WalLog:
         if self._writer is not None or self._closed:
             raise RuntimeError("WalLog.open() may be called once")
         os.makedirs(self.wal_dir, exist_ok=True)
-        self._lock_fd = lock_dir(self.wal_dir)
+        self._lock.acquire()
         try:
             rec = await asyncio.to_thread(
                 recover,
@@ -129,8 +131,7 @@ class WalLog:
                 rec.store.close()
                 raise
         except BaseException:
-            unlock_dir(self._lock_fd)
-            self._lock_fd = None
+            self._lock.release()
             raise
         self._segments = rec.segments
         self._bytes = sum(seg.size for seg in rec.segments)
@@ -201,7 +202,7 @@ class WalLog:
         self._on_failed = on_failed
 
     def append(self, entry: Entry) -> None:
-        """Frame `entry`, give it the next LSN; `on_durable` reports it once it is synced."""
+        """Frame `entry` as a record, give it the next LSN; `on_durable` reports it once it is synced."""
         writer = self._writer
         if writer is None:
             raise LogUnavailable("WAL is closed" if self._closed else "WAL is not open")
@@ -298,9 +299,7 @@ class WalLog:
             await self._heads.close()  # the last flush: as of the last durable LSN
             self.metrics.heads_as_of.set(self._heads.as_of)
         await self.wait_deletions()
-        if self._lock_fd is not None:
-            unlock_dir(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
         self.metrics.writable.set(0)
 
     # -- beyond the seam: replayer and events -------------------------------------------
@@ -354,7 +353,7 @@ class WalLog:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _batch_done(self, batch: Batch) -> None:
+    def _batch_done(self, batch: CommitBatch) -> None:
         """The writer's completion of a durable batch. Bookkeeping first: an exception
         there fails this batch (the writer's failure path); then delivery, whose handlers'
         exceptions are logged; then what follows from it (heads flush, retention), whose
@@ -399,7 +398,7 @@ class WalLog:
             if writer is not None:
                 writer.fail(exc, "batch completion")
 
-    def _rotated(self, batch: Batch) -> None:
+    def _rotated(self, batch: CommitBatch) -> None:
         rotation = batch.rotation
         assert rotation is not None
         sealed = self._segments[-1]

@@ -29,7 +29,7 @@ from wal.errors import (
     SegmentError,
     TornRecord,
 )
-from wal.record import ConnectionEvent, Frame, MessagePayload, decode_frame, decode_payload
+from wal.record import ConnectionEvent, MessagePayload, RecordSpan, decode_payload, decode_record
 from wal.segment import SegmentHeader, list_segments, read_header
 
 # Bytes per read. A record cut in two by a chunk boundary (or larger than a chunk) is
@@ -41,7 +41,7 @@ _EMPTY = memoryview(b"")
 class SegmentReader:
     """The records of one segment file in order, LSN continuity checked.
 
-    `frames()` can be called again after it stopped (clean end or `TornRecord`): it goes
+    `spans()` can be called again after it stopped (clean end or `TornRecord`): it goes
     on from the end of the last good record, which is how a follower reads a segment that
     the writer is still appending to.
     """
@@ -57,7 +57,7 @@ class SegmentReader:
             raise
         # The last good record read (or a stand-in ending at the header): one store per
         # record instead of three counters; `end`/`next_lsn`/`records` derive from it.
-        self._last = Frame(0, self.header.size, self.header.first_lsn - 1, 0, _EMPTY)
+        self._last = RecordSpan(0, self.header.size, self.header.first_lsn - 1, 0, _EMPTY)
 
     @property
     def end(self) -> int:
@@ -72,9 +72,9 @@ class SegmentReader:
     def records(self) -> int:
         return self._last.lsn + 1 - self.header.first_lsn
 
-    def frames(self) -> Iterator[Frame]:
-        """Good records from `end` on. Offsets in frames and errors are file offsets."""
-        f, path, chunk, decode = self._file, self.path, self._chunk, decode_frame
+    def spans(self) -> Iterator[RecordSpan]:
+        """Good records from `end` on. Offsets in spans and errors are file offsets."""
+        f, path, chunk, decode = self._file, self.path, self._chunk, decode_record
         base = self._last.end
         expected = self._last.lsn + 1
         f.seek(base)
@@ -85,19 +85,19 @@ class SegmentReader:
             pos, n = 0, len(buf)
             while pos < n:
                 try:
-                    frame = decode(view, pos, base)
+                    span = decode(view, pos, base)
                 except TornRecord as exc:
                     if exc.needs_more and not at_eof:
                         break
                     raise exc.at(path, base) from None
                 except RecordError as exc:
                     raise exc.at(path, base) from None
-                if frame.lsn != expected:
-                    raise LsnGap(f"found LSN {frame.lsn}", frame.offset, path, expected)
+                if span.lsn != expected:
+                    raise LsnGap(f"found LSN {span.lsn}", span.offset, path, expected)
                 expected += 1
-                pos = frame.end - base
-                self._last = frame
-                yield frame
+                pos = span.end - base
+                self._last = span
+                yield span
             if at_eof:
                 return
             rest = bytes(view[pos:])
@@ -106,9 +106,9 @@ class SegmentReader:
             at_eof = len(more) < chunk
             buf = rest + more
 
-    def unread(self, frame: Frame) -> None:
-        """Give back the last frame `frames()` yielded: the next call yields it again."""
-        self._last = Frame(0, frame.offset, frame.lsn - 1, 0, _EMPTY)
+    def unread(self, span: RecordSpan) -> None:
+        """Give back the last span `spans()` yielded: the next call yields it again."""
+        self._last = RecordSpan(0, span.offset, span.lsn - 1, 0, _EMPTY)
 
     def close(self) -> None:
         self._file.close()
@@ -153,7 +153,7 @@ class DirScan:
         return None
 
 
-Visitor = Callable[[int, Frame], None]  # (segment index, frame); may raise RecordError
+Visitor = Callable[[int, RecordSpan], None]  # (segment index, span); may raise RecordError
 
 
 def scan_segment(path: str, index: int = 0, visit: Visitor | None = None) -> SegmentScan:
@@ -168,13 +168,13 @@ def scan_segment(path: str, index: int = 0, visit: Visitor | None = None) -> Seg
         scan.header = reader.header
         scan.first_lsn = reader.header.first_lsn
         try:
-            for frame in reader.frames():
+            for span in reader.spans():
                 if visit is not None:
                     try:
-                        visit(index, frame)
+                        visit(index, span)
                     except RecordError as exc:
-                        exc.offset, exc.path, exc.lsn = frame.offset, path, frame.lsn
-                        reader.unread(frame)
+                        exc.offset, exc.path, exc.lsn = span.offset, path, span.lsn
+                        reader.unread(span)
                         raise
         except RecordError as exc:
             scan.error = exc
@@ -259,21 +259,21 @@ class LogFollower:
             assert reader is not None
             torn: TornRecord | None = None
             try:
-                for frame in reader.frames():
-                    lsn = frame.lsn
+                for span in reader.spans():
+                    lsn = span.lsn
                     if lsn < self.next_lsn:
                         continue  # seeking into the first segment
                     if to_lsn is not None and lsn > to_lsn:
-                        reader.unread(frame)
+                        reader.unread(span)
                         return
                     try:
-                        body = decode_payload(frame.type, frame.payload)
+                        body = decode_payload(span.type, span.payload)
                     except RecordError as exc:
-                        reader.unread(frame)
-                        exc.offset, exc.path, exc.lsn = frame.offset, reader.path, lsn
+                        reader.unread(span)
+                        exc.offset, exc.path, exc.lsn = span.offset, reader.path, lsn
                         raise
                     self.next_lsn = lsn + 1
-                    yield Record(lsn, frame.type, body, bytes(frame.payload))
+                    yield Record(lsn, span.type, body, bytes(span.payload))
                     count += 1
                     if lsn == to_lsn or count == limit:
                         return

@@ -34,7 +34,11 @@ MESSAGE = int(RecordType.MESSAGE)
 EVENT = int(RecordType.EVENT)
 KNOWN_TYPES = frozenset((MESSAGE, EVENT))
 _PADDING = tuple(b"\0" * n for n in range(ALIGN))
-_ZERO_SECTOR = b"\0" * 512
+# The smallest sector a disk writes as a unit. A write cut short by a crash leaves whole
+# sectors unwritten, which read back as zeros; they start at file offsets that are
+# multiples of this (what etcd's wal decoder calls minSectorSize, see `isTornEntry`).
+SECTOR_BYTES = 512
+_ZERO_SECTOR = bytes(SECTOR_BYTES)
 
 
 class MessagePayload(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -76,7 +80,7 @@ class ConnectionEvent(msgspec.Struct, array_like=True, frozen=True, gc=False):
     conn_id: str = ""  # the connection's id (the `client` of its welcome frame)
 
 
-class Frame(msgspec.Struct, frozen=True, gc=False):
+class RecordSpan(msgspec.Struct, frozen=True, gc=False):
     """One record as found in a buffer: [offset, end) including header and padding.
 
     (A Struct rather than a NamedTuple: created per record on every read, and a Struct is
@@ -105,6 +109,18 @@ def framed_size(payload_len: int) -> int:
     return (RECORD_HEADER_SIZE + payload_len + ALIGN - 1) & ~(ALIGN - 1)
 
 
+def append_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
+    """Frame `payload` as a record of `rtype` with `lsn` onto the end of `buf`: the one
+    place the record layout is written (header, payload, padding; see the module
+    docstring). On the hot path for every append, hence the prebound names."""
+    n = len(payload)
+    if n > MAX_PAYLOAD_BYTES:
+        raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
+    buf += _pack_header(n, _crc32(payload, _crc32(_pack_lsn_type(lsn, rtype))), lsn, rtype)
+    buf += payload
+    buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
+
+
 def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
     """Frame `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
     payload = _encode(
@@ -118,43 +134,28 @@ def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
             entry.data,
         )
     )
-    n = len(payload)
-    if n > MAX_PAYLOAD_BYTES:
-        raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
-    buf += _pack_header(n, _crc32(payload, _crc32(_pack_lsn_type(lsn, MESSAGE))), lsn, MESSAGE)
-    buf += payload
-    buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
+    append_record(buf, lsn, MESSAGE, payload)
 
 
 def encode_event(event: ConnectionEvent) -> bytes:
     return _encoder.encode(event)
 
 
-def append_frame(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
-    """Frame any payload as a record of `rtype` onto the end of `buf`."""
-    n = len(payload)
-    if n > MAX_PAYLOAD_BYTES:
-        raise RecordTooLarge(f"record payload of {n} bytes is over {MAX_PAYLOAD_BYTES}")
-    crc = zlib.crc32(payload, zlib.crc32(_LSN_TYPE.pack(lsn, rtype)))
-    buf += RECORD_HEADER.pack(n, crc, lsn, rtype)
-    buf += payload
-    buf += _PADDING[-(RECORD_HEADER_SIZE + n) & (ALIGN - 1)]
-
-
-def frame(lsn: int, rtype: int, payload: bytes) -> bytes:
+def encode_record(lsn: int, rtype: int, payload: bytes) -> bytes:
     """One framed record (header, payload, padding)."""
     buf = bytearray()
-    append_frame(buf, lsn, rtype, payload)
+    append_record(buf, lsn, rtype, payload)
     return bytes(buf)
 
 
-def decode_frame(view: memoryview, offset: int, base: int = 0) -> Frame:
+def decode_record(view: memoryview, offset: int, base: int = 0) -> RecordSpan:
     """Decode the record at `offset` of `view`, whose end is taken as the end of the data.
 
     Raises `TornRecord` when the data ends inside the record (or the header is all zeros,
-    what an unfinished write leaves behind), `BadLength`, or `ChecksumMismatch`. Offsets in
+    or the CRC fails over a zero sector: what an unfinished write leaves behind, see
+    `has_zero_sector`), `BadLength`, or `ChecksumMismatch`. Offsets in
     the errors are relative to `view`; the reader turns them into file offsets. `base` is
-    added to the offsets of the returned frame (the file offset of `view[0]`).
+    added to the offsets of the returned span (the file offset of `view[0]`).
     """
     end = len(view)
     if offset + 17 > end:  # RECORD_HEADER_SIZE
@@ -177,11 +178,26 @@ def decode_frame(view: memoryview, offset: int, base: int = 0) -> Frame:
             f"record needs {nxt - offset} bytes, {end - offset} remain", offset, needs_more=True
         )
     if _crc32(view[offset + 8 : stop]) != crc:
-        if bytes(view[offset:stop]).find(_ZERO_SECTOR) >= 0:
-            # A sector that never reached the disk reads as zeros: a torn write.
+        if has_zero_sector(view, offset, stop, base):
             raise TornRecord("checksum mismatch over a zero-filled sector", offset)
         raise ChecksumMismatch(f"stored {crc:#010x}", offset)
-    return Frame(base + offset, base + nxt, lsn, rtype, view[offset + 17 : stop])
+    return RecordSpan(base + offset, base + nxt, lsn, rtype, view[offset + 17 : stop])
+
+
+def has_zero_sector(view: memoryview, start: int, stop: int, base: int = 0) -> bool:
+    """Whether a whole sector of `view[start:stop]` is zeros, sectors taken at file offsets
+    (`base` is the file offset of `view[0]`) that are multiples of `SECTOR_BYTES`.
+
+    That is what an unwritten sector looks like. Zeros anywhere else are only data that
+    failed its CRC: a payload may well hold 512 zero bytes, and a record damaged there is
+    corrupt, not torn (a follower stops quietly at a torn record, but not at this one).
+    """
+    at = start + (-(base + start) % SECTOR_BYTES)
+    while at + SECTOR_BYTES <= stop:
+        if view[at : at + SECTOR_BYTES] == _ZERO_SECTOR:
+            return True
+        at += SECTOR_BYTES
+    return False
 
 
 def decode_message(payload: bytes | memoryview) -> MessagePayload:

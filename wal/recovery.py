@@ -12,26 +12,24 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from common.durability import ENTRY_OVERHEAD_BYTES, Entry, HistoryLimits, RecoveredState
-from wal.errors import BadPayload, CorruptLog, NodeIdMismatch, RecordError, SegmentError
+from wal.errors import CorruptLog, HeadsStoreError, NodeIdMismatch, RecordError, SegmentError
 from wal.heads import (
     FLUSH_CHANNELS,
     Head,
     HeadsStore,
-    HeadsStoreError,
     StoredHead,
     heads_behind,
 )
-from wal.reader import SegmentScan, scan_dir
+from wal.reader import DirScan, SegmentScan, scan_dir
 from wal.record import (
-    EVENT,
     MAX_PAYLOAD_BYTES,
     MESSAGE,
-    Frame,
     MessagePayload,
-    decode_event,
-    decode_message,
+    RecordSpan,
+    decode_payload,
     framed_size,
 )
 from wal.repair import Truncation, remove_leftovers, truncate_segment
@@ -222,28 +220,60 @@ def recover(
     `tail_window`: how far from the end of the newest segment a torn write can reach (the
     writer's batch cap plus one record); damage further back refuses the start.
     Raises `CorruptLog` or `NodeIdMismatch`.
+
+    In four steps: scan (every record, feeding the rebuild), judge (is the first damage a
+    torn tail?), repair (cut it), rebuild (reconcile heads.db with the log's end, then the
+    state and segment list to resume from).
     """
     started = time.monotonic()
+    removed = _prepare_dir(wal_dir)
+    listed = list_segments(wal_dir)
+    oldest = _oldest_header(listed)
+    if oldest is not None and oldest.node_id != node_id:
+        raise _node_mismatch(wal_dir, oldest.node_id, node_id)
+    store = _open_store(wal_dir)
+    try:
+        migrated = _migrate(wal_dir, store, oldest, listed)
+        rebuild = _Rebuild(limits, store, flush_channels)
+        scan = _scan(wal_dir, node_id, rebuild)
+        bad = _judge(wal_dir, scan, tail_window)
+        truncation = _repair(bad) if bad is not None else None
+        recovery = _rebuilt(wal_dir, node_id, scan.segments, rebuild)
+    except BaseException:
+        store.close()
+        raise
+    recovery.truncation = truncation
+    recovery.removed_tmp = removed
+    recovery.migrated = migrated
+    recovery.seconds = time.monotonic() - started
+    return recovery
+
+
+def _prepare_dir(wal_dir: str) -> list[str]:
+    """Create the directory if need be; remove what an interrupted rotation left."""
     if not os.path.isdir(wal_dir):
         os.makedirs(wal_dir)
         fsync_dir(os.path.dirname(os.path.abspath(wal_dir)))  # the new directory's entry
     removed = remove_leftovers(wal_dir)
     for path in removed:
         log.warning("removed %s: a segment an interrupted rotation left half-made", path)
+    return removed
 
-    listed = list_segments(wal_dir)
-    oldest: SegmentHeader | None = None
-    if listed:
-        try:
-            oldest = load_header(listed[0][1])
-        except SegmentError:
-            oldest = None  # the scan reports it (and refuses)
-        except OSError:
-            oldest = None
-    if oldest is not None and oldest.node_id != node_id:
-        raise _node_mismatch(wal_dir, oldest.node_id, node_id)
+
+def _oldest_header(listed: list[tuple[int, str]]) -> SegmentHeader | None:
+    """The oldest segment's header, or None (no segment, or unreadable: the scan reports it
+    and refuses)."""
+    if not listed:
+        return None
     try:
-        store = HeadsStore.open(wal_dir)
+        return load_header(listed[0][1])
+    except (SegmentError, OSError):
+        return None
+
+
+def _open_store(wal_dir: str) -> HeadsStore:
+    try:
+        return HeadsStore.open(wal_dir)
     except HeadsStoreError as exc:
         raise CorruptLog(
             f"refusing to start: heads store {exc}. `ferry wal repair {wal_dir}` sets it "
@@ -252,156 +282,146 @@ def recover(
             exc.path,
             0,
         ) from None
-    try:
-        return _recover(
-            wal_dir,
-            node_id,
-            limits,
-            tail_window,
-            flush_channels,
-            store,
-            oldest,
-            listed,
-            removed,
-            started,
+
+
+def _migrate(
+    wal_dir: str, store: HeadsStore, oldest: SegmentHeader | None, listed: list[tuple[int, str]]
+) -> int:
+    """Bring a store that ends before the log begins up to it: from the oldest version 1
+    header's heads snapshot (a directory from before heads.db), else refuse. Returns the
+    heads migrated."""
+    if oldest is None:
+        return 0
+    first = oldest.first_lsn
+    if first - 1 <= store.as_of:
+        return 0
+    if heads_behind(store.as_of, first, oldest.version):
+        raise CorruptLog(
+            heads_behind_message(wal_dir, store.path, store.as_of, first), store.path, 0
         )
-    except BaseException:
-        store.close()
-        raise
+    # The oldest header's snapshot holds every channel's head as of first - 1.
+    snapshot = load_header(listed[0][1], decode_heads=True).heads or {}
+    store.write({ch: StoredHead(seq, 0) for ch, seq in snapshot.items()}, first - 1)
+    migrated = len(snapshot)
+    del snapshot
+    log.warning(
+        "WAL %s: no heads store yet; took %d channel heads from the header of %s into %s",
+        wal_dir,
+        migrated,
+        os.path.basename(listed[0][1]),
+        store.path,
+    )
+    return migrated
 
 
-def _recover(
-    wal_dir: str,
-    node_id: str,
-    limits: HistoryLimits,
-    tail_window: int,
-    flush_channels: int,
-    store: HeadsStore,
-    oldest: SegmentHeader | None,
-    listed: list[tuple[int, str]],
-    removed: list[str],
-    started: float,
-) -> Recovery:
-    migrated = 0
-    if oldest is not None:
-        first = oldest.first_lsn
-        if first - 1 > store.as_of:
-            if heads_behind(store.as_of, first, oldest.version):
-                raise CorruptLog(
-                    heads_behind_message(wal_dir, store.path, store.as_of, first), store.path, 0
-                )
-            # Migration: a directory from before heads.db. The oldest header's snapshot
-            # holds every channel's head as of first - 1.
-            snapshot = load_header(listed[0][1], decode_heads=True).heads or {}
-            store.write({ch: StoredHead(seq, 0) for ch, seq in snapshot.items()}, first - 1)
-            migrated = len(snapshot)
-            del snapshot
-            log.warning(
-                "WAL %s: no heads store yet; took %d channel heads from the header of %s into %s",
-                wal_dir,
-                migrated,
-                os.path.basename(listed[0][1]),
-                store.path,
-            )
+def _scan(wal_dir: str, node_id: str, rebuild: _Rebuild) -> DirScan:
+    """Read every record in LSN order up to the first damage, MESSAGE ones into `rebuild`."""
 
-    rebuild = _Rebuild(limits, store, flush_channels)
-
-    def visit(index: int, frame: Frame) -> None:
-        rtype = frame.type
-        if rtype == MESSAGE:
-            rebuild.message(frame.lsn, decode_message(frame.payload))
-        elif rtype == EVENT:
-            decode_event(frame.payload)
-        else:
-            raise BadPayload(f"unknown record type {rtype}", frame.offset)
+    def visit(index: int, span: RecordSpan) -> None:
+        body = decode_payload(span.type, span.payload)
+        if span.type == MESSAGE:
+            rebuild.message(span.lsn, cast(MessagePayload, body))
 
     scan = scan_dir(wal_dir, visit)
     segments = scan.segments
-    truncation = None
     if segments and segments[0].header is not None and segments[0].header.node_id != node_id:
         raise _node_mismatch(wal_dir, segments[0].header.node_id, node_id)
+    return scan
+
+
+def _judge(wal_dir: str, scan: DirScan, tail_window: int) -> SegmentScan | None:
+    """The segment whose torn tail is to be cut (None: the log is clean); `CorruptLog` for
+    damage that no torn write explains."""
     damaged = scan.first_damage
-    if damaged is not None:
-        bad = segments[damaged]
-        error = bad.error
-        newest = damaged == len(segments) - 1 and _is_newest(wal_dir, bad.path)
-        if is_torn_tail(bad, newest, tail_window):
-            truncation = truncate_segment(bad.path, bad.end)
-            bad.size = bad.end
-            log.warning(
-                "WAL torn tail: %s; truncated %s at offset %d, dropped %d bytes (backup %s)",
-                error,
-                os.path.basename(bad.path),
-                bad.end,
-                truncation.dropped_bytes,
-                truncation.backup,
-            )
-        else:
-            assert error is not None
-            where = "" if newest else ", not in the newest segment"
-            raise CorruptLog(
-                f"refusing to start: {error}{where}, so no torn write explains it. "
-                f"`ferry wal verify {wal_dir}` shows the damage; `ferry wal repair {wal_dir}` "
-                f"cuts the log at {os.path.basename(bad.path)} offset {error.offset} "
-                "(what it drops is backed up as *.broken)",
-                bad.path,
-                error.offset,
-            )
+    if damaged is None:
+        return None
+    segments = scan.segments
+    bad = segments[damaged]
+    newest = damaged == len(segments) - 1 and _is_newest(wal_dir, bad.path)
+    if is_torn_tail(bad, newest, tail_window):
+        return bad
+    error = bad.error
+    assert error is not None
+    where = "" if newest else ", not in the newest segment"
+    raise CorruptLog(
+        f"refusing to start: {error}{where}, so no torn write explains it. "
+        f"`ferry wal verify {wal_dir}` shows the damage; `ferry wal repair {wal_dir}` "
+        f"cuts the log at {os.path.basename(bad.path)} offset {error.offset} "
+        "(what it drops is backed up as *.broken)",
+        bad.path,
+        error.offset,
+    )
 
+
+def _repair(bad: SegmentScan) -> Truncation:
+    """Cut a torn tail at the end of the last good record (the file backed up first)."""
+    truncation = truncate_segment(bad.path, bad.end)
+    bad.size = bad.end
+    log.warning(
+        "WAL torn tail: %s; truncated %s at offset %d, dropped %d bytes (backup %s)",
+        bad.error,
+        os.path.basename(bad.path),
+        bad.end,
+        truncation.dropped_bytes,
+        truncation.backup,
+    )
+    return truncation
+
+
+def _rebuilt(
+    wal_dir: str, node_id: str, segments: list[SegmentScan], rebuild: _Rebuild
+) -> Recovery:
+    """The state and segments to resume from, heads.db reconciled with the log's end; a
+    first segment is created in an empty directory."""
+    store = rebuild.store
     last_lsn = segments[-1].last_lsn if segments else 0
-    ahead = 0
-    heads_ahead: dict[str, int] = {}
-    if rebuild.as_of > last_lsn:
-        # The log lost records the store had seen (a repair cut acked records, or a power
-        # loss with wal_sync=write): stored heads win, so those channels continue after a
-        # gap and never reuse a seq. as_of comes back to the end of the log, where new
-        # LSNs start.
-        ahead = rebuild.as_of
-        stored = store.seqs(rebuild.channels)
-        heads_ahead = {ch: seq for ch, seq in stored.items() if seq > rebuild.channels[ch].seq}
-        store.write({}, last_lsn)
-        rebuild.as_of = last_lsn
-        log.warning(
-            "WAL %s: heads store was complete up to LSN %d, the log ends at %d: %d channels "
-            "keep heads from records no longer in the log (their seqs continue after a gap)",
-            wal_dir,
-            ahead,
-            last_lsn,
-            store.count_from(last_lsn + 1),
-        )
-
+    ahead, heads_ahead = _store_ahead(wal_dir, rebuild, last_lsn)
     if not segments:
         header_bytes = encode_header(node_id, 1)
         os.close(create_segment(wal_dir, 1, header_bytes))
         header = SegmentHeader(node_id, 1, len(header_bytes))
         path = os.path.join(wal_dir, segment_name(1))
         metas = [SegmentMeta(1, path, len(header_bytes), 0)]
-        state = RecoveredState(next_lsn=1)
-        seconds = time.monotonic() - started
-        return Recovery(
-            state, metas, header, store, {}, None, removed, 0, seconds, 0, migrated, ahead
-        )
-
+        return Recovery(RecoveredState(next_lsn=1), metas, header, store, {}, ahead=ahead)
     metas = [SegmentMeta(seg.first_lsn, seg.path, seg.end, seg.last_lsn) for seg in segments]
     state, floor = rebuild.state(last_lsn + 1, heads_ahead)
     active_header = segments[-1].header
     assert active_header is not None
-    records = sum(seg.records for seg in segments)
-    seconds = time.monotonic() - started
     return Recovery(
         state,
         metas,
         active_header,
         store,
         rebuild.dirty,
-        truncation,
-        removed,
-        records,
-        seconds,
-        floor,
-        migrated,
-        ahead,
+        records=sum(seg.records for seg in segments),
+        history_floor=floor,
+        ahead=ahead,
     )
+
+
+def _store_ahead(wal_dir: str, rebuild: _Rebuild, last_lsn: int) -> tuple[int, dict[str, int]]:
+    """When heads.db is complete past the log's end (the log lost records the store had
+    seen: a repair cut acked records, or a power loss with wal_sync=write), stored heads win,
+    so those channels continue after a gap and never reuse a seq; as_of comes back to the
+    end of the log, where new LSNs start. Returns (the store's old as_of or 0, the stored
+    seqs above the log's)."""
+    if rebuild.as_of <= last_lsn:
+        return 0, {}
+    store = rebuild.store
+    ahead = rebuild.as_of
+    stored = store.seqs(rebuild.channels)
+    heads_ahead = {ch: seq for ch, seq in stored.items() if seq > rebuild.channels[ch].seq}
+    store.write({}, last_lsn)
+    rebuild.as_of = last_lsn
+    log.warning(
+        "WAL %s: heads store was complete up to LSN %d, the log ends at %d: %d channels "
+        "keep heads from records no longer in the log (their seqs continue after a gap)",
+        wal_dir,
+        ahead,
+        last_lsn,
+        store.count_from(last_lsn + 1),
+    )
+    return ahead, heads_ahead
 
 
 def heads_behind_message(wal_dir: str, path: str, as_of: int, first_lsn: int) -> str:

@@ -22,17 +22,11 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from wal.errors import RecordError, SegmentError
-from wal.heads import HeadsStore, HeadsStoreError, heads_behind, heads_path, read_summary
+from wal.errors import HeadsStoreError, RecordError, SegmentError
+from wal.heads import HeadsStore, heads_behind, heads_path, read_summary
+from wal.lockfile import writer_lock
 from wal.reader import DirScan, SegmentScan, scan_dir
-from wal.segment import (
-    BROKEN_SUFFIX,
-    fsync_dir,
-    list_leftovers,
-    lock_dir,
-    parse_segment_name,
-    unlock_dir,
-)
+from wal.segment import BROKEN_SUFFIX, fsync_dir, list_leftovers, parse_segment_name
 
 log = logging.getLogger("ferry.wal")
 
@@ -148,7 +142,8 @@ class RepairReport:
 def repair_dir(wal_dir: str) -> RepairReport:
     """Cut the log at its first damage: truncate that segment there (or set it aside when
     its header is bad), set aside every later segment. Takes the writer lock."""
-    lock = lock_dir(wal_dir)
+    lock = writer_lock(wal_dir)
+    lock.acquire()
     try:
         report = RepairReport(removed_tmp=remove_leftovers(wal_dir))
         scan: DirScan = scan_dir(wal_dir, stop_at_error=False)
@@ -186,7 +181,7 @@ def repair_dir(wal_dir: str) -> RepairReport:
         return report
     finally:
         with contextlib.suppress(OSError):
-            unlock_dir(lock)
+            lock.release()
 
 
 def _repair_heads(

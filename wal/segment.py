@@ -1,5 +1,5 @@
 """Segment files: names, the header, creation by rotation (`.tmp` + fdatasync + rename +
-directory fsync), and the directory's writer lock.
+directory fsync). The directory's writer lock is in `wal.lockfile`.
 
 Header layout (little endian), followed by the first record at `SegmentHeader.size`:
 
@@ -25,7 +25,6 @@ in chunks, and counted.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import struct
@@ -35,7 +34,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from wal.errors import BadSegmentHeader, WalLocked
+from wal.errors import BadSegmentHeader
 
 MAGIC = b"FERRYWAL"
 VERSION = 2  # what this build writes
@@ -44,7 +43,6 @@ READABLE_VERSIONS = (1, 2)
 SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".tmp"
 BROKEN_SUFFIX = ".broken"
-LOCK_NAME = "writer.lock"
 MAX_NODE_ID_BYTES = 64
 MAX_HEADS_BYTES = 256 * 1024 * 1024
 
@@ -234,22 +232,3 @@ def create_segment(wal_dir: str, first_lsn: int, header: bytes) -> int:
 
 def open_for_append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-
-
-def lock_dir(wal_dir: str) -> int:
-    """Take the directory's writer lock (held until the returned fd is closed)."""
-    path = os.path.join(wal_dir, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise WalLocked(f"{wal_dir} is in use by another writer (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def unlock_dir(fd: int) -> None:
-    os.close(fd)  # closing the fd releases the flock

@@ -15,10 +15,10 @@ from typing import Any, TextIO
 
 import msgspec
 
-from wal.errors import RecordError, WalError
-from wal.heads import HeadsStoreError, HeadsSummary, heads_behind, read_summary
+from wal.errors import HeadsStoreError, RecordError, WalError
+from wal.heads import HeadsSummary, heads_behind, read_summary
 from wal.reader import DirScan, SegmentScan, iter_records, scan_dir
-from wal.record import ConnectionEvent, Frame, MessagePayload, decode_payload
+from wal.record import ConnectionEvent, MessagePayload, RecordSpan, decode_payload
 from wal.recovery import is_torn_tail, tail_window
 from wal.repair import repair_dir
 from wal.segment import BROKEN_SUFFIX, TMP_SUFFIX, V1_HEADS, list_segments
@@ -157,9 +157,9 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
 # -- verify ------------------------------------------------------------------------------
 
 
-def _decode(index: int, frame: Frame) -> None:
+def _decode(index: int, span: RecordSpan) -> None:
     """Decode every payload, as recovery does (a bad one is damage)."""
-    decode_payload(frame.type, frame.payload)
+    decode_payload(span.type, span.payload)
 
 
 def _verify(args: argparse.Namespace, out: TextIO) -> int:

@@ -41,17 +41,17 @@ from collections.abc import Callable
 
 from common.durability import Entry, LogUnavailable
 from wal.heads import HeadsTracker
-from wal.record import EVENT, ConnectionEvent, append_frame, append_message, encode_event
+from wal.record import EVENT, ConnectionEvent, append_message, append_record, encode_event
 from wal.segment import create_segment, encode_header, segment_name, write_all
 
 log = logging.getLogger("ferry.wal")
 
 
-class Batch:
+class CommitBatch:
     """Records written and synced together. Handed to `on_batch` once durable.
 
     `buf` holds the framed records exactly as written to disk (read-only for listeners:
-    a replayer can decode them with `wal.record.decode_frame` instead of reading back).
+    a replayer can decode them with `wal.record.decode_record` instead of reading back).
     """
 
     __slots__ = (
@@ -98,7 +98,7 @@ class Rotation:
         self.sealed_size = sealed_size
 
 
-BatchHandler = Callable[[Batch], None]
+BatchHandler = Callable[[CommitBatch], None]
 FailureHandler = Callable[[list[Entry], str], None]
 
 
@@ -146,8 +146,8 @@ class GroupCommitWriter:
         self._first = next_lsn
         self._buf = bytearray()
         self._entries: list[Entry] = []
-        self._sealed: collections.deque[Batch] = collections.deque()
-        self._inflight: Batch | None = None
+        self._sealed: collections.deque[CommitBatch] = collections.deque()
+        self._inflight: CommitBatch | None = None
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._idle: asyncio.Future[None] | None = None
         self.failure: str | None = None
@@ -179,7 +179,7 @@ class GroupCommitWriter:
         if self._refusal is not None:
             raise LogUnavailable(self._refusal)
         lsn = self._next_lsn
-        append_frame(self._buf, lsn, EVENT, encode_event(event))
+        append_record(self._buf, lsn, EVENT, encode_event(event))
         self._next_lsn = lsn + 1
         try:
             if len(self._buf) >= self._max_batch_bytes:
@@ -202,7 +202,7 @@ class GroupCommitWriter:
 
     def _seal(self) -> None:
         """Close the pending records into a batch of their own (the batch-size cap)."""
-        batch = Batch(self._buf, self._entries, self._first, self._next_lsn - 1)
+        batch = CommitBatch(self._buf, self._entries, self._first, self._next_lsn - 1)
         buf: bytearray = bytearray()
         entries: list[Entry] = []
         # Nothing above changed any state: an entry is in `_sealed` or `_entries`, never both.
@@ -218,7 +218,7 @@ class GroupCommitWriter:
         self._timer = None
         if self._inflight is not None or self.failure is not None:
             return
-        batch: Batch | None = None
+        batch: CommitBatch | None = None
         try:
             if not self._sealed:
                 if not self._buf:
@@ -245,7 +245,7 @@ class GroupCommitWriter:
                 self._inflight = None
             self._die(exc, "batch preparation", batch)
 
-    def _completed(self, batch: Batch) -> None:
+    def _completed(self, batch: CommitBatch) -> None:
         """On the loop: the thread is done with `batch`."""
         self._inflight = None
         if batch.error is not None or self.failure is not None:
@@ -286,7 +286,7 @@ class GroupCommitWriter:
             self._die(exc, op, None)
 
     def _die(
-        self, exc: BaseException, op: str, batch: Batch | None, *, deferred: bool = False
+        self, exc: BaseException, op: str, batch: CommitBatch | None, *, deferred: bool = False
     ) -> None:
         """The writer is dead: `batch` (if any) and everything pending go to `on_failed`.
         `deferred`: from inside `append`, so the callbacks run on the next loop iteration
@@ -373,20 +373,20 @@ class _SyncThread:
         fd: int,
         sync: bool,
         loop: asyncio.AbstractEventLoop,
-        done: Callable[[Batch], None],
+        done: Callable[[CommitBatch], None],
     ) -> None:
         self._dir = wal_dir
         self._fd = fd
         self._sync = sync
         self._loop = loop
         self._done = done
-        self._jobs: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[CommitBatch | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ferry-wal-sync", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, batch: Batch) -> None:
+    def submit(self, batch: CommitBatch) -> None:
         self._jobs.put(batch)
 
     async def stop(self) -> None:
@@ -413,7 +413,7 @@ class _SyncThread:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
 
-    def _write(self, batch: Batch) -> None:
+    def _write(self, batch: CommitBatch) -> None:
         op = "write"
         try:
             if batch.rotation is not None:

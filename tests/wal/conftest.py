@@ -18,7 +18,7 @@ from tests.helpers import IN_CI
 from wal import WalLog
 from wal.errors import RecordError
 from wal.reader import SegmentReader
-from wal.record import Frame
+from wal.record import RecordSpan
 from wal.segment import list_segments
 
 # One time unit for every deadline (FERRYTEST_UNIT seconds, as in tests/helpers.py).
@@ -132,12 +132,12 @@ async def logs() -> AsyncIterator[LogFactory]:
         await log.close()
 
 
-def frames(path: Path | str) -> list[Frame]:
+def spans(path: Path | str) -> list[RecordSpan]:
     """The good records of one segment, up to any damage (offsets are file offsets)."""
-    good: list[Frame] = []
+    good: list[RecordSpan] = []
     with SegmentReader(str(path)) as reader:
         try:
-            for f in reader.frames():
+            for f in reader.spans():
                 good.append(msgspec.structs.replace(f, payload=memoryview(b"")))
         except RecordError:
             pass

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.durability import HistoryLimits
-from tests.wal.conftest import LogFactory, fill, frames, message, segment_paths
+from tests.wal.conftest import LogFactory, fill, message, segment_paths, spans
 from tests.wal.legacy import write_v1_log
 from wal import CorruptLog, iter_records
 from wal.heads import HEADS_NAME, HeadsReader, HeadsStore, StoredHead, read_summary
@@ -273,7 +273,7 @@ async def test_a_repair_that_cuts_acked_records_leaves_a_gap(
     await fill(log, handlers, 300, heads=heads, per_tick=10, wait=True)
     await log.close()
     middle = segment_paths(tmp_path)[1]
-    victim = frames(middle)[2]
+    victim = spans(middle)[2]
     with open(middle, "r+b") as f:
         f.seek(victim.offset + 20)
         f.write(b"\xee")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from common.durability import Encoding, Entry, HistoryLimits
 from tests.helpers import ROOT, UNIT
+from wal.lockfile import replay_lock
 from wal.log import WalLog
-from wal.replay.replayer import ReplayLock
 
 
 async def _write_wal(wal_dir: Path, n: int, start_seq: int = 1) -> None:
@@ -54,7 +54,7 @@ async def test_replay_tool_drains_resumes_and_respects_the_lock(tmp_path: Path) 
     wal_dir, db = tmp_path / "wal", tmp_path / "ferry.db"
     await _write_wal(wal_dir, 500)
 
-    lock = ReplayLock(str(wal_dir))
+    lock = replay_lock(str(wal_dir))
     lock.acquire()  # as a running `ferry serve` replayer would
     try:
         held = await asyncio.to_thread(_replay, wal_dir, db)

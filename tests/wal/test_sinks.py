@@ -13,7 +13,7 @@ import pymysql
 import pytest
 
 from tests.helpers import IN_CI
-from wal.sinks import Batch, EventRow, MessageRow, Sink, make_sink, redact_url
+from wal.sinks import EventRow, MessageRow, RowBatch, Sink, make_sink, redact_url
 from wal.sinks.mysql import LOAD_DATA_MIN_ROWS
 
 SINK_DB = "ferry_sinks"
@@ -95,11 +95,12 @@ async def test_round_trip_idempotent(sink: Sink, tmp_path: Path, size: int) -> N
     event = EventRow(
         node, size + 1, 1795959335357, "disconnect", "c-1", "user@x", "127.0.0.1:1\t", 1000, 42
     )
-    batch = Batch(node, rows, [event], size + 1)
+    batch = RowBatch(node, rows, [event], size + 1)
     await sink.write(batch)
     await sink.write(batch)  # a retried batch (its commit was lost) changes nothing
     assert await sink.checkpoint(node) == size + 1
-    await sink.write(Batch(node, rows[:5], [], 5))  # an older batch never moves the checkpoint back
+    # an older batch never moves the checkpoint back
+    await sink.write(RowBatch(node, rows[:5], [], 5))
     assert await sink.checkpoint(node) == size + 1
     stored, events = await _read_back(sink, node, tmp_path)
     assert len(stored) == size and events == [size + 1]
@@ -126,7 +127,7 @@ async def test_mysql_without_local_infile_falls_back(tmp_path: Path) -> None:
         await sink.open()
         node = "no-infile"
         rows = _rows(node, 1, LOAD_DATA_MIN_ROWS + 1)
-        await sink.write(Batch(node, rows, [], len(rows)))
+        await sink.write(RowBatch(node, rows, [], len(rows)))
         assert await sink.checkpoint(node) == len(rows)
         conn = db.connect()
         with conn.cursor() as cur:

@@ -21,7 +21,7 @@ import pymysql
 import pytest
 
 from tests.mariadb import PrivateMariaDB, require_mariadb
-from wal.sinks import Batch, EventRow, MessageRow, SinkError, make_sink
+from wal.sinks import EventRow, MessageRow, RowBatch, SinkError, make_sink
 from wal.sinks.base import SCHEMA_VERSION
 from wal.sinks.mysql import LOAD_DATA_MIN_ROWS
 
@@ -127,11 +127,11 @@ async def test_sink_on_a_server_that_acts_like_managed_mysql(
 
         big = _rows(node, 1, LOAD_DATA_MIN_ROWS + 5)  # the LOAD DATA path: refused, falls back
         with caplog.at_level(logging.WARNING, logger="ferry.sink.mysql"):
-            await sink.write(Batch(node, big, [_event(node, len(big) + 1)], len(big) + 1))
+            await sink.write(RowBatch(node, big, [_event(node, len(big) + 1)], len(big) + 1))
         assert "refuses LOAD DATA LOCAL INFILE" in caplog.text
         head = len(big) + 1
         small = _rows(node, head + 1, 10)  # the multi-row INSERT path
-        await sink.write(Batch(node, small, [], head + 10))
+        await sink.write(RowBatch(node, small, [], head + 10))
         assert await sink.checkpoint(node) == head + 10
         await sink.close()
 
@@ -143,7 +143,7 @@ async def test_sink_on_a_server_that_acts_like_managed_mysql(
             sink = make_sink(url)
             await sink.open()
             assert await sink.checkpoint(node) == head + 10
-            await sink.write(Batch(node, small, [], head + 10))  # a retried batch: no change
+            await sink.write(RowBatch(node, small, [], head + 10))  # a retried batch: no change
             await sink.close()
 
         assert _query(db, "SELECT COUNT(*) FROM ferry.ferry_messages WHERE node = %s", (node,)) == [
@@ -185,7 +185,7 @@ async def test_a_v1_database_is_upgraded_also_once_keys_are_enforced(tmp_path: P
         assert _tables_without_primary_key(db) == set()
         assert _query(db, "SELECT id, version FROM ferry.ferry_schema") == [(1, SCHEMA_VERSION)]
         assert await sink.checkpoint(node) == 42
-        await sink.write(Batch(node, _rows(node, 43, 3), [], 45))
+        await sink.write(RowBatch(node, _rows(node, 43, 3), [], 45))
         assert await sink.checkpoint(node) == 45
         await sink.close()
         assert _query(db, "SELECT COUNT(*) FROM ferry.ferry_messages") == [(4,)]
@@ -223,7 +223,7 @@ async def test_a_v1_sqlite_database_is_upgraded(tmp_path: Path) -> None:
     sink = make_sink(f"sqlite:///{path}")
     await sink.open()
     assert await sink.checkpoint("n") == 9
-    await sink.write(Batch("n", _rows("n", 10, 2), [], 11))
+    await sink.write(RowBatch("n", _rows("n", 10, 2), [], 11))
     await sink.close()
     check = sqlite3.connect(path)
     assert check.execute("SELECT id, version FROM ferry_schema").fetchall() == [(1, SCHEMA_VERSION)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.mariadb import require_mariadb
-from wal.sinks import Batch, MessageRow, SinkError, make_sink
+from wal.sinks import MessageRow, RowBatch, SinkError, make_sink
 from wal.sinks.mysql import parse_mysql_url
 
 BASE = "mysql://ferry:pw@db.internal:25060/ferry"
@@ -117,7 +117,7 @@ async def test_sink_verifies_a_tls_only_server(tmp_path: Path, pki: dict[str, Pa
         verified = make_sink(f"{url}?ssl-mode=VERIFY_CA&ssl-ca={pki['ca']}")
         await verified.open()
         row = MessageRow("tls", 1, "c", 1, 1, "u", None, 0, b"x")
-        await verified.write(Batch("tls", [row], [], 1))
+        await verified.write(RowBatch("tls", [row], [], 1))
         assert await verified.checkpoint("tls") == 1
         await verified.close()
 

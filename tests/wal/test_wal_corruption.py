@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.wal.conftest import LogFactory, fill, frames, segment_paths
+from tests.wal.conftest import LogFactory, fill, segment_paths, spans
 from wal import CorruptLog, MessagePayload, NodeIdMismatch, iter_records
 from wal.errors import BadSegmentHeader, LsnGap
 from wal.segment import TMP_SUFFIX, encode_header, load_header, segment_name
@@ -72,7 +72,7 @@ def _seqs(path: Path) -> dict[str, list[int]]:
 
 def _total_before(path: Path, segment: Path) -> int:
     """Records in the segments before `segment`."""
-    return sum(len(frames(p)) for p in segment_paths(path) if p.name < segment.name)
+    return sum(len(spans(p)) for p in segment_paths(path) if p.name < segment.name)
 
 
 @pytest.mark.parametrize("cut", [1, 3, 7, 8, 9, 16, 17, 25, 100, 240, 241, 700])
@@ -81,9 +81,9 @@ async def test_tail_truncated_by_n_bytes(logs: LogFactory, tmp_path: Path, cut: 
     last = segment_paths(tmp_path)[-1]
     size = last.stat().st_size
     os.truncate(last, size - cut)
-    good = [f for f in frames(last) if f.end <= size - cut]
+    good = [f for f in spans(last) if f.end <= size - cut]
     survivors = _total_before(tmp_path, last) + len(good)
-    cut_at = good[-1].end if good else frames(last)[0].offset
+    cut_at = good[-1].end if good else spans(last)[0].offset
     await _reopen_and_check(logs, tmp_path, survivors)
     backup = Path(str(last) + ".broken")
     assert backup.stat().st_size == size - cut  # the file as found, before truncation
@@ -93,7 +93,7 @@ async def test_tail_truncated_by_n_bytes(logs: LogFactory, tmp_path: Path, cut: 
 async def test_zeroed_sector_inside_a_record(logs: LogFactory, tmp_path: Path) -> None:
     await _write(logs, tmp_path, 40, size=1500)
     last = segment_paths(tmp_path)[-1]
-    records = frames(last)
+    records = spans(last)
     assert len(records) >= 3
     victim = records[len(records) // 2]
     sector = (victim.offset // 512 + 1) * 512  # a whole sector inside the victim
@@ -108,7 +108,7 @@ async def test_zeroed_sector_inside_a_record(logs: LogFactory, tmp_path: Path) -
 async def test_checksum_mismatch_in_the_last_record(logs: LogFactory, tmp_path: Path) -> None:
     await _write(logs, tmp_path, 100)
     last = segment_paths(tmp_path)[-1]
-    records = frames(last)
+    records = spans(last)
     with open(last, "r+b") as f:
         f.seek(records[-1].offset + 30)
         byte = f.read(1)
@@ -122,7 +122,7 @@ async def test_length_pointing_past_eof_in_the_last_segment(
 ) -> None:
     await _write(logs, tmp_path, 100)
     last = segment_paths(tmp_path)[-1]
-    records = frames(last)
+    records = spans(last)
     with open(last, "r+b") as f:
         f.seek(records[-2].offset)
         f.write(struct.pack("<I", 1_000_000))  # plausible, but the file ends long before
@@ -134,7 +134,7 @@ async def test_length_pointing_past_eof_in_a_middle_segment_refuses(
 ) -> None:
     await _write(logs, tmp_path, 300)
     middle = segment_paths(tmp_path)[1]
-    victim = frames(middle)[-1]
+    victim = spans(middle)[-1]
     with open(middle, "r+b") as f:
         f.seek(victim.offset)
         f.write(struct.pack("<I", 1_000_000))
@@ -150,7 +150,7 @@ async def test_flipped_byte_in_a_middle_segment_refuses_then_repair(
     segments = segment_paths(tmp_path)
     assert len(segments) >= 4
     middle = segments[1]
-    records = frames(middle)
+    records = spans(middle)
     victim = records[5]
     with open(middle, "r+b") as f:
         f.seek(victim.offset + 40)
@@ -175,7 +175,7 @@ async def test_flipped_byte_in_a_middle_segment_refuses_then_repair(
         assert Path(str(later) + ".broken").exists() and not later.exists()
     assert Path(str(middle) + ".broken").stat().st_size == size
     assert middle.stat().st_size == victim.offset
-    survivors = len(frames(segments[0])) + 5
+    survivors = len(spans(segments[0])) + 5
     await _reopen_and_check(logs, tmp_path, survivors)
 
 
@@ -188,7 +188,7 @@ async def test_flip_far_back_in_the_newest_segment_refuses(
     await fill(log, handlers, 4600, data=_data(1000))  # > tail window (64 KiB + 4 MiB)
     await log.close()
     (only,) = segment_paths(tmp_path)
-    victim = frames(only)[3]
+    victim = spans(only)[3]
     with open(only, "r+b") as f:
         f.seek(victim.offset + 25)
         f.write(b"\xff")
@@ -201,7 +201,7 @@ async def test_flip_far_back_in_the_newest_segment_refuses(
     log, _, handlers = await logs.open(tmp_path, **kw)
     await fill(log, handlers, 100, data=_data(1000))
     await log.close()
-    victim = frames(only)[3]
+    victim = spans(only)[3]
     with open(only, "r+b") as f:
         f.seek(victim.offset + 25)
         f.write(b"\xff")
@@ -224,7 +224,7 @@ async def test_empty_last_segment_is_fine(logs: LogFactory, tmp_path: Path) -> N
     assert len(header) == 96
     (tmp_path / segment_name(101)).write_bytes(header)
     await _reopen_and_check(logs, tmp_path, 100)
-    assert len(frames(tmp_path / segment_name(101))) == 30  # appends went into it
+    assert len(spans(tmp_path / segment_name(101))) == 30  # appends went into it
 
 
 async def test_missing_middle_segment_refuses(logs: LogFactory, tmp_path: Path) -> None:
@@ -259,7 +259,7 @@ async def test_refusal_releases_the_lock(logs: LogFactory, tmp_path: Path) -> No
     await _write(logs, tmp_path, 300)
     middle = segment_paths(tmp_path)[1]
     with open(middle, "r+b") as f:
-        f.seek(frames(middle)[0].offset + 30)
+        f.seek(spans(middle)[0].offset + 30)
         f.write(b"\x00\x01")
     with pytest.raises(CorruptLog):
         await logs.open(tmp_path, segment_bytes=SEGMENT)

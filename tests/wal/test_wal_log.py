@@ -15,7 +15,7 @@ from wal import ConnectionEvent, LogFollower, RecordTooLarge, WalLocked, WalLog,
 from wal.record import EVENT, MAX_PAYLOAD_BYTES
 from wal.segment import load_header, segment_name
 from wal.tool import main as wal_tool
-from wal.writer import Batch
+from wal.writer import CommitBatch
 
 
 async def test_group_commit_many_records_per_fdatasync(
@@ -224,7 +224,7 @@ async def test_deleted_segments_keep_channel_seqs(logs: LogFactory, tmp_path: Pa
 
 async def test_append_event_is_logged_without_callback(logs: LogFactory, tmp_path: Path) -> None:
     log, _, handlers = await logs.open(tmp_path)
-    seen: list[Batch] = []
+    seen: list[CommitBatch] = []
     log.add_durable_listener(seen.append)
     event = ConnectionEvent("disconnect", "bob", "10.1.2.3:999", 1001, 5000, 42, "conn-9")
     lsn = log.append_event(event)
@@ -241,17 +241,17 @@ async def test_append_event_is_logged_without_callback(logs: LogFactory, tmp_pat
 
 
 async def test_durable_listener_gets_the_framed_bytes(logs: LogFactory, tmp_path: Path) -> None:
-    from wal.record import decode_frame, decode_message
+    from wal.record import decode_message, decode_record
 
     log, _, handlers = await logs.open(tmp_path)
-    seen: list[Batch] = []
+    seen: list[CommitBatch] = []
     log.add_durable_listener(seen.append)
     await fill(log, handlers, 100)
     decoded = []
     for batch in seen:
         view, offset = memoryview(bytes(batch.buf)), 0
         while offset < len(view):
-            frame = decode_frame(view, offset)
+            frame = decode_record(view, offset)
             decoded.append((frame.lsn, decode_message(frame.payload).seq))
             offset = frame.end
     assert [lsn for lsn, _ in decoded] == list(range(1, 101))

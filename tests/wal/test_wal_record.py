@@ -29,13 +29,13 @@ from wal.record import (
     RECORD_HEADER,
     ConnectionEvent,
     MessagePayload,
-    append_frame,
     append_message,
+    append_record,
     decode_event,
-    decode_frame,
     decode_message,
+    decode_record,
     encode_event,
-    frame,
+    encode_record,
     framed_size,
 )
 from wal.segment import encode_header, segment_name
@@ -63,7 +63,7 @@ events = st.builds(
 
 
 def crc_ok(view: memoryview, offset: int) -> bool:
-    """Recompute a record's CRC independently of decode_frame."""
+    """Recompute a record's CRC independently of decode_record."""
     length, crc, _, _ = RECORD_HEADER.unpack_from(view, offset)
     return zlib.crc32(bytes(view[offset + 8 : offset + 17 + length])) == crc
 
@@ -73,7 +73,7 @@ def test_message_round_trip(entry: Entry, lsn: int) -> None:
     buf = bytearray()
     append_message(buf, lsn, entry)
     assert len(buf) % ALIGN == 0
-    got = decode_frame(memoryview(bytes(buf)), 0)
+    got = decode_record(memoryview(bytes(buf)), 0)
     assert (got.offset, got.end, got.lsn, got.type) == (0, len(buf), lsn, MESSAGE)
     assert len(buf) == framed_size(len(got.payload))
     msg = decode_message(got.payload)
@@ -97,8 +97,8 @@ def test_message_round_trip(entry: Entry, lsn: int) -> None:
 
 @given(events, st.integers(min_value=1, max_value=2**40))
 def test_event_round_trip(event: ConnectionEvent, lsn: int) -> None:
-    raw = frame(lsn, EVENT, encode_event(event))
-    got = decode_frame(memoryview(raw), 0)
+    raw = encode_record(lsn, EVENT, encode_event(event))
+    got = decode_record(memoryview(raw), 0)
     assert (got.lsn, got.type) == (lsn, EVENT)
     assert decode_event(got.payload) == event
 
@@ -132,24 +132,24 @@ def test_too_large_payload_is_refused_before_anything_is_written() -> None:
     ],
 )
 def test_damage_classification(mutate: object, error: type[RecordError]) -> None:
-    raw = frame(7, MESSAGE, b"\x97" + b"a" * 40)
+    raw = encode_record(7, MESSAGE, b"\x97" + b"a" * 40)
     damaged = mutate(raw)  # type: ignore[operator]
     with pytest.raises(error) as info:
-        decode_frame(memoryview(damaged), 0)
+        decode_record(memoryview(damaged), 0)
     assert info.value.offset == 0
 
 
 def test_zeroed_sector_inside_a_record_reads_as_torn() -> None:
-    raw = bytearray(frame(3, MESSAGE, b"\xc6" + b"z" * 2000))
-    raw[600:1112] = b"\0" * 512
+    raw = bytearray(encode_record(3, MESSAGE, b"\xc6" + b"z" * 2000))
+    raw[1024:1536] = b"\0" * 512  # a whole sector (file offsets 1024..1536)
     with pytest.raises(TornRecord):
-        decode_frame(memoryview(bytes(raw)), 0)
+        decode_record(memoryview(bytes(raw)), 0)
 
 
 def _records(lsns: range, sizes: list[int]) -> bytes:
     buf = bytearray()
     for lsn, size in zip(lsns, sizes, strict=False):
-        append_frame(buf, lsn, MESSAGE, bytes([lsn % 251]) * size)
+        append_record(buf, lsn, MESSAGE, bytes([lsn % 251]) * size)
     return bytes(buf)
 
 
@@ -180,7 +180,7 @@ def test_damaged_buffers_never_yield_a_bad_record(
     offset = 0
     while offset < len(data):
         try:
-            got = decode_frame(view, offset)
+            got = decode_record(view, offset)
         except RecordError:
             break  # the documented errors, and only those
         assert crc_ok(view, offset)

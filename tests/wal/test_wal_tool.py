@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.wal.conftest import LogFactory, fill, frames, message, segment_paths
+from tests.wal.conftest import LogFactory, fill, message, segment_paths, spans
 from wal import ConnectionEvent
 from wal.tool import EXIT_CORRUPT, EXIT_OK, EXIT_TORN_TAIL, EXIT_USAGE, main
 
@@ -72,7 +72,7 @@ async def test_verify_names_file_and_offset(
 ) -> None:
     await _log(logs, tmp_path)
     middle = segment_paths(tmp_path)[1]
-    victim = frames(middle)[2]
+    victim = spans(middle)[2]
     _flip(middle, victim.offset + 20)
     assert main(["verify", str(tmp_path)]) == EXIT_CORRUPT
     out = capsys.readouterr().out
@@ -132,12 +132,12 @@ async def test_dump_renders_json_and_base64(
 async def test_dump_stops_at_corruption(logs: LogFactory, tmp_path: Path, capsys: Capture) -> None:
     await _log(logs, tmp_path)
     middle = segment_paths(tmp_path)[1]
-    victim = frames(middle)[0]
+    victim = spans(middle)[0]
     _flip(middle, victim.offset + 20)
     assert main(["dump", str(tmp_path)]) == EXIT_CORRUPT
     captured = capsys.readouterr()
     dumped = [json.loads(line)["lsn"] for line in captured.out.splitlines()]
-    assert dumped == list(range(1, len(frames(segment_paths(tmp_path)[0])) + 1))
+    assert dumped == list(range(1, len(spans(segment_paths(tmp_path)[0])) + 1))
     assert str(middle) in captured.err and f"offset {victim.offset}" in captured.err
 
 
@@ -164,7 +164,7 @@ async def test_repair_bad_header_drops_the_segment(
     assert segment_paths(tmp_path) == segments[:2]
     assert main(["verify", str(tmp_path)]) == EXIT_OK
     log, state, handlers = await logs.open(tmp_path, segment_bytes=4096)
-    assert state.next_lsn == sum(len(frames(p)) for p in segments[:2]) + 1
+    assert state.next_lsn == sum(len(spans(p)) for p in segments[:2]) + 1
     await fill(log, handlers, 5, heads=dict(state.heads))
 
 

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.durability import Entry, LogUnavailable
+from common.errors import RecordRefused
 from tests.wal.conftest import UNIT, Handlers, LogFactory, message
 from wal import RecordTooLarge, WalLog, iter_records
 from wal import writer as writer_module
@@ -144,7 +145,7 @@ async def test_record_too_large_still_raises_before_touching_anything(
     log, _, handlers = await logs.open(tmp_path, registry=registry)
     with pytest.raises(RecordTooLarge) as info:
         log.append(message("c", 1, b"\0" * MAX_PAYLOAD_BYTES))
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, RecordRefused)  # what the router catches
     assert log.writable and log.head_lsn == 0
     assert registry.get_sample_value("ferry_wal_write_errors_total") == 0
     ok = message("c", 1)

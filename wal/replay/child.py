@@ -16,7 +16,9 @@ from typing import Any
 import uvloop
 
 from common import logsetup
-from wal.replay.replayer import Replayer, ReplayLock, ReplayLocked, ReplayStatus
+from wal.errors import ReplayLocked
+from wal.lockfile import replay_lock
+from wal.replay.replayer import Replayer, ReplayStatus
 from wal.replay.service import STATUS_INTERVAL
 from wal.sinks.base import make_sink
 
@@ -62,7 +64,7 @@ async def child_main(wal_dir: str, db_url: str, node_id: str) -> int:
             sys.stdout.flush()
             last_sent[0], last_sent[1] = now, doc
 
-    lock = ReplayLock(wal_dir)
+    lock = replay_lock(wal_dir)
     status = ReplayStatus()
     while True:
         try:

@@ -8,7 +8,8 @@ the same transaction, so a crash anywhere leaves the database either before or a
 the whole batch; the next start resumes after the committed checkpoint.
 
 It never reads past the durable head it is given (`durable_lsn`), so a row can never
-reach the database ahead of its fdatasync. A lock file keeps two replayers off one WAL.
+reach the database ahead of its fdatasync. A lock file (`wal.lockfile.replay_lock`) keeps
+two replayers off one WAL.
 
 Database states, all in one table:
 
@@ -24,9 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import fcntl
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -34,13 +33,12 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from common.durability import RecordType
+from wal.errors import SinkError
 from wal.reader import LogFollower
 from wal.record import ConnectionEvent, MessagePayload
-from wal.sinks.base import Batch, EventRow, MessageRow, Sink, SinkError, redact_url
+from wal.sinks.base import EventRow, MessageRow, RowBatch, Sink, redact_url
 
 log = logging.getLogger("ferry.replayer")
-
-LOCK_NAME = "replay.lock"
 
 
 class DbState(enum.StrEnum):
@@ -56,35 +54,6 @@ TRANSITIONS: dict[DbState, frozenset[DbState]] = {
     DbState.DOWN: frozenset({DbState.RECOVERING, DbState.UP}),
     DbState.RECOVERING: frozenset({DbState.UP, DbState.DOWN}),
 }
-
-
-class ReplayLocked(Exception):
-    """Another replayer holds this WAL's lock file."""
-
-
-class ReplayLock:
-    """An flock on `<wal_dir>/replay.lock`; released when the process dies, whatever the cause."""
-
-    def __init__(self, wal_dir: str) -> None:
-        self.path = os.path.join(wal_dir, LOCK_NAME)
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ReplayLocked(f"another replayer holds {self.path}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 @dataclass
@@ -165,7 +134,7 @@ class Replayer:
         self._stopping = False
         self._next_lsn = 1
         self._follower: LogFollower | None = None
-        self._prefetch: tuple[int, asyncio.Future[Batch]] | None = None
+        self._prefetch: tuple[int, asyncio.Future[RowBatch]] | None = None
         self._pending_since = 0.0  # unix time of the oldest record of a batch not yet written
         self._backoff = Backoff()
 
@@ -248,9 +217,9 @@ class Replayer:
             self._move(DbState.RECOVERING)
         log.info("replaying from LSN %d", self._next_lsn, extra={"db": redact_url(self.sink.url)})
 
-    def _read_batch(self, start: int) -> Batch:
+    def _read_batch(self, start: int) -> RowBatch:
         """Up to `batch_rows` records from `start`, never past the durable head."""
-        batch = Batch(self.node_id)
+        batch = RowBatch(self.node_id)
         limit = self.status.durable_lsn if self._durable_known else None
         if limit is not None and limit < start:
             return batch

@@ -16,6 +16,7 @@ skips a batch.
 
 from __future__ import annotations
 
-from wal.sinks.base import Batch, EventRow, MessageRow, Sink, SinkError, make_sink, redact_url
+from wal.errors import SinkError
+from wal.sinks.base import EventRow, MessageRow, RowBatch, Sink, make_sink, redact_url
 
-__all__ = ["Batch", "EventRow", "MessageRow", "Sink", "SinkError", "make_sink", "redact_url"]
+__all__ = ["EventRow", "MessageRow", "RowBatch", "Sink", "SinkError", "make_sink", "redact_url"]

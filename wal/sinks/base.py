@@ -40,7 +40,10 @@ class EventRow(NamedTuple):
 
 
 @dataclass
-class Batch:
+class RowBatch:
+    """The rows one sink transaction inserts, and the checkpoint it moves to (not the
+    writer's `wal.writer.CommitBatch`: these are decoded rows, read back from the log)."""
+
     node: str
     messages: list[MessageRow] = field(default_factory=list)
     events: list[EventRow] = field(default_factory=list)
@@ -51,10 +54,6 @@ class Batch:
         return len(self.messages) + len(self.events)
 
 
-class SinkError(Exception):
-    """The database could not take the batch; the text is for logs and the dashboard."""
-
-
 class Sink(Protocol):
     url: str
     fault: Callable[[str], None]  # test hook, called between the inserts and the commit
@@ -63,7 +62,7 @@ class Sink(Protocol):
 
     async def checkpoint(self, node: str) -> int: ...
 
-    async def write(self, batch: Batch) -> None: ...
+    async def write(self, batch: RowBatch) -> None: ...
 
     async def close(self) -> None: ...
 

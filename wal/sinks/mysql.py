@@ -29,7 +29,8 @@ import aiomysql
 import pymysql
 from pymysql.converters import escape_string
 
-from wal.sinks.base import SCHEMA_VERSION, Batch, EventRow, MessageRow, SinkError, redact_url
+from wal.errors import SinkError
+from wal.sinks.base import SCHEMA_VERSION, EventRow, MessageRow, RowBatch, redact_url
 
 log = logging.getLogger("ferry.sink.mysql")
 
@@ -282,7 +283,7 @@ class MysqlSink:
 
         return int(await self._guard(work))
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: RowBatch) -> None:
         tsv_path: str | None = None
         if len(batch.messages) >= LOAD_DATA_MIN_ROWS and self._local_infile is not False:
             fd, tsv_path = tempfile.mkstemp(prefix="ferry-load-", suffix=".tsv")

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from wal.sinks.base import SCHEMA_VERSION, Batch, SinkError
+from wal.errors import SinkError
+from wal.sinks.base import SCHEMA_VERSION, RowBatch
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ferry_messages (
@@ -110,10 +111,10 @@ class SqliteSink:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    async def write(self, batch: Batch) -> None:
+    async def write(self, batch: RowBatch) -> None:
         await self._run(self._write, batch)
 
-    def _write(self, batch: Batch) -> None:
+    def _write(self, batch: RowBatch) -> None:
         db = self._db
         if db is None:
             self._open()
