@@ -232,7 +232,7 @@ class World:
             history if history is not None else HistoryLimits(size=100),
             max_channels_per_user=max_channels_per_user,
         )
-        self.flusher = Flusher(self.loop)  # type: ignore[arg-type]
+        self.flusher = Flusher(self.loop.call_soon)
         self.limits = Limits(**limits)
         self.outbox_limit = outbox_limit
         self.grants: dict[str, Grant] = {}
