@@ -1,11 +1,12 @@
 """Keepalive for every connection from ONE timer (RFC 6455 §5.5.2 pings).
 
-Each connection carries an `active` flag that every data frame sets (core/listener.py).
-Every `idle_timeout` the sweep looks at all connections: one that was silent for the whole
-period gets a ping with a random 8-byte payload; one that has not sent the pong carrying
-that payload `ping_timeout` after it is dropped. The client's own pings and pongs that do
-not answer ours count for nothing: they show that it writes, not that it reads.
-The ping goes through the connection's outbox, after what is already queued.
+The keepalive state is each connection's `WebSocket` (core/websocket.py): an `active`
+flag that every data frame sets, the outstanding ping and its payload. This module only
+drives it: every `idle_timeout` the sweep looks at all connections; one that was silent
+for the whole period gets a ping with a random 8-byte payload (through its outbox, after
+what is already queued); one that has not sent the pong carrying that payload
+`ping_timeout` after it is closed with 1011 and dropped. The client's own pings and pongs
+that do not answer ours count for nothing: they show that it writes, not that it reads.
 
 A timer per connection (picows' auto-ping task) would cost a task and a coroutine frame
 for each idle connection; this costs a few attributes.
@@ -15,13 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
-from core.errors import CloseCode
 from core.guard import PeerLog
-from core.protocol import ping_frame
 
 if TYPE_CHECKING:
     from core.relay_state import RelayState
@@ -55,25 +53,13 @@ class Keepalive:
         if check_idle:
             self._last_sweep = now
         for conn in list(self.hub.connections):
-            transport = conn.transport
-            if transport is None or conn.session is None or not conn.session.is_open:
+            ws, transport = conn.ws, conn.transport
+            if ws is None or transport is None:
                 continue
-            if conn.pinged_at:
-                # Only the pong with the ping's payload clears pinged_at (core/listener.py).
-                if now - conn.pinged_at >= self.ping_timeout:
-                    self.dropped += 1
-                    self._log.info(
-                        "dropping %s: no answer to ping within %.1fs",
-                        conn.conn_id,
-                        self.ping_timeout,
-                    )
-                    conn.session.close(CloseCode.GOING_AWAY, "no answer to ping")
-                    transport.disconnect(graceful=False)  # dead: no close reply will come
-                    continue
-            elif check_idle and not conn.active and conn.outbox is not None:
-                conn.pinged_at = now
-                conn.ping_payload = payload = os.urandom(8)
-                conn.outbox.push(ping_frame(payload))
-            if check_idle:
-                conn.active = False
+            if ws.keepalive(now, check_idle, self.ping_timeout):
+                self.dropped += 1
+                self._log.info(
+                    "dropping %s: no answer to ping within %.1fs", conn.conn_id, self.ping_timeout
+                )
+                transport.disconnect(graceful=False)  # dead: no close reply will come
         self._handle = self.hub.loop.call_later(self._tick, self._sweep)

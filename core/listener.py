@@ -5,11 +5,10 @@ Origin, the connection limits (HTTP 503 overall, 429 per user and per client add
 the token (HTTP 401/403 before the upgrade), picks the subprotocol, and returns a
 `Connection`.
 
-A frame's payload is copied (`get_payload_as_bytes`) before `on_ws_frame` returns: picows
-reuses its buffer. Fragmented messages are reassembled up to the frame limit; a new data
-frame inside an unfinished one closes with 1002 (RFC 6455 §5.4).
-Pings are answered here, through the outbox like any other frame (picows' auto-pong would
-write past its limit); only a pong carrying the payload of our last ping answers it.
+`Connection` is glue only: it turns each picows frame into a call on the connection's
+`WebSocket` (core/websocket.py: reassembly, UTF-8, the close echo, pings and keepalive
+state, without I/O), and what that decides into transport writes and closes. picows
+reuses its frame buffer: the payload is copied before `on_ws_frame` returns.
 Backpressure: picows forwards the transport's `pause_writing`/`resume_writing`, which
 stop and restart the outbox's flushes (see core/outbox.py for the slow-consumer policy).
 """
@@ -35,8 +34,9 @@ from common.durability import Encoding
 from core.auth import Grant, token_from_request
 from core.errors import AuthError, CloseCode
 from core.outbox import Outbox
-from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS, pong_frame
+from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
 from core.session import Session
+from core.websocket import WebSocket
 
 if TYPE_CHECKING:
     from core.guard import Guard
@@ -46,8 +46,13 @@ log = logging.getLogger("ferry.conn")
 
 # A client that does not read its close frame is cut off after this long.
 CLOSE_GRACE_S = 5.0
-# Pongs made while the outbox is paused are pushed to it in chunks of this size.
-PONG_CHUNK = 4096
+# picows' message types, read once per frame: module globals are the quickest lookup.
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_PING = WSMsgType.PING
+_PONG = WSMsgType.PONG
+_CLOSE = WSMsgType.CLOSE
 
 
 def _pick_subprotocol(header: str | None) -> Encoding | None:
@@ -126,9 +131,8 @@ def _upgrade(
 
 class Connection(WSListener):  # type: ignore[misc]
     __slots__ = (
-        "_cutoff", "_fragments", "_fragments_size", "_fragments_text", "_peer_closed", "_pongs",
-        "active", "address", "conn_id", "connected_at", "encoding", "grant", "hub", "outbox",
-        "ping_payload", "pinged_at", "principal", "remote", "session", "transport",
+        "_cutoff", "address", "conn_id", "connected_at", "encoding", "grant", "hub", "outbox",
+        "principal", "remote", "session", "transport", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -145,21 +149,9 @@ class Connection(WSListener):  # type: ignore[misc]
         self.transport: WSTransport | None = None
         self.session: Session | None = None
         self.outbox: Outbox | None = None
+        self.ws: WebSocket | None = None  # set with the session, at on_ws_connected
         self.connected_at = time.monotonic()
-        self._fragments: list[bytes] | None = None
-        self._fragments_text = False
-        self._fragments_size = 0
         self._cutoff: object = None
-        self._peer_closed = False
-        # keepalive (core/keepalive.py): a data frame, or the pong that answers our ping
-        # (same payload), marks the connection active; the client's own pings and
-        # unsolicited pongs do not (neither shows that it reads).
-        self.active = True
-        self.pinged_at = 0.0
-        self.ping_payload: bytes | None = None
-        # Pongs made while the outbox is paused, pushed in chunks: the outbox counts the
-        # bytes, and a flood of tiny pongs must not become a flood of tiny objects.
-        self._pongs: bytearray | None = None
 
     # --- picows callbacks ------------------------------------------------------------
 
@@ -194,94 +186,29 @@ class Connection(WSListener):  # type: ignore[misc]
             schedule=hub.loop.call_later,
             authenticate=hub.auth.refresh,
         )
+        self.ws = WebSocket(self.session, self.outbox, hub.config.max_frame_bytes, hub)
         hub.connected(self)
         self.session.start()
         transport.request.headers = None  # type: ignore[assignment]
         transport.response.headers = None  # type: ignore[assignment]
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        session = self.session
-        if session is None:
+        ws = self.ws
+        if ws is None:
             return
         msg_type = frame.msg_type
-        if msg_type is WSMsgType.TEXT or msg_type is WSMsgType.BINARY:
-            self.active = True
-            if self._fragments is not None:
-                # RFC 6455 §5.4: a fragmented message's frames may only be interleaved
-                # with control frames.
-                self._fail(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
-                return
-            if frame.payload_size > self.hub.config.max_frame_bytes:
-                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                return
-            if frame.fin:
-                self._deliver(frame.get_payload_as_bytes(), msg_type is WSMsgType.TEXT)
-            else:
-                self._fragments = [frame.get_payload_as_bytes()]
-                self._fragments_text = msg_type is WSMsgType.TEXT
-                self._fragments_size = frame.payload_size
-        elif msg_type is WSMsgType.PING:
-            self._answer_ping(frame.get_payload_as_bytes())
-        elif msg_type is WSMsgType.PONG:
-            if self.ping_payload is not None and frame.get_payload_as_bytes() == self.ping_payload:
-                self.ping_payload = None
-                self.pinged_at = 0.0
-                self.active = True
-        elif msg_type is WSMsgType.CONTINUATION:
-            self.active = True
-            if self._fragments is None:
-                self._fail(
-                    CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
-                )
-                return
-            self._fragments_size += frame.payload_size
-            if self._fragments_size > self.hub.config.max_frame_bytes:
-                self._fail(CloseCode.MESSAGE_TOO_BIG, "message too big")
-                return
-            self._fragments.append(frame.get_payload_as_bytes())
-            if frame.fin:
-                payload = b"".join(self._fragments)
-                self._fragments = None
-                self._deliver(payload, self._fragments_text)
-        elif msg_type is WSMsgType.CLOSE:
-            if transport.is_close_frame_sent:
-                transport.disconnect(graceful=True)  # the answer to our close: done
-                return
-            # RFC 6455 §5.5.1: answer the close (after the acks this client is owed).
-            self._peer_closed = True
-            session.close(CloseCode.NORMAL, "")
-
-    def _answer_ping(self, payload: bytes) -> None:
-        """The pong goes through the outbox: a client that pings and never reads reaches
-        its limit (4408) like one that subscribes and never reads."""
-        outbox = self.outbox
-        if outbox is None or outbox.closed:
-            return
-        if not outbox.paused:
-            outbox.push(pong_frame(payload))
-            return
-        pongs = self._pongs
-        if pongs is None:
-            pongs = self._pongs = bytearray()
-        pongs += pong_frame(payload)
-        if len(pongs) >= PONG_CHUNK:
-            self._pongs = None
-            outbox.push(bytes(pongs))
-
-    def _deliver(self, payload: bytes, is_text: bool) -> None:
-        assert self.session is not None
-        if is_text:
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError:
-                self._fail(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
-                return
-        self.hub.bytes_in += len(payload)
-        self.session.receive(payload, is_text)
-
-    def _fail(self, code: int, reason: str) -> None:
-        assert self.session is not None
-        self.session.close(code, reason)
+        if msg_type is _TEXT:
+            ws.receive_data(frame, True)
+        elif msg_type is _BINARY:
+            ws.receive_data(frame, False)
+        elif msg_type is _CONTINUATION:
+            ws.receive_continuation(frame)
+        elif msg_type is _PING:
+            ws.receive_ping(frame.get_payload_as_bytes())
+        elif msg_type is _PONG:
+            ws.receive_pong(frame.get_payload_as_bytes())
+        elif msg_type is _CLOSE and ws.receive_close(transport.is_close_frame_sent):
+            transport.disconnect(graceful=True)  # the answer to our close: done
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is not None:
@@ -295,12 +222,9 @@ class Connection(WSListener):  # type: ignore[misc]
             self.outbox.pause()
 
     def resume_writing(self) -> None:
-        outbox = self.outbox
-        if outbox is not None:
-            pongs, self._pongs = self._pongs, None
-            if pongs:
-                outbox.push(bytes(pongs))
-            outbox.resume()
+        if self.ws is not None and self.outbox is not None:
+            self.ws.release_pongs()
+            self.outbox.resume()
 
     # --- closing ---------------------------------------------------------------------
 
@@ -338,7 +262,7 @@ class Connection(WSListener):  # type: ignore[misc]
             self.outbox.close()
         if not transport.is_close_frame_sent:
             transport.send_close(WSCloseCode(code), reason.encode()[:120])
-        if self._peer_closed:
+        if self.ws is not None and self.ws.close_rcvd:
             transport.disconnect(graceful=True)  # its close came first: ours was the answer
         # Otherwise wait for the client's close frame before closing TCP (RFC 6455 §7.1.1):
         # closing a socket that still holds unread client data resets the connection, and

@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from common.durability import (
     DurableHandler,
     Entry,
@@ -15,16 +13,19 @@ from common.durability import (
     LogUnavailable,
     RecoveredState,
 )
+from core.scheduling import Soon, soon_in_running_loop
 
 
 class MemoryLog:
     """In-memory stand-in for the WAL: "durable" once the next loop iteration runs.
 
     Nothing survives a restart. Useful for tests of the relay alone and for
-    `ferry serve --durability memory` when durability is explicitly not wanted.
+    `ferry serve --durability memory` when durability is explicitly not wanted. `call_soon`
+    reaches the next iteration (a test's hand-run queue runs it without a loop).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, call_soon: Soon = soon_in_running_loop) -> None:
+        self._call_soon = call_soon
         self._next_lsn = 1
         self._batch: list[Entry] = []
         self._on_durable: DurableHandler | None = None
@@ -50,7 +51,7 @@ class MemoryLog:
         self.appended += 1
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False

@@ -20,12 +20,12 @@ reports it through `on_fault` (the connection is closed with 1011).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from common.logsetup import Throttle
+from core.scheduling import Soon, soon_in_running_loop
 
 log = logging.getLogger("ferry.outbox")
 _faults = Throttle(log, 10.0)
@@ -36,12 +36,15 @@ class Writer(Protocol):
 
 
 class Flusher:
-    """Runs every dirty outbox's flush once per loop iteration."""
+    """Runs every dirty outbox's flush once per loop iteration.
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "bytes_out", "writes")
+    `call_soon` is how the next iteration is reached: the loop's `call_soon` in the
+    server, a hand-run queue in the sans-I/O tests (tests/core/world.py)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._loop = loop
+    __slots__ = ("_call_soon", "_pending", "_scheduled", "bytes_out", "writes")
+
+    def __init__(self, call_soon: Soon = soon_in_running_loop) -> None:
+        self._call_soon = call_soon
         self._pending: list[Outbox] = []
         self._scheduled = False
         self.bytes_out = 0
@@ -51,8 +54,7 @@ class Flusher:
         self._pending.append(outbox)
         if not self._scheduled:
             self._scheduled = True
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self.flush)
+            self._call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False

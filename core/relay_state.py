@@ -49,7 +49,7 @@ class RelayState:
             self.ack_latency.observe,
             max_channels_per_user=config.max_channels_per_user,
         )
-        self.flusher = Flusher(loop)
+        self.flusher = Flusher(loop.call_soon)
         self.auth = Authenticator(config)
         self.limits = Limits(
             max_subscriptions=config.max_subscriptions,

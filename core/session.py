@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import msgspec
 
@@ -62,6 +61,7 @@ from core.protocol import (
     valid_channel,
 )
 from core.router import Replay, Router
+from core.scheduling import Cancellable, Clock, Later
 
 
 class State(enum.Enum):
@@ -85,12 +85,6 @@ REPLAY_PAGE_BYTES = 64 * 1024
 CLOSE_ACK_GRACE_S = 5.0
 
 
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-# loop.call_later's shape: the session's only way to schedule (token expiry, close grace).
-Scheduler = Callable[[float, Callable[[], None]], Cancellable]
 Authenticate = Callable[[str], Grant]
 
 
@@ -114,7 +108,11 @@ class ErrorCounter:
 
 
 class Session:
-    """One client connection's protocol state."""
+    """One client connection's protocol state.
+
+    Time comes in from outside: `clock` (rate limits), `wall_clock` (token expiry) and
+    `schedule` (loop.call_later's shape: expiry, close grace), so the sans-I/O tests run a
+    session under a hand-moved clock with no event loop (tests/core/world.py)."""
 
     # slots: an idle connection's memory is mostly these objects (docs/benchmarks.md)
     __slots__ = (
@@ -136,12 +134,12 @@ class Session:
         node_id: str,
         request_close: Callable[[int, str], None],
         errors: ErrorCounter | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = time.monotonic,
         *,
         expires_at: float | None = None,
-        schedule: Scheduler | None = None,
+        schedule: Later | None = None,
         authenticate: Authenticate | None = None,
-        wall_clock: Callable[[], float] = time.time,
+        wall_clock: Clock = time.time,
     ) -> None:
         self.conn_id = conn_id
         self.principal = principal

@@ -9,7 +9,6 @@ in pyproject) is a plain correctness test of the path it times.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -59,7 +58,7 @@ class ManualLoop:
 
 
 def _flusher() -> Flusher:
-    return Flusher(cast(asyncio.AbstractEventLoop, ManualLoop()))
+    return Flusher(ManualLoop().call_soon)
 
 
 def _outboxes(flusher: Flusher, n: int) -> tuple[list[Outbox], list[CountingWriter]]:

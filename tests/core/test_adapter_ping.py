@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from core.listener import PONG_CHUNK, Connection
-from core.outbox import Flusher, Outbox
 from tests.core.adapter_raw import (
     OP_CLOSE,
     OP_PING,
@@ -195,36 +193,6 @@ async def test_a_ping_is_answered_through_the_outbox(relay: Relay) -> None:
     assert conn.outbox.size == 0
 
 
-def test_pongs_for_a_paused_outbox_go_in_chunks() -> None:
-    """A client that pings and never reads: its pongs are bytes in a few chunks of the
-    outbox (which counts them toward its limit), not one small object per ping."""
-    written: list[bytes] = []
-
-    class Writer:
-        def writelines(self, chunks: list[bytes]) -> None:
-            written.extend(chunks)
-
-    overflowed = []
-    conn = Connection.__new__(Connection)
-    conn._pongs = None
-    conn.outbox = outbox = Outbox(
-        Writer(), Flusher(asyncio.new_event_loop()), 64 * 1024, lambda: overflowed.append(1)
-    )
-    outbox.pause()
-    for i in range(10_000):
-        conn._answer_ping(b"%d" % (i % 10))  # 3-byte pongs
-    assert all(PONG_CHUNK <= len(chunk) < PONG_CHUNK + 127 for chunk in outbox.chunks)
-    assert conn._pongs is not None
-    assert outbox.size + len(conn._pongs) == 10_000 * 3  # every pong, counted
-    assert len(outbox.chunks) == 10_000 * 3 // (PONG_CHUNK + 2)
-    for _ in range(20_000):
-        conn._answer_ping(b"x")
-    assert overflowed == [1] and outbox.discarding  # 64 KiB limit: 4408 follows
-    held = conn._pongs
-    conn._answer_ping(b"x")  # a closed outbox takes nothing more
-    assert conn._pongs is held and outbox.size == 0
-
-
 async def test_resume_writing_sends_the_pongs_held_back(relay: Relay) -> None:
     ws = await RawWS.connect(relay.port)
     await ws.recv_until(OP_TEXT)
@@ -232,7 +200,12 @@ async def test_resume_writing_sends_the_pongs_held_back(relay: Relay) -> None:
     conn.pause_writing()
     await ws.send(OP_PING, b"a")
     await ws.send(OP_PING, b"b")
-    await wait_for(lambda: conn._pongs is not None and len(conn._pongs) == 6, what="pongs held")
+
+    def held() -> int:
+        pongs = conn.ws.held_pongs
+        return 0 if pongs is None else len(pongs)
+
+    await wait_for(lambda: held() == 6, what="pongs held")
     conn.resume_writing()
     assert await ws.recv() == (OP_PONG, True, b"a")
     assert await ws.recv() == (OP_PONG, True, b"b")
@@ -275,7 +248,7 @@ async def test_only_the_pong_with_our_payload_answers_a_ping(start_relay) -> Non
         await wait_for(lambda: len(relay.hub.connections) == 1, what="only `right` left")
         assert relay.server.keepalive.dropped == 3
         for name in ("pongs_only", "pings_only", "wrong"):
-            assert conns[name].session.close_code == 1001, name
+            assert conns[name].session.close_code == 1011, name
         await right.send(OP_TEXT, json.dumps({"op": "ping", "id": 1}).encode())
         assert json.loads((await right.recv_until(OP_TEXT))[2]) == {"op": "pong", "id": 1}
     finally:

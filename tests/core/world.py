@@ -215,7 +215,8 @@ class Peer:
 
 
 class World:
-    """A router over a HeldLog (or the given log), sessions over fake writers."""
+    """A router over a HeldLog (or the given log), sessions over fake writers, all on one
+    `FakeLoop` (pass it when the log needs it too: `MemoryLog(loop.call_soon)`)."""
 
     def __init__(
         self,
@@ -223,16 +224,17 @@ class World:
         history: HistoryLimits | None = None,
         max_channels_per_user: int = 10_000,
         outbox_limit: int = 1 << 20,
+        loop: FakeLoop | None = None,
         **limits: Any,
     ) -> None:
-        self.loop = FakeLoop()
+        self.loop = loop if loop is not None else FakeLoop()
         self.log = log if log is not None else HeldLog()
         self.router = Router(
             self.log,
             history if history is not None else HistoryLimits(size=100),
             max_channels_per_user=max_channels_per_user,
         )
-        self.flusher = Flusher(self.loop)  # type: ignore[arg-type]
+        self.flusher = Flusher(self.loop.call_soon)
         self.limits = Limits(**limits)
         self.outbox_limit = outbox_limit
         self.grants: dict[str, Grant] = {}
