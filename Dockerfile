@@ -34,6 +34,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/ferry
 COPY pyproject.toml README.md ./
+COPY common/ common/
 COPY core/ core/
 COPY wal/ wal/
 COPY bench/ bench/

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,16 @@ def test_ferry_is_pip_installed_without_extras(stages: dict[str, Stage]) -> None
     # that this set serves).
     assert re.search(r"pip install (--no-cache-dir )?\.(\s|$)", runs), runs
     assert "[" not in runs.split("pip install", 1)[1].split("&&")[0], runs
+
+
+def test_every_python_package_is_copied_into_the_build(stages: dict[str, Stage]) -> None:
+    """What pyproject.toml packages (`common*`, `core*`, ...) must be in the image, or
+    `ferry` fails at its first import there."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {i.value.split()[0].rstrip("/") for i in stages["python-build"].all("COPY")}
+    assert packages <= copied, packages - copied
 
 
 def test_the_build_commit_reaches_the_image(stages: dict[str, Stage]) -> None:

@@ -29,7 +29,16 @@ from tests.ops.support import ROOT, UNIT, explain, run
 # Packages of the dev and bench extras that must not reach a runtime install.
 NOT_RUNTIME = {"pytest", "ruff", "mypy", "playwright", "hypothesis", "hdrhistogram",
                "matplotlib", "websockets", "numpy", "python-hcl2"}  # fmt: skip
-COPIED = ("pyproject.toml", "README.md", "Makefile", "core/", "wal/", "bench/", "scripts/")
+COPIED = (
+    "pyproject.toml",
+    "README.md",
+    "Makefile",
+    "common/",
+    "core/",
+    "wal/",
+    "bench/",
+    "scripts/",
+)
 
 
 def _copy_repo(dest: Path) -> None:
