@@ -3,7 +3,8 @@
     FerryError                      every error ferry raises on purpose
     ├── core.errors.PeerError       the client did something wrong (its own subtree)
     ├── core.errors.AuthError       bad or expired token
-    ├── core.errors.ConfigError     a setting is invalid
+    ├── core.config.ConfigError     a setting is invalid
+    ├── core.notifier.WebhookError  the webhook refused a notification
     ├── wal.errors.WalError         the write-ahead log (its own subtree)
     ├── RecordRefused               the durable log refuses one record (too large for
     │                               its format); nothing was used up, later appends go on

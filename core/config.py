@@ -21,13 +21,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints, overload
 
+from common.errors import FerryError
+
 T = TypeVar("T")
 Check = Callable[[Any], str | None]
 
 log = logging.getLogger("ferry.config")
 
 
-class ConfigError(Exception):
+class ConfigError(FerryError):
     """A setting is unknown or has a bad value; the message names it and where it came from."""
 
 

@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from common.errors import FerryError
+
 log = logging.getLogger("ferry.notifier")
 
 # Discord's limits (https://discord.com/developers/docs/resources/webhook#execute-webhook):
@@ -91,7 +93,7 @@ class _Item:
     suppressed: int  # same-kind events dropped by the rate limit since the last one sent
 
 
-class WebhookError(Exception):
+class WebhookError(FerryError):
     """The webhook did not accept a message (connection, timeout or HTTP status)."""
 
 
