@@ -64,8 +64,11 @@ def test_latency(tmp_path: Path) -> None:
     code, doc = _run(tmp_path, "latency", "-R", "2", "-S", "3", "--rate", "200", "--workers", "2")
     assert code == 0
     _check_run(doc, "latency")
-    # every publish reaches the 3 subscribers of its room, each timed
-    assert doc["counts"]["delivered"] >= 3 * doc["counts"]["acked"] > 0
+    # every publish reaches the 3 subscribers of its room, each timed. The window closes
+    # on both workers at once: a message acked just before may have its deliveries read by
+    # the other worker just after, or the other way round (a few at 200/s, never hundreds).
+    acked, delivered = doc["counts"]["acked"], doc["counts"]["delivered"]
+    assert acked > 0 and abs(3 * acked - delivered) <= 3 * 5, (acked, delivered)
     assert doc["latency"]["samples"] == doc["counts"]["delivered"]
     assert {"p50_ms", "p99_ms", "p999_ms"} <= set(doc["latency"])
     assert len(doc["goals"]) == 3
