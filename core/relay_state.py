@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,8 +21,6 @@ from core.session import ErrorCounter, Limits
 
 if TYPE_CHECKING:
     from core.listener import Connection
-
-log = logging.getLogger("ferry.hub")
 
 
 def history_limits(config: Config) -> HistoryLimits:
