@@ -12,7 +12,7 @@
         └── LogUnavailable          the durable log cannot accept writes
 
 Which code or close code a client sees for each is decided in one table,
-`core.errors.client_error`.
+`core.errors.ANSWERS` (looked up by `core.errors.answer_for`).
 """
 
 from __future__ import annotations

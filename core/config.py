@@ -184,6 +184,12 @@ class Config:
         help="largest frame a client may send (close 1009 past it)",
         check=_between(256, 4_000_000),
     )
+    max_data_bytes: int = setting(
+        0,
+        help="largest `data` one publish may carry (error too_large past it); "
+        "0: max_frame_bytes - 1024, room for the frame's other fields",
+        check=_non_negative,
+    )
     max_outbox_bytes: int = setting(
         4 * 1024 * 1024,
         help="unsent bytes per connection before close 4408 (slow consumer)",
@@ -265,9 +271,19 @@ class Config:
     def auth_enabled(self) -> bool:
         return self.auth == "jwt"
 
+    @property
+    def data_limit(self) -> int:
+        """The largest `data` of one publish: max_data_bytes, or (0) what a frame of
+        max_frame_bytes leaves after the publish's other fields."""
+        frame = self.max_frame_bytes
+        return self.max_data_bytes or max(frame - DATA_ROOM_BYTES, frame // 2)
+
 
 # Old name -> new name. The old one still works (flag, environment, TOML) and logs a warning.
 RENAMED: dict[str, str] = {"log": "durability"}
+
+# What the default data limit leaves of a frame for op, ch (<= 200 bytes), id and the rest.
+DATA_ROOM_BYTES = 1024
 
 # HS256 keys and the admin token: shorter ones can be brute-forced offline from one token.
 MIN_SECRET_BYTES = 32
@@ -495,6 +511,12 @@ def load(
                 f"{name} ({env_name(name)}) is {len(secret.encode())} bytes; it must be at least "
                 f"{MIN_SECRET_BYTES} bytes: generate one with {GENERATE_SECRET}"
             )
+    if config.max_data_bytes >= config.max_frame_bytes:
+        raise ConfigError(
+            f"max_data_bytes ({env_name('max_data_bytes')}) = {config.max_data_bytes} must be "
+            f"less than max_frame_bytes ({config.max_frame_bytes}): a frame over max_frame_bytes "
+            "is closed with 1009 before its data is measured, so too_large could never be sent"
+        )
     if config.max_outbox_bytes < config.max_frame_bytes:
         raise ConfigError("max_outbox_bytes must be >= max_frame_bytes")
     return config

@@ -8,21 +8,38 @@
     │   ├── RateLimited            rate_limited: publish token bucket empty
     │   ├── NotSubscribed          not_subscribed: unsub of a channel the connection lacks
     │   └── LimitExceeded          limit_exceeded: channel cardinality limits (node, user)
-    ├── AuthError                  bad/expired token: HTTP 401 at the upgrade
+    ├── Closing                    the connection ends; the reason is written for the client
+    │   ├── ProtocolViolation      1002: broken fragmentation
+    │   ├── InvalidText            1007: a text message that is not UTF-8
+    │   ├── MessageTooBig          1009: a message over max_frame_bytes
+    │   ├── PingTimeout            1011: our ping went unanswered
+    │   ├── WrongUser              4403: a refreshed token for another user
+    │   ├── SlowConsumer           4408: the outbox or a history replay overran
+    │   ├── RateAbuse              4429: kept publishing while rate limited
+    │   ├── ShuttingDown           1001: graceful shutdown
+    │   └── PeerClosed             1000: the client closed first (our answer)
+    ├── AuthError                  bad/expired token: HTTP 401 at the upgrade, 4401 after it
+    ├── RecordRefused              too_large: the log's format cannot hold it (common.errors)
     └── LocalError                 our side failed; the client only learns the code
         └── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
 
-The `reason` of a PeerError is written for the client. The text of any other exception is
-never sent: a client only sees the code and a fixed reason from `PUBLIC_REASONS`.
+What a client sees for each error is decided in one table, `ANSWERS`, and looked up by
+`answer_for` (the nearest class in the exception's MRO). An `Answer` is either an error
+frame (`ErrorCode`, the connection stays open) or a close (`CloseCode`). Its `reason` is
+fixed text, or None when the exception's own text is written for the client (PeerError,
+Closing, AuthError). Any other exception — a bug, an OSError — answers 1011 with a fixed
+"internal error": its text is for the logs only, never for a client.
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
-from common.errors import FerryError, LocalError, LogUnavailable
+from common.errors import FerryError, LocalError, LogUnavailable, RecordRefused
 
-__all__ = ["FerryError", "LocalError", "LogUnavailable"]  # re-exported: the whole tree here
+# re-exported: the whole tree is here
+__all__ = ["FerryError", "LocalError", "LogUnavailable", "RecordRefused"]
 
 
 class ErrorCode(enum.StrEnum):
@@ -51,7 +68,7 @@ class CloseCode(enum.IntEnum):
 
 
 class PeerError(FerryError):
-    code: ErrorCode = ErrorCode.BAD_REQUEST
+    """The client did something wrong; `reason` is written for the client."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -59,34 +76,124 @@ class PeerError(FerryError):
 
 
 class BadRequest(PeerError):
-    code = ErrorCode.BAD_REQUEST
+    pass
 
 
 class Forbidden(PeerError):
-    code = ErrorCode.FORBIDDEN
+    pass
 
 
 class TooLarge(PeerError):
-    code = ErrorCode.TOO_LARGE
+    pass
 
 
 class RateLimited(PeerError):
-    code = ErrorCode.RATE_LIMITED
+    pass
 
 
 class NotSubscribed(PeerError):
-    code = ErrorCode.NOT_SUBSCRIBED
+    pass
 
 
 class LimitExceeded(PeerError):
-    code = ErrorCode.LIMIT_EXCEEDED
+    pass
 
 
 class AuthError(FerryError):
     """The token is missing, malformed, badly signed or expired (HTTP 401)."""
 
 
-# Fixed texts for local faults: the exception's own text is for the logs only.
-PUBLIC_REASONS: dict[ErrorCode, str] = {
-    ErrorCode.UNAVAILABLE: "the log cannot accept writes; the message was not accepted",
+class Closing(FerryError):
+    """A condition that ends the connection; `reason` is written for the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProtocolViolation(Closing):
+    pass
+
+
+class InvalidText(Closing):
+    pass
+
+
+class MessageTooBig(Closing):
+    pass
+
+
+class PingTimeout(Closing):
+    pass
+
+
+class WrongUser(Closing):
+    pass
+
+
+class SlowConsumer(Closing):
+    pass
+
+
+class RateAbuse(Closing):
+    pass
+
+
+class ShuttingDown(Closing):
+    pass
+
+
+class PeerClosed(Closing):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a client is told: an error frame (`ErrorCode`) or a close (`CloseCode`), with a
+    fixed reason or (None) the exception's own client-facing text."""
+
+    code: ErrorCode | CloseCode
+    reason: str | None = None
+
+
+INTERNAL = Answer(CloseCode.INTERNAL_ERROR, "internal error")
+
+ANSWERS: dict[type[BaseException], Answer] = {
+    PeerError: Answer(ErrorCode.BAD_REQUEST),
+    BadRequest: Answer(ErrorCode.BAD_REQUEST),
+    Forbidden: Answer(ErrorCode.FORBIDDEN),
+    TooLarge: Answer(ErrorCode.TOO_LARGE),
+    RateLimited: Answer(ErrorCode.RATE_LIMITED),
+    NotSubscribed: Answer(ErrorCode.NOT_SUBSCRIBED),
+    LimitExceeded: Answer(ErrorCode.LIMIT_EXCEEDED),
+    RecordRefused: Answer(ErrorCode.TOO_LARGE, "message too large for the log"),
+    LogUnavailable: Answer(
+        ErrorCode.UNAVAILABLE, "the log cannot accept writes; the message was not accepted"
+    ),
+    LocalError: Answer(ErrorCode.UNAVAILABLE, "the server could not take the message"),
+    AuthError: Answer(CloseCode.TOKEN_EXPIRED),
+    WrongUser: Answer(CloseCode.AUTH_FORBIDDEN),
+    ProtocolViolation: Answer(CloseCode.PROTOCOL_ERROR),
+    InvalidText: Answer(CloseCode.INVALID_TEXT),
+    MessageTooBig: Answer(CloseCode.MESSAGE_TOO_BIG),
+    PingTimeout: Answer(CloseCode.INTERNAL_ERROR),
+    SlowConsumer: Answer(CloseCode.SLOW_CONSUMER),
+    RateAbuse: Answer(CloseCode.RATE_ABUSE),
+    ShuttingDown: Answer(CloseCode.GOING_AWAY),
+    PeerClosed: Answer(CloseCode.NORMAL),
+    BaseException: INTERNAL,
 }
+
+
+def answer_for(exc: BaseException) -> tuple[ErrorCode | CloseCode, str]:
+    """The code and the public reason a client is given for `exc` (see `ANSWERS`)."""
+    for cls in type(exc).__mro__:
+        answer = ANSWERS.get(cls)
+        if answer is not None:
+            break
+    else:  # pragma: no cover - BaseException is in every MRO
+        answer = INTERNAL
+    if answer.reason is not None:
+        return answer.code, answer.reason
+    reason = getattr(exc, "reason", None)
+    return answer.code, reason if isinstance(reason, str) else str(exc)

@@ -32,7 +32,7 @@ from picows import (
 
 from common.durability import Encoding
 from core.auth import Grant, token_from_request
-from core.errors import AuthError, CloseCode
+from core.errors import AuthError, SlowConsumer
 from core.outbox import Outbox
 from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
 from core.session import Session
@@ -234,13 +234,13 @@ class Connection(WSListener):  # type: ignore[misc]
         self.hub.slow_consumer_closes += 1
         self.hub.loop.call_soon(self._request_close_slow)
 
-    def _fault(self) -> None:
+    def _fault(self, exc: BaseException) -> None:
         # A server fault while writing to this connection: close it alone (1011).
-        self.hub.loop.call_soon(self._request_close_fault)
+        self.hub.loop.call_soon(self._request_close_fault, exc)
 
-    def _request_close_fault(self) -> None:
+    def _request_close_fault(self, exc: BaseException) -> None:
         if self.session is not None:
-            self.session.close(CloseCode.INTERNAL_ERROR, "internal error")
+            self.session.fail(exc)
 
     def _request_close_slow(self) -> None:
         if self.session is not None:
@@ -250,7 +250,7 @@ class Connection(WSListener):  # type: ignore[misc]
                 self.principal.user,
                 self.hub.config.max_outbox_bytes,
             )
-            self.session.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbox limit exceeded")
+            self.session.fail(SlowConsumer("slow consumer: outbox limit exceeded"))
 
     def _request_close(self, code: int, reason: str) -> None:
         """Session asked to close: flush what is queued, send the close frame, hang up."""

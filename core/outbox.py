@@ -63,8 +63,8 @@ class Flusher:
             outbox.dirty = False
             try:
                 sent = outbox.flush()
-            except Exception:
-                outbox.fault()
+            except Exception as exc:
+                outbox.fault(exc)
                 continue
             if sent:
                 self.bytes_out += sent
@@ -93,7 +93,7 @@ class Outbox:
         flusher: Flusher,
         limit: int,
         on_overflow: Callable[[], None],
-        on_fault: Callable[[], None] | None = None,
+        on_fault: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._writer = writer
         self._flusher = flusher
@@ -132,7 +132,7 @@ class Outbox:
         """After an overflow: take frames again (the closing session's last acks)."""
         self.discarding = False
 
-    def fault(self) -> None:
+    def fault(self, exc: BaseException) -> None:
         """Flushing or refilling this outbox raised: drop it, tell the connection."""
         _faults.exception("outbox flush failed; closing that connection")
         self.chunks = []
@@ -140,7 +140,7 @@ class Outbox:
         self.refill = None
         self.discarding = True
         if self.on_fault is not None:
-            self.on_fault()
+            self.on_fault(exc)
 
     def flush(self) -> int:
         """Write everything queued in one call; returns bytes written (0 when paused)."""
@@ -173,8 +173,8 @@ class Outbox:
         elif self.refill is not None:
             try:
                 self.refill()
-            except Exception:
-                self.fault()
+            except Exception as exc:
+                self.fault(exc)
 
     def close(self) -> None:
         self.closed = True

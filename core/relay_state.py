@@ -50,7 +50,7 @@ class RelayState:
         self.auth = Authenticator(config)
         self.limits = Limits(
             max_subscriptions=config.max_subscriptions,
-            max_data_bytes=config.max_frame_bytes,
+            max_data_bytes=config.data_limit,
             publish_rate=config.publish_rate,
             publish_burst=config.publish_burst,
             rate_abuse_limit=config.rate_abuse_limit,

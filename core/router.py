@@ -49,7 +49,7 @@ from common.durability import (
 )
 from common.errors import RecordRefused
 from common.logsetup import Throttle
-from core.errors import LimitExceeded, TooLarge
+from core.errors import LimitExceeded
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
 
@@ -531,9 +531,10 @@ class Router:
             self.counters.publish_failures += 1
             raise
         except RecordRefused:
-            # the log refuses the record (too large for its format): no seq is used up
+            # the log refuses the record (too large for its format): no seq is used up;
+            # the session answers too_large (core.errors.ANSWERS)
             ch.last_seq -= 1
-            raise TooLarge("message too large for the log") from None
+            raise
         self.counters.msgs_in += 1
 
     def publish_ephemeral(self, name: str, data_json: bytes) -> None:

@@ -27,7 +27,7 @@ from common.durability import DurableLog
 from common.service import Service
 from core.accept import create_server
 from core.config import Config
-from core.errors import CloseCode
+from core.errors import ShuttingDown
 from core.guard import Guard
 from core.keepalive import Keepalive
 from core.metrics import register_relay
@@ -198,7 +198,7 @@ class Server:
         connections = list(relay.connections)
         for conn in connections:
             if conn.session is not None:
-                conn.session.close(CloseCode.GOING_AWAY, "server shutting down")
+                conn.session.fail(ShuttingDown("server shutting down"))
         remaining = max(0.5, timeout - (time.monotonic() - t0))
         waits = [
             conn.transport.wait_disconnected() for conn in connections if conn.transport is not None

@@ -24,16 +24,21 @@ import msgspec
 from common.durability import Encoding, LogUnavailable
 from core.auth import Grant, Principal
 from core.errors import (
-    PUBLIC_REASONS,
     AuthError,
     BadRequest,
     CloseCode,
     ErrorCode,
     Forbidden,
+    LocalError,
     NotSubscribed,
     PeerError,
+    RateAbuse,
     RateLimited,
+    RecordRefused,
+    SlowConsumer,
     TooLarge,
+    WrongUser,
+    answer_for,
 )
 from core.outbox import Outbox
 from core.protocol import (
@@ -195,7 +200,16 @@ class Session:
 
     def _expired(self) -> None:
         self._expiry = None
-        self.close(CloseCode.TOKEN_EXPIRED, "token expired: connect again with a new one")
+        self.fail(AuthError("token expired: connect again with a new one"))
+
+    def fail(self, exc: BaseException, msg_id: MsgId = None) -> None:
+        """Tell the client about `exc` as `core.errors.ANSWERS` says: an error frame (the
+        connection stays open) or a close. An unexpected exception's text is never sent."""
+        code, reason = answer_for(exc)
+        if isinstance(code, CloseCode):
+            self.close(code, reason)
+        else:
+            self.error(code, reason, msg_id)
 
     def close(self, code: int, reason: str) -> None:
         """Stop reading and delivering, then ask the transport to close with `code` once
@@ -268,7 +282,7 @@ class Session:
     def unavailable(self, msg_id: MsgId) -> None:
         if self.state is State.CLOSED:
             return
-        self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], msg_id)
+        self.fail(LogUnavailable(), msg_id)
         self._settled(answered=True)
 
     def _settled(self, answered: bool = False) -> None:
@@ -288,27 +302,20 @@ class Session:
             return
         if is_text != self._encoding_is_json:
             expected = "text" if self._encoding_is_json else "binary"
-            self.error(
-                ErrorCode.BAD_REQUEST,
-                f"this session ({self._subprotocol}) takes {expected} frames only",
+            self.fail(
+                BadRequest(f"this session ({self._subprotocol}) takes {expected} frames only")
             )
             return
         try:
             frame = self._decoder.decode(payload)
         except msgspec.ValidationError as exc:
-            self.error(ErrorCode.BAD_REQUEST, f"invalid frame: {exc}")
+            self.fail(BadRequest(f"invalid frame: {exc}"))
             return
         except msgspec.DecodeError:
-            self.error(
-                ErrorCode.BAD_REQUEST,
-                f"malformed {'JSON' if self._encoding_is_json else 'msgpack'}",
-            )
+            self.fail(BadRequest(f"malformed {'JSON' if self._encoding_is_json else 'msgpack'}"))
             return
         except RecursionError:
-            self.error(
-                ErrorCode.BAD_REQUEST,
-                f"frame nests deeper than {self.limits.max_data_depth} levels",
-            )
+            self.fail(BadRequest(f"frame nests deeper than {self.limits.max_data_depth} levels"))
             return
         try:
             match frame:
@@ -322,8 +329,8 @@ class Session:
                     self.send(Pong(id=frame.id))
                 case Auth():
                     self._auth(frame)
-        except PeerError as exc:
-            self.error(exc.code, exc.reason, frame.id)
+        except (PeerError, RecordRefused, LocalError) as exc:
+            self.fail(exc, frame.id)
 
     @property
     def _subprotocol(self) -> str:
@@ -382,7 +389,7 @@ class Session:
             done = self.router.replay_page(self, replay, budget)
             if done is None:
                 # The ring moved past what this client still had to read: it fell behind.
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer: history replay overrun")
+                self.fail(SlowConsumer("slow consumer: history replay overrun"))
                 return
             if done:
                 del self._replays[name]
@@ -415,16 +422,11 @@ class Session:
         except UnportableValue as exc:
             raise BadRequest(str(exc)) from None
         self._take_token()
-        try:
-            principal = self.principal
-            # _owner(name), inlined (a per-publish path)
-            owner = (
-                None if principal.admin or name == principal.inbox or name[0] == "$" else self.user
-            )
-            self.router.publish(self, name, data, self.encoding, frame.id, self.user, owner)
-        except LogUnavailable:
-            self.error(ErrorCode.UNAVAILABLE, PUBLIC_REASONS[ErrorCode.UNAVAILABLE], frame.id)
-            return
+        principal = self.principal
+        # _owner(name), inlined (a per-publish path)
+        owner = None if principal.admin or name == principal.inbox or name[0] == "$" else self.user
+        # LogUnavailable and RecordRefused propagate to receive(), which answers them
+        self.router.publish(self, name, data, self.encoding, frame.id, self.user, owner)
         self.inflight += 1
 
     def _auth(self, frame: Auth) -> None:
@@ -434,12 +436,13 @@ class Session:
         try:
             grant = self._authenticate(frame.token)
         except AuthError as exc:
-            self.close(CloseCode.TOKEN_EXPIRED, str(exc))
+            self.fail(exc)
             return
         if grant.principal.user != self.user:
-            self.close(
-                CloseCode.AUTH_FORBIDDEN,
-                f"the token is for {grant.principal.user}, this connection is {self.user}",
+            self.fail(
+                WrongUser(
+                    f"the token is for {grant.principal.user}, this connection is {self.user}"
+                )
             )
             return
         self.principal = grant.principal
@@ -473,5 +476,5 @@ class Session:
         while strikes and strikes[0] < now - ABUSE_WINDOW_S:
             strikes.pop(0)
         if len(strikes) > limits.rate_abuse_limit:
-            self.close(CloseCode.RATE_ABUSE, "publishing too fast after rate_limited errors")
+            self.fail(RateAbuse("publishing too fast after rate_limited errors"))
         raise RateLimited(f"publish rate limit ({limits.publish_rate:g}/s) exceeded; slow down")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Protocol
 
-from core.errors import CloseCode
+from core.errors import InvalidText, MessageTooBig, PeerClosed, PingTimeout, ProtocolViolation
 from core.protocol import ping_frame, pong_frame
 
 if TYPE_CHECKING:
@@ -92,10 +92,10 @@ class WebSocket:
         """A text or binary frame: a whole message, or the first frame of one."""
         self.active = True
         if self._fragments is not None:
-            self._session.close(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented one")
+            self._session.fail(ProtocolViolation("new message inside a fragmented one"))
             return
         if frame.payload_size > self._max:
-            self._session.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            self._session.fail(MessageTooBig("message too big"))
             return
         if not frame.fin:
             self._fragments = [frame.get_payload_as_bytes()]
@@ -108,7 +108,7 @@ class WebSocket:
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
-                self._session.close(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+                self._session.fail(InvalidText("text frame is not valid UTF-8"))
                 return
         self._totals.bytes_in += len(payload)
         self._session.receive(payload, is_text)
@@ -117,13 +117,13 @@ class WebSocket:
         self.active = True
         fragments = self._fragments
         if fragments is None:
-            self._session.close(
-                CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue"
+            self._session.fail(
+                ProtocolViolation("continuation frame without a message to continue")
             )
             return
         self._fragments_size += frame.payload_size
         if self._fragments_size > self._max:
-            self._session.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            self._session.fail(MessageTooBig("message too big"))
             return
         fragments.append(frame.get_payload_as_bytes())
         if frame.fin:
@@ -135,7 +135,7 @@ class WebSocket:
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
-                self._session.close(CloseCode.INVALID_TEXT, "text frame is not valid UTF-8")
+                self._session.fail(InvalidText("text frame is not valid UTF-8"))
                 return
         self._totals.bytes_in += len(payload)
         self._session.receive(payload, is_text)
@@ -173,7 +173,7 @@ class WebSocket:
         if close_sent:
             return True
         self.close_rcvd = True
-        self._session.close(CloseCode.NORMAL, "")
+        self._session.fail(PeerClosed(""))
         return False
 
     def release_pongs(self) -> None:
@@ -193,7 +193,7 @@ class WebSocket:
             return False
         if self.pinged_at:
             if now - self.pinged_at >= ping_timeout:
-                self._session.close(CloseCode.INTERNAL_ERROR, "no answer to ping")
+                self._session.fail(PingTimeout("no answer to ping"))
                 return True
         elif period_over and not self.active:
             self.pinged_at = now

@@ -118,6 +118,23 @@ async def test_frame_over_limit_closes_1009(start_relay, bystander: Client) -> N
     assert (await client2.expect("ack"))["id"] == "ok"
 
 
+async def test_data_over_its_limit_is_too_large_and_the_connection_stays(start_relay) -> None:  # type: ignore[no-untyped-def]
+    """The data limit sits below the frame limit, so `too_large` is an answer a client can
+    get: the publish is refused, nothing is logged, and the connection goes on."""
+    relay = await start_relay(max_frame_bytes=4096, max_data_bytes=2000)
+    client = await Client.connect(relay.url)
+    await client.sub("big")
+    await client.pub("big", "x" * 1998, "fits")  # a JSON string: 1998 + 2 quotes = 2000 bytes
+    frames = {f["op"]: f for f in [await client.recv(), await client.recv()]}
+    assert frames["ack"]["id"] == "fits" and frames["msg"]["seq"] == 1
+    await client.pub("big", "x" * 1999, "over")
+    error = await _error(client, "too_large")
+    assert error["id"] == "over" and "2000" in error["reason"]
+    await client.pub("big", "after", "next")
+    ack = await client.expect("ack")
+    assert ack["id"] == "next" and ack["seq"] == 2  # the refused one used no seq
+
+
 async def test_fragmented_message_is_reassembled(relay: Relay) -> None:
     client = await Client.connect(relay.url)
     await client.ws.send(iter(['{"op":"pub",', '"ch":"frag",', '"data":"ok","id":"f"}']))

@@ -30,11 +30,20 @@ def test_config_precedence_flags_env_file_defaults(tmp_path: Path) -> None:
         ({"FERRY_MAX_FRAME_BYTES": "1.5"}, "max_frame_bytes must be int"),
         ({"FERRY_NOPE": "1"}, "unknown setting FERRY_NOPE"),
         ({"FERRY_LOG_FORMAT": "xml"}, "log_format"),
+        ({"FERRY_MAX_DATA_BYTES": "65536"}, "max_data_bytes .* must be less than max_frame"),
     ],
 )
 def test_config_errors_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(config_mod.ConfigError, match=message):
         config_mod.load({}, env)
+
+
+def test_the_data_limit_leaves_room_in_a_frame_so_too_large_is_reachable() -> None:
+    assert config_mod.load({}, {}).data_limit == 64 * 1024 - 1024
+    small = config_mod.load({}, {"FERRY_MAX_FRAME_BYTES": "1024"})
+    assert 0 < small.data_limit < small.max_frame_bytes
+    explicit = config_mod.load({}, {"FERRY_MAX_DATA_BYTES": "1000"})
+    assert explicit.data_limit == 1000
 
 
 def test_config_is_frozen() -> None:

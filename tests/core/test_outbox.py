@@ -25,7 +25,7 @@ class Box:
     def _overflow(self) -> None:
         self.overflows += 1
 
-    def _fault(self) -> None:
+    def _fault(self, exc: BaseException) -> None:
         self.faults += 1
 
 

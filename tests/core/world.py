@@ -25,6 +25,7 @@ from common.durability import (
     RecoveredState,
 )
 from core.auth import Grant, Principal
+from core.errors import SlowConsumer
 from core.outbox import Flusher, Outbox
 from core.router import Router
 from core.session import Limits, Session
@@ -256,8 +257,9 @@ class World:
             writer,
             self.flusher,
             self.outbox_limit,
-            lambda: self.loop.call_soon(lambda: peer.session.close(4408, "slow consumer")),
-            lambda: self.loop.call_soon(lambda: peer.session.close(1011, "internal error")),
+            # as core/listener.py does: the table in core/errors.py picks the codes
+            lambda: self.loop.call_soon(lambda: peer.session.fail(SlowConsumer("slow consumer"))),
+            lambda exc: self.loop.call_soon(lambda: peer.session.fail(exc)),
         )
 
         def request_close(code: int, reason: str) -> None:
