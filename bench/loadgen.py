@@ -158,7 +158,7 @@ def send_stamp(payload: bytes) -> int:
 # --- clients ---------------------------------------------------------------------------
 
 
-class Client(WSListener):  # type: ignore[misc]
+class Client(WSListener):
     """Base: counts frames; the first `setup` frames (welcome, subscribed) are kept."""
 
     def __init__(self, worker: Worker) -> None:

@@ -56,7 +56,8 @@ def latency_summary(hist: HdrHistogram, what: str) -> dict[str, Any] | None:
         return None
 
     def ms(percentile: float) -> float:
-        return round(hist.get_value_at_percentile(percentile) / 1000.0, 3)
+        value: int = hist.get_value_at_percentile(percentile)
+        return round(value / 1000.0, 3)
 
     return {
         "what": what,

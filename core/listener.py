@@ -67,9 +67,10 @@ def _pick_subprotocol(header: str | None) -> Encoding | None:
 
 
 def _http_error(status: int, text: str) -> WSUpgradeResponse:
-    return WSUpgradeResponse.create_error_response(
+    response: WSUpgradeResponse = WSUpgradeResponse.create_error_response(
         status, text.encode() + b"\n", {"Content-Type": "text/plain; charset=utf-8"}
     )
+    return response
 
 
 def upgrade(
@@ -129,7 +130,7 @@ def _upgrade(
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
 
 
-class Connection(WSListener):  # type: ignore[misc]
+class Connection(WSListener):
     __slots__ = (
         "_cutoff", "address", "conn_id", "connected_at", "encoding", "grant", "hub", "outbox",
         "principal", "remote", "session", "transport", "ws",
