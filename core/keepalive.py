@@ -9,16 +9,16 @@ what is already queued); one that has not sent the pong carrying that payload
 that do not answer ours count for nothing: they show that it writes, not that it reads.
 
 A timer per connection (picows' auto-ping task) would cost a task and a coroutine frame
-for each idle connection; this costs a few attributes.
+for each idle connection; this costs one task for the server and a few attributes each.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from common.service import Loop
 from core.guard import PeerLog
 
 if TYPE_CHECKING:
@@ -28,28 +28,34 @@ log = logging.getLogger("ferry.keepalive")
 
 
 class Keepalive:
+    """A `Service` (common/service.py): the sweep runs in a `Loop`, so a failed sweep is
+    logged and counted and the next one runs anyway."""
+
+    name = "keepalive"
+
     def __init__(self, hub: RelayState, idle_timeout: float, ping_timeout: float) -> None:
         self.hub = hub
         self.idle_timeout = idle_timeout
         self.ping_timeout = ping_timeout
         self.dropped = 0
         self._log = PeerLog(log)
-        self._handle: asyncio.TimerHandle | None = None
-        self._tick = min(idle_timeout, ping_timeout) / 2
-
-    def start(self) -> None:
         self._last_sweep = time.monotonic()
-        self._handle = self.hub.loop.call_later(self._tick, self._sweep)
+        self._loop = Loop("ferry-keepalive", self.sweep, min(idle_timeout, ping_timeout) / 2)
 
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+    async def start(self) -> None:
+        self._last_sweep = time.monotonic()
+        await self._loop.start()
 
-    def _sweep(self) -> None:
+    async def stop(self) -> None:
+        await self._loop.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {**self._loop.stats(), "dropped": self.dropped}
+
+    def sweep(self) -> None:
+        """One look at every connection: ping the idle ones, drop the unanswered."""
         now = time.monotonic()
-        idle_for = now - self._last_sweep
-        check_idle = idle_for >= self.idle_timeout
+        check_idle = now - self._last_sweep >= self.idle_timeout
         if check_idle:
             self._last_sweep = now
         for conn in list(self.hub.connections):
@@ -62,4 +68,3 @@ class Keepalive:
                     "dropping %s: no answer to ping within %.1fs", conn.conn_id, self.ping_timeout
                 )
                 transport.disconnect(graceful=False)  # dead: no close reply will come
-        self._handle = self.hub.loop.call_later(self._tick, self._sweep)

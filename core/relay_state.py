@@ -1,5 +1,23 @@
-"""The state one relay process shares between its connections: router, flusher, limits,
-counters. Built once by the server and handed to every `Connection`."""
+"""The state one relay process shares between its connections. Built once by the server
+(core/server.py) and handed to every `Connection`; nothing in it does I/O of its own.
+
+What it holds, and who reads it:
+
+    routing     router, flusher, log, loop      Connection, Session (through the router)
+    admission   config, auth, limits            accept path (core/accept.py), Session
+    live set    connections, next_conn_id(),    Keepalive, shutdown, stats; on_connect /
+                on_connect, on_disconnect       on_disconnect are the extensions' hooks
+    counters    errors, ack_latency, bytes_in,  StatsPublisher, /metrics (core/metrics.py)
+                slow_consumer_closes,
+                connections_total, rejections
+    health      closing, started_at, db_status  /healthz, /readyz (core/http.py); db_status
+                                                is set by the composition root, never by wal
+    http        http                            the request-head reader (core/accept.py)
+
+It is a record of shared parts, not a locator: nothing looks a part up by name, and
+each part is an object with its own typed interface. Per-connection state lives in
+`Session` and `WebSocket`, per-channel state in the router.
+"""
 
 from __future__ import annotations
 

@@ -119,8 +119,8 @@ class Server:
         await self.stats.start()
         undo.push_async_callback(self.stats.stop)
         self.keepalive = Keepalive(relay, config.idle_timeout, config.ping_timeout)
-        self.keepalive.start()
-        undo.callback(self.keepalive.stop)
+        await self.keepalive.start()
+        undo.push_async_callback(self.keepalive.stop)
         for service in self.services:
             await service.start()
             undo.push_async_callback(service.stop)
@@ -148,8 +148,9 @@ class Server:
         for section in self.stats_sections:
             extra.update(section())
         services = {service.name: service.stats() for service in self.services}
-        if self.stats is not None:
-            services[self.stats.name] = self.stats.stats()
+        for own in (self.stats, self.keepalive):
+            if own is not None:
+                services[own.name] = own.stats()
         extra["services"] = services
         return extra
 
@@ -217,7 +218,7 @@ class Server:
         if self.stats is not None:
             await self.stats.stop()
         if self.keepalive is not None:
-            self.keepalive.stop()
+            await self.keepalive.stop()
         log.info(
             "ferry stopped",
             extra={

@@ -11,6 +11,7 @@ import pytest
 from common.durability import HistoryLimits
 from core import compose
 from core.config import load
+from core.keepalive import Keepalive
 from core.memory_log import MemoryLog
 from core.stats import StatsPublisher
 from tests.helpers import relay_config, wait_for
@@ -85,6 +86,35 @@ async def test_a_failing_stats_round_does_not_end_sys_stats(
         assert stats.stats()["failures"] == 1 and stats.stats()["running"]
     finally:
         await server.shutdown()  # must not raise
+
+
+async def test_a_failing_keepalive_sweep_is_counted_and_the_next_one_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keepalive sweep runs in a Loop like every other service: before, it was a
+    self-rescheduling timer, and one exception in a sweep ended keepalive for good."""
+    real = Keepalive.sweep
+    calls = {"n": 0}
+
+    def flaky(self: Keepalive) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("one bad sweep")
+        real(self)
+
+    monkeypatch.setattr(Keepalive, "sweep", flaky)
+    server = compose.build(relay_config(tmp_path, idle_timeout=0.05, ping_timeout=0.05))
+    await server.start()
+    try:
+        keepalive = server.keepalive
+        assert keepalive is not None
+        await wait_for(lambda: keepalive.stats()["rounds"] >= 3, what="sweeps after the failure")
+        health = server._extra_stats()["services"]["keepalive"]
+        assert health["failures"] == 1 and health["running"] is True
+        assert health["last_error"] == "RuntimeError: one bad sweep"
+    finally:
+        await server.shutdown()
+    assert not keepalive.stats()["running"]
 
 
 async def test_the_replayer_reports_and_the_relay_decides(tmp_path: Path) -> None:
