@@ -21,6 +21,7 @@ from typing import Annotated
 import msgspec
 
 from common.durability import Encoding
+from core.errors import BadRequest
 
 SUBPROTOCOLS: dict[str, Encoding] = {
     "ferry.v1.json": Encoding.JSON,
@@ -204,8 +205,9 @@ def transcode(data: bytes, source: Encoding, target: Encoding) -> bytes:
     return _json_encoder.encode(_msgpack_any.decode(data))
 
 
-class UnportableValue(ValueError):
-    """A published value that cannot be delivered in both encodings (the reason says why)."""
+class UnportableValue(BadRequest):
+    """A published value that cannot be delivered in both encodings (the reason says why);
+    a bad_request (core/errors.py)."""
 
 
 # Bytes that may start an array or a map in msgpack (fixmap, fixarray, array16/32,
@@ -238,8 +240,6 @@ def check_value(data: bytes, encoding: Encoding, max_depth: int) -> None:
     except RecursionError:
         raise UnportableValue(f"data nests deeper than {max_depth} levels") from None
     except (msgspec.DecodeError, TypeError, ValueError, UnicodeError) as exc:
-        if isinstance(exc, UnportableValue):
-            raise
         raise UnportableValue(_unportable_reason(exc, encoding)) from None
 
 

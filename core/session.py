@@ -57,7 +57,6 @@ from core.protocol import (
     ServerFrame,
     Sub,
     Subscribed,
-    UnportableValue,
     Unsub,
     Unsubscribed,
     Welcome,
@@ -417,10 +416,7 @@ class Session:
         limits = self.limits
         if len(data) > limits.max_data_bytes:
             raise TooLarge(f"data is larger than {limits.max_data_bytes} bytes")
-        try:
-            check_value(data, self.encoding, limits.max_data_depth)
-        except UnportableValue as exc:
-            raise BadRequest(str(exc)) from None
+        check_value(data, self.encoding, limits.max_data_depth)  # UnportableValue: a BadRequest
         self._take_token()
         principal = self.principal
         # _owner(name), inlined (a per-publish path)

@@ -12,7 +12,7 @@ import pytest
 
 from common.durability import Encoding, Entry, RecoveredState
 from core import router as router_mod
-from core.protocol import check_value
+from core.protocol import UnportableValue, check_value
 from core.router import Channel
 from tests.core.world import World
 
@@ -235,5 +235,5 @@ def test_check_value_nesting_counts_only_containers() -> None:
     # 100 flat brackets inside strings don't count: the walk looks at real nesting.
     check_value(b'["' + b"[" * 100 + b'"]', J, 4)
     check_value(struct.pack(">B", 0x91) * 4 + b"\xc0", M, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(UnportableValue, match="nests deeper than 4"):
         check_value(struct.pack(">B", 0x91) * 5 + b"\xc0", M, 4)
