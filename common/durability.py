@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from common.errors import LogUnavailable
+from common.latency import Stages
 
 __all__ = [
     "DurableLog",
@@ -149,6 +150,10 @@ FailedHandler = Callable[[list[Entry], str], None]
 
 
 class DurableLog(Protocol):
+    # where its appends spend their time, stage by stage (common.latency.PUBLISH_STAGES);
+    # the relay observes the stages after the log's (the outbox flush) into the same one
+    stages: Stages
+
     async def open(self, limits: HistoryLimits) -> RecoveredState: ...
 
     def set_handlers(self, on_durable: DurableHandler, on_failed: FailedHandler) -> None: ...

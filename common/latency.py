@@ -92,3 +92,38 @@ class RecentQuantiles:
             self._base, self._next = self._next, self._hist.snapshot()
             self._at = now
         return self._hist.quantile(q, self._base)
+
+
+# The publish path, stage by stage (docs/benchmarks.md, "Where durable latency goes").
+# Each is timed once per batch (a WAL batch, a flush), never per message.
+PUBLISH_STAGES: dict[str, str] = {
+    "queue": "first record of a batch appended -> batch handed to the sync thread "
+    "(includes waiting for the batch before it)",
+    "handoff": "batch handed to the sync thread -> the thread starts writing",
+    "write": "write(2) of the batch",
+    "fsync": "fdatasync of the batch",
+    "wake": "the thread is done -> the event loop runs the batch's completion",
+    "deliver": "the completion: bookkeeping, acks queued, fan-out into outboxes",
+    "flush": "the completion done -> the next outbox flush has written to the sockets",
+}
+
+
+class Stages:
+    """One `LatencyHistogram` per stage of the publish path (`PUBLISH_STAGES`).
+
+    The log observes the stages it has (a memory log has none of the disk ones); the relay
+    observes `flush`. `$sys.stats` shows each stage's quantiles over the last interval and
+    /metrics exports them as `ferry_publish_stage_seconds{stage=...}`."""
+
+    __slots__ = ("hists",)
+
+    def __init__(self) -> None:
+        self.hists: dict[str, LatencyHistogram] = {
+            name: LatencyHistogram() for name in PUBLISH_STAGES
+        }
+
+    def observe(self, stage: str, seconds: float) -> None:
+        self.hists[stage].observe(seconds)
+
+    def snapshot(self) -> dict[str, list[int]]:
+        return {name: hist.snapshot() for name, hist in self.hists.items()}

@@ -51,6 +51,16 @@ class DbStats(msgspec.Struct):
 DB_OFF = DbStats(state="off", last_error=None, url=None)
 
 
+class StageLatency(msgspec.Struct):
+    """One stage of the publish path (common.latency.PUBLISH_STAGES) over the last
+    interval: quantiles estimated from its histogram's buckets, and how many batches
+    (or flushes) it timed."""
+
+    p50_ms: float | None
+    p99_ms: float | None
+    count: int
+
+
 class TopChannel(msgspec.Struct):
     ch: str
     rate: float  # messages per second over the last interval
@@ -78,6 +88,9 @@ class Stats(msgspec.Struct):
     top_channels: list[TopChannel]
     wal: WalStats
     db: DbStats
+    # where a publish spends its time, by stage, in the order of the path; a stage the
+    # log does not have (the disk stages of the memory log) is left out
+    stages: dict[str, StageLatency] = msgspec.field(default_factory=dict)
     # each background service's own health (common.service.Service.stats), by name
     services: dict[str, dict[str, str | float | bool | None]] = msgspec.field(default_factory=dict)
 

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from common.durability import (
     DurableHandler,
     Entry,
@@ -13,6 +15,7 @@ from common.durability import (
     LogUnavailable,
     RecoveredState,
 )
+from common.latency import Stages
 from core.scheduling import Soon, soon_in_running_loop
 
 
@@ -34,6 +37,7 @@ class MemoryLog:
         self._scheduled = False
         self._heads: dict[str, int] = {}
         self.appended = 0
+        self.stages = Stages()  # only `deliver` (and the relay's `flush`): no disk stages
 
     async def open(self, limits: HistoryLimits) -> RecoveredState:
         return RecoveredState(next_lsn=self._next_lsn)
@@ -60,7 +64,9 @@ class MemoryLog:
         for entry in batch:
             heads[entry.channel] = entry.seq
         if batch and self._on_durable is not None:
+            start = perf_counter()
             self._on_durable(batch)
+            self.stages.hists["deliver"].observe(perf_counter() - start)
 
     def head_of(self, channel: str) -> int:
         return self._heads.get(channel, 0)

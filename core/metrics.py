@@ -18,6 +18,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from common.latency import PUBLISH_STAGES
+
 if TYPE_CHECKING:
     from core.relay_state import RelayState
 
@@ -103,6 +105,15 @@ class RelayCollector(Collector):
             buckets=hist.cumulative(),
             sum_value=hist.total,
         )
+        stages = HistogramMetricFamily(
+            "ferry_publish_stage_seconds",
+            "Time a publish spends in each stage of its path, timed per WAL batch or flush "
+            "(stage: " + ", ".join(PUBLISH_STAGES) + ")",
+            labels=["stage"],
+        )
+        for name, stage in hub.stages.hists.items():
+            stages.add_metric([name], stage.cumulative(), stage.total)
+        yield stages
         yield GaugeMetricFamily(
             "ferry_log_writable", "1 when the log accepts writes", value=int(hub.log.writable)
         )

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Protocol
 
+from common.latency import LatencyHistogram
 from common.logsetup import Throttle
 from core.scheduling import Soon, soon_in_running_loop
 
@@ -41,14 +43,29 @@ class Flusher:
     `call_soon` is how the next iteration is reached: the loop's `call_soon` in the
     server, a hand-run queue in the sans-I/O tests (tests/core/world.py)."""
 
-    __slots__ = ("_call_soon", "_pending", "_scheduled", "bytes_out", "writes")
+    __slots__ = (
+        "_call_soon", "_pending", "_scheduled", "_timed_from", "bytes_out", "flush_stage",
+        "writes",
+    )  # fmt: skip
 
-    def __init__(self, call_soon: Soon = soon_in_running_loop) -> None:
+    def __init__(
+        self, call_soon: Soon = soon_in_running_loop, flush_stage: LatencyHistogram | None = None
+    ) -> None:
         self._call_soon = call_soon
         self._pending: list[Outbox] = []
         self._scheduled = False
         self.bytes_out = 0
         self.writes = 0
+        # the `flush` stage (common.latency.PUBLISH_STAGES): from time_next_flush() to the
+        # end of the flush after it
+        self.flush_stage = flush_stage
+        self._timed_from = 0.0
+
+    def time_next_flush(self) -> None:
+        """A batch was delivered now: time until the flush it scheduled has written it
+        (nothing to time if it queued nothing)."""
+        if self._scheduled and not self._timed_from and self.flush_stage is not None:
+            self._timed_from = perf_counter()
 
     def mark(self, outbox: Outbox) -> None:
         self._pending.append(outbox)
@@ -69,6 +86,10 @@ class Flusher:
             if sent:
                 self.bytes_out += sent
                 self.writes += 1
+        if self._timed_from:
+            assert self.flush_stage is not None
+            self.flush_stage.observe(perf_counter() - self._timed_from)
+            self._timed_from = 0.0
 
 
 class Outbox:

@@ -64,7 +64,9 @@ class RelayState:
             self.ack_latency.observe,
             max_channels_per_user=config.max_channels_per_user,
         )
-        self.flusher = Flusher(loop.call_soon)
+        self.stages = durable_log.stages  # the log's stages, then the relay's (flush)
+        self.flusher = Flusher(loop.call_soon, self.stages.hists["flush"])
+        self.router.add_tap(lambda _entries: self.flusher.time_next_flush())
         self.auth = Authenticator(config)
         self.limits = Limits(
             max_subscriptions=config.max_subscriptions,

@@ -16,7 +16,7 @@ import msgspec
 
 from common.durability import Encoding, Entry
 from common.service import Loop
-from common.stats_doc import DB_OFF, Stats, TailEntry, TopChannel, WalStats
+from common.stats_doc import DB_OFF, StageLatency, Stats, TailEntry, TopChannel, WalStats
 from core.protocol import STATS_CHANNEL, SYS_PREFIX, TAIL_CHANNEL, transcode
 from core.relay_state import RelayState
 
@@ -40,6 +40,7 @@ class StatsPublisher:
         self._prev: dict[str, float] = {}
         self._prev_at = time.monotonic()
         self._prev_hist = hub.ack_latency.snapshot()
+        self._prev_stages = hub.stages.snapshot()
         self._tail_tokens = float(hub.config.tail_rate)
         self._tail_at = time.monotonic()
         hub.router.add_tap(self._tail)
@@ -119,6 +120,7 @@ class StatsPublisher:
                 records_per_fsync=log_stats.get("records_per_fsync"),
             ),
             db=DB_OFF,
+            stages=self._stage_latency(),
         )
         if self.extra is not None:
             # Services' sections (the replayer's "db") replace the fields of the same name.
@@ -127,6 +129,22 @@ class StatsPublisher:
         self._prev_at = now
         self._prev_hist = hist.snapshot()
         return doc
+
+    def _stage_latency(self) -> dict[str, StageLatency]:
+        """Each stage over the interval since the last snapshot."""
+        out: dict[str, StageLatency] = {}
+        prev = self._prev_stages
+        for name, hist in self.hub.stages.hists.items():
+            since = prev[name]
+            count = hist.count - sum(since)
+            if hist.count:  # a stage this log has (it has timed something, ever)
+                out[name] = StageLatency(
+                    p50_ms=_ms(hist.quantile(0.5, since)),
+                    p99_ms=_ms(hist.quantile(0.99, since)),
+                    count=count,
+                )
+        self._prev_stages = self.hub.stages.snapshot()
+        return out
 
     def _tail(self, entries: list[Entry]) -> None:
         """Sample durable messages into `$sys.tail`, at most `tail_rate` per second."""

@@ -29,7 +29,7 @@ from common.durability import (
     LogUnavailable,
     RecoveredState,
 )
-from common.latency import LatencyHistogram, RecentQuantiles
+from common.latency import LatencyHistogram, RecentQuantiles, Stages
 from wal.errors import HeadsStoreError
 from wal.heads import FLUSH_CHANNELS, HeadsReader, HeadsTracker
 from wal.lockfile import writer_lock
@@ -66,6 +66,7 @@ class WalLog:
         history_max_bytes: int = 1024 * 1024 * 1024,
         heads_flush_channels: int = FLUSH_CHANNELS,
         registry: CollectorRegistry | None = None,
+        stages: Stages | None = None,
     ) -> None:
         if sync not in ("fsync", "write"):
             raise ValueError(f"sync must be 'fsync' or 'write', got {sync!r}")
@@ -98,6 +99,7 @@ class WalLog:
         self._first_lsn = 1
         self._closed = False
         self.fsync_latency = LatencyHistogram()
+        self.stages = stages if stages is not None else Stages()
         self._fsync_recent = RecentQuantiles(self.fsync_latency, FSYNC_WINDOW_S, time.monotonic)
         self._batch_records: collections.deque[int] = collections.deque(maxlen=_RECENT)
         self._batches = 0
@@ -167,6 +169,7 @@ class WalLog:
             segment_bytes=self.segment_bytes,
             max_batch_bytes=self.max_batch_bytes,
             max_batch_delay_s=self.max_batch_delay_ms / 1000.0,
+            stages=self.stages,
         )
         m = self.metrics
         m.writable.set(1)

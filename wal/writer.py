@@ -36,10 +36,11 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable
+from time import perf_counter
 
 from common.durability import Entry, LogUnavailable
+from common.latency import Stages
 from wal.heads import HeadsTracker
 from wal.record import EVENT, ConnectionEvent, append_message, append_record, encode_event
 from wal.segment import create_segment, encode_header, segment_name, write_all
@@ -56,19 +57,30 @@ class CommitBatch:
 
     __slots__ = (
         "buf",
+        "done_at",
         "entries",
         "error",
         "failed_op",
         "first_lsn",
         "last_lsn",
         "offset",
+        "opened_at",
+        "picked_at",
         "rotation",
         "segment_first_lsn",
+        "submitted_at",
         "sync_s",
         "write_s",
     )
 
-    def __init__(self, buf: bytearray, entries: list[Entry], first_lsn: int, last_lsn: int) -> None:
+    def __init__(
+        self,
+        buf: bytearray,
+        entries: list[Entry],
+        first_lsn: int,
+        last_lsn: int,
+        opened_at: float = 0.0,
+    ) -> None:
         self.buf = buf
         self.entries = entries  # MESSAGE entries only, in LSN order
         self.first_lsn = first_lsn
@@ -78,6 +90,11 @@ class CommitBatch:
         self.rotation: Rotation | None = None
         self.write_s = 0.0
         self.sync_s = 0.0
+        # perf_counter stamps of its way through the stages (common.latency.PUBLISH_STAGES)
+        self.opened_at = opened_at  # its first record was appended
+        self.submitted_at = 0.0  # handed to the sync thread
+        self.picked_at = 0.0  # the thread started on it
+        self.done_at = 0.0  # the thread finished it
         self.error: BaseException | None = None
         self.failed_op = ""
 
@@ -123,8 +140,11 @@ class GroupCommitWriter:
         segment_bytes: int = 64 * 1024 * 1024,
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_batch_delay_s: float = 0.0,
+        stages: Stages | None = None,
     ) -> None:
         self._dir = wal_dir
+        self._stages = stages or Stages()
+        self._opened_at = 0.0  # when the first pending record was appended
         self._node_id = node_id
         self._sync = sync
         self._segment_bytes = segment_bytes
@@ -163,6 +183,8 @@ class GroupCommitWriter:
             raise LogUnavailable(self._refusal)
         lsn = self._next_lsn
         buf = self._buf
+        if not buf:
+            self._opened_at = perf_counter()
         append_message(buf, lsn, entry)  # raises before touching anything on bad input
         entry.lsn = lsn
         self._next_lsn = lsn + 1
@@ -179,6 +201,8 @@ class GroupCommitWriter:
         if self._refusal is not None:
             raise LogUnavailable(self._refusal)
         lsn = self._next_lsn
+        if not self._buf:
+            self._opened_at = perf_counter()
         append_record(self._buf, lsn, EVENT, encode_event(event))
         self._next_lsn = lsn + 1
         try:
@@ -202,7 +226,9 @@ class GroupCommitWriter:
 
     def _seal(self) -> None:
         """Close the pending records into a batch of their own (the batch-size cap)."""
-        batch = CommitBatch(self._buf, self._entries, self._first, self._next_lsn - 1)
+        batch = CommitBatch(
+            self._buf, self._entries, self._first, self._next_lsn - 1, self._opened_at
+        )
         buf: bytearray = bytearray()
         entries: list[Entry] = []
         # Nothing above changed any state: an entry is in `_sealed` or `_entries`, never both.
@@ -239,6 +265,7 @@ class GroupCommitWriter:
             batch.offset = self._seg_size
             self._seg_size += size
             self._inflight = batch
+            batch.submitted_at = perf_counter()
             self._thread.submit(batch)
         except Exception as exc:
             if self._inflight is batch:
@@ -247,6 +274,7 @@ class GroupCommitWriter:
 
     def _completed(self, batch: CommitBatch) -> None:
         """On the loop: the thread is done with `batch`."""
+        woke = perf_counter()
         self._inflight = None
         if batch.error is not None or self.failure is not None:
             if self.failure is None:
@@ -276,8 +304,20 @@ class GroupCommitWriter:
                 except Exception as exc:  # the owner's bookkeeping before any delivery
                     if self.failure is None:
                         self._die(exc, "batch completion", batch)
+                self._observe(batch, woke)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
+
+    def _observe(self, batch: CommitBatch, woke: float) -> None:
+        """The batch's time in each stage (per batch: a few adds, not per record)."""
+        hists = self._stages.hists
+        hists["queue"].observe(batch.submitted_at - batch.opened_at)
+        hists["handoff"].observe(batch.picked_at - batch.submitted_at)
+        hists["write"].observe(batch.write_s)
+        if self._sync:
+            hists["fsync"].observe(batch.sync_s)
+        hists["wake"].observe(woke - batch.done_at)
+        hists["deliver"].observe(perf_counter() - woke)
 
     def fail(self, exc: BaseException, op: str) -> None:
         """Make the writer unwritable for good from the loop side (e.g. the heads store
@@ -415,6 +455,7 @@ class _SyncThread:
 
     def _write(self, batch: CommitBatch) -> None:
         op = "write"
+        batch.picked_at = perf_counter()
         try:
             if batch.rotation is not None:
                 if not self._sync:
@@ -425,14 +466,15 @@ class _SyncThread:
                 os.close(self._fd)
                 self._fd = fd
             op = "write"
-            start = time.perf_counter()
+            start = perf_counter()
             write_all(self._fd, batch.buf)
-            written = time.perf_counter()
+            written = perf_counter()
             if self._sync:
                 op = "fdatasync"
                 os.fdatasync(self._fd)
+            batch.done_at = perf_counter()
             batch.write_s = written - start
-            batch.sync_s = time.perf_counter() - written
+            batch.sync_s = batch.done_at - written
         except Exception as exc:
             batch.error = exc
             batch.failed_op = op

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from common.durability import Encoding, Entry, HistoryLimits, RecoveredState
+from common.latency import Stages
 from core.auth import Principal
 from core.outbox import Flusher, Outbox
 from core.protocol import DECODERS, Pub
@@ -148,6 +149,7 @@ class NullLog:
 
     def __init__(self) -> None:
         self.appended: list[Entry] = []
+        self.stages = Stages()
 
     async def open(self, limits: HistoryLimits) -> RecoveredState:
         return RecoveredState()

@@ -22,6 +22,7 @@ export interface Stats {
   top_channels: TopChannel[];
   wal: WalStats;
   db: DbStats;
+  stages?: Record<string, StageLatency>;
   services?: Record<string, Record<string, string | number | boolean | null>>;
 }
 
@@ -53,6 +54,15 @@ export interface DbStats {
   lag_records?: number;
   lag_seconds?: number;
   rows_per_s?: number;
+}
+
+/** One stage of the publish path (common.latency.PUBLISH_STAGES) over the last
+interval: quantiles estimated from its histogram's buckets, and how many batches
+(or flushes) it timed. */
+export interface StageLatency {
+  p50_ms: number | null;
+  p99_ms: number | null;
+  count: number;
 }
 
 /** One sampled `$sys.tail` message: a durable message's envelope and a JSON preview. */

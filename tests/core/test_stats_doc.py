@@ -26,7 +26,8 @@ PROTOCOL_TS = ROOT / "dashboard" / "src" / "protocol.ts"
 STATS_KEYS = [
     "node", "uptime_s", "ts_ms", "connections", "subscriptions", "channels", "history_bytes",
     "msgs_in_per_s", "deliveries_per_s", "bytes_in_per_s", "bytes_out_per_s", "ack_p50_ms",
-    "ack_p99_ms", "slow_consumer_closes", "errors", "top_channels", "wal", "db", "services",
+    "ack_p99_ms", "slow_consumer_closes", "errors", "top_channels", "wal", "db", "stages",
+    "services",
 ]  # fmt: skip
 WAL_KEYS = [
     "writable", "failure", "sync", "head_lsn", "bytes", "segments", "fsync_p50_ms",

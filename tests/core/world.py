@@ -24,6 +24,7 @@ from common.durability import (
     HistoryLimits,
     RecoveredState,
 )
+from common.latency import Stages
 from core.auth import Grant, Principal
 from core.errors import SlowConsumer
 from core.outbox import Flusher, Outbox
@@ -98,6 +99,7 @@ class HeldLog:
         self._on_durable: DurableHandler | None = None
         self._on_failed: FailedHandler | None = None
         self.refuse: Exception | None = None
+        self.stages = Stages()
 
     async def open(self, limits: HistoryLimits) -> RecoveredState:
         return RecoveredState()
