@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.stages import format_stages
+
 if TYPE_CHECKING:  # hdrhistogram is the `bench` extra
     from hdrh.histogram import HdrHistogram
 
@@ -92,6 +94,8 @@ class Result:
     settings: dict[str, str] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     memory: dict[str, Any] | None = None  # connections --tracemalloc: growth by line
+    # ferry's own per-stage latency over the window (bench/stages.py), by stage
+    stages: dict[str, dict[str, Any]] | None = None
     kind: str = "run"
 
     def to_json(self) -> dict[str, Any]:
@@ -234,6 +238,8 @@ def format_run(r: Result) -> str:
             f"server child {child['pid']} ({child['cmd'][:60]}): cpu_s={child['cpu_s']}"
             f"  peak_rss_kb={_num(child['peak_rss_kb'])}"
         )
+    if r.stages:
+        lines.append(format_stages(r.stages))
     for goal in r.goals:
         mark = "met" if goal["met"] else "MISSED"
         lines.append(f"goal {goal['goal']}: {_num(goal['value'], 3)} -> {mark}")

@@ -30,6 +30,7 @@ from bench.memtrace import MemorySnapshots
 from bench.profiling import Profiler
 from bench.report import Result, latency_summary
 from bench.runner import Measurement, Watcher, run_load
+from bench.stages import StageWatcher
 
 LOAD_SCENARIOS = ("fanout", "rooms", "latency", "ingest", "connections")
 COMPARABLE = ("fanout", "rooms", "latency", "connections")
@@ -303,9 +304,12 @@ def run_scenario(a: argparse.Namespace, scenario: str, target_name: str) -> Resu
             return watchers
 
         def on_window(seconds: float) -> list[Watcher]:
-            if pid is None or connect_phase:
-                return []
-            return [Profiler(pid, prefix, native=a.profile_native).start(seconds)]
+            watchers: list[Watcher] = []
+            if target.name == targets.FERRY and not connect_phase:
+                watchers.append(StageWatcher(target.url).start())
+            if pid is not None and not connect_phase:
+                watchers.append(Profiler(pid, prefix, native=a.profile_native).start(seconds))
+            return watchers
 
         m = run_load(
             plan.specs,
@@ -429,6 +433,7 @@ def build_result(
         notes=notes,
         profile=m.extras.get("profile"),
         memory=memory,
+        stages=m.extras.get("stages") or None,
     )
     result.goals = goals_for(result)
     return result

@@ -18,10 +18,23 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from common.latency import PUBLISH_STAGES
+from common.latency import PUBLISH_STAGES, Stages
 
 if TYPE_CHECKING:
     from core.relay_state import RelayState
+
+
+def stage_family(stages: Stages) -> HistogramMetricFamily:
+    """`ferry_publish_stage_seconds{stage}`: one histogram per stage of the publish path."""
+    family = HistogramMetricFamily(
+        "ferry_publish_stage_seconds",
+        "Time a publish spends in each stage of its path, timed per WAL batch or flush "
+        "(stage: " + ", ".join(PUBLISH_STAGES) + ")",
+        labels=["stage"],
+    )
+    for name, hist in stages.hists.items():
+        family.add_metric([name], hist.cumulative(), hist.total)
+    return family
 
 
 class RelayCollector(Collector):
@@ -105,15 +118,7 @@ class RelayCollector(Collector):
             buckets=hist.cumulative(),
             sum_value=hist.total,
         )
-        stages = HistogramMetricFamily(
-            "ferry_publish_stage_seconds",
-            "Time a publish spends in each stage of its path, timed per WAL batch or flush "
-            "(stage: " + ", ".join(PUBLISH_STAGES) + ")",
-            labels=["stage"],
-        )
-        for name, stage in hub.stages.hists.items():
-            stages.add_metric([name], stage.cumulative(), stage.total)
-        yield stages
+        yield stage_family(hub.stages)
         yield GaugeMetricFamily(
             "ferry_log_writable", "1 when the log accepts writes", value=int(hub.log.writable)
         )

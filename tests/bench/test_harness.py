@@ -72,6 +72,10 @@ def test_latency(tmp_path: Path) -> None:
     assert doc["latency"]["samples"] == doc["counts"]["delivered"]
     assert {"p50_ms", "p99_ms", "p999_ms"} <= set(doc["latency"])
     assert len(doc["goals"]) == 3
+    # ferry's own breakdown of the window, from its /metrics (bench/stages.py)
+    stages = doc["stages"]
+    assert {"queue", "fsync", "deliver", "flush"} <= set(stages), stages
+    assert all(s["count"] > 0 and s["p99_ms"] >= s["p50_ms"] >= 0 for s in stages.values())
 
 
 def test_compare_latency_with_uws(tmp_path: Path) -> None:
@@ -85,6 +89,7 @@ def test_compare_latency_with_uws(tmp_path: Path) -> None:
     for run in doc["runs"]:
         _check_run(run, "latency")
         assert run["counts"]["delivered"] > 0
+    assert doc["runs"][0]["stages"] and doc["runs"][1]["stages"] is None  # ferry's only
 
 
 def test_connections(tmp_path: Path) -> None:
