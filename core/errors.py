@@ -26,8 +26,8 @@
 What a client sees for each error is decided in one table, `ANSWERS`, and looked up by
 `answer_for` (the nearest class in the exception's MRO). An `Answer` is either an error
 frame (`ErrorCode`, the connection stays open) or a close (`CloseCode`). Its `reason` is
-fixed text, or None when the exception's own text is written for the client (PeerError,
-Closing, AuthError). Any other exception — a bug, an OSError — answers 1011 with a fixed
+fixed text, or None when the exception's own text is written for the client (the
+`ClientFacing` ones, PeerError and Closing, and AuthError). Any other exception — a bug, an OSError — answers 1011 with a fixed
 "internal error": its text is for the logs only, never for a client.
 """
 
@@ -67,12 +67,16 @@ class CloseCode(enum.IntEnum):
     RATE_ABUSE = 4429  # kept publishing while rate limited
 
 
-class PeerError(FerryError):
-    """The client did something wrong; `reason` is written for the client."""
+class ClientFacing(FerryError):
+    """An error whose `reason` is written for the client (sent as is)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class PeerError(ClientFacing):
+    """The client did something wrong; answered with an error frame."""
 
 
 class BadRequest(PeerError):
@@ -103,12 +107,8 @@ class AuthError(FerryError):
     """The token is missing, malformed, badly signed or expired (HTTP 401)."""
 
 
-class Closing(FerryError):
-    """A condition that ends the connection; `reason` is written for the client."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class Closing(ClientFacing):
+    """A condition that ends the connection."""
 
 
 class ProtocolViolation(Closing):
@@ -156,8 +156,6 @@ class Answer:
     reason: str | None = None
 
 
-INTERNAL = Answer(CloseCode.INTERNAL_ERROR, "internal error")
-
 ANSWERS: dict[type[BaseException], Answer] = {
     PeerError: Answer(ErrorCode.BAD_REQUEST),
     BadRequest: Answer(ErrorCode.BAD_REQUEST),
@@ -181,19 +179,14 @@ ANSWERS: dict[type[BaseException], Answer] = {
     RateAbuse: Answer(CloseCode.RATE_ABUSE),
     ShuttingDown: Answer(CloseCode.GOING_AWAY),
     PeerClosed: Answer(CloseCode.NORMAL),
-    BaseException: INTERNAL,
+    BaseException: Answer(CloseCode.INTERNAL_ERROR, "internal error"),
 }
 
 
 def answer_for(exc: BaseException) -> tuple[ErrorCode | CloseCode, str]:
     """The code and the public reason a client is given for `exc` (see `ANSWERS`)."""
-    for cls in type(exc).__mro__:
-        answer = ANSWERS.get(cls)
-        if answer is not None:
-            break
-    else:  # pragma: no cover - BaseException is in every MRO
-        answer = INTERNAL
+    # BaseException is in every MRO, and in the table: there is always a nearest class
+    answer = next(ANSWERS[cls] for cls in type(exc).__mro__ if cls in ANSWERS)
     if answer.reason is not None:
         return answer.code, answer.reason
-    reason = getattr(exc, "reason", None)
-    return answer.code, reason if isinstance(reason, str) else str(exc)
+    return answer.code, exc.reason if isinstance(exc, ClientFacing) else str(exc)
