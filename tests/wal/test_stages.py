@@ -26,8 +26,9 @@ async def test_every_batch_is_timed_once_per_stage(logs: LogFactory, tmp_path: P
         assert hists[stage].count == batches, stage
         assert hists[stage].total >= 0.0, stage
     assert hists["flush"].count == 0  # the relay's stage: a bare log has no outboxes
-    # the fsync stage is the same fdatasync the WAL's own figures report
-    assert hists["fsync"].total == pytest.approx(log.fsync_latency.total)
+    # the fsync stage is the histogram behind the WAL's own fsync p50/p99
+    assert log.fsync_latency is hists["fsync"]
+    assert log.stats()["fsync_p50_ms"] > 0
 
 
 async def test_write_mode_has_no_fsync_stage(logs: LogFactory, tmp_path: Path) -> None:
