@@ -19,9 +19,10 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
+import pytest
 import websockets
 
 from core.config import Config
@@ -30,6 +31,13 @@ from core.server import Server
 UNIT = float(os.environ.get("FERRYTEST_UNIT", "5"))
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A prerequisite is missing: fail under CI (it must be there), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"required under CI: {reason}")
+    pytest.skip(reason)
 
 
 def relay_config(tmp_path: Path | None = None, **overrides: Any) -> Config:

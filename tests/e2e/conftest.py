@@ -12,22 +12,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.e2e.support import ADMIN, CHROMIUM, CHROMIUM_ARGS, DIST, MS, LoopThread
-from tests.helpers import IN_CI, ServeProcess
+from tests.helpers import ServeProcess, unavailable
 from tests.mariadb import PrivateMariaDB, require_mariadb
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
-
-
-def unavailable(reason: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(f"required under CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

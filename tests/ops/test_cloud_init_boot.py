@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import unavailable
 from tests.ops.support import TERRAFORM_DIR, UNIT, explain, run
 from tests.ops.test_terraform import _template_values, _terraform_render
 
@@ -84,14 +85,14 @@ def test_a_missing_volume_fails_the_boot(host: dict[str, Any], tmp_path: Path) -
 @pytest.fixture
 def loop_device(tmp_path: Path) -> Iterator[str]:
     if shutil.which("losetup") is None or shutil.which("mkfs.ext4") is None:
-        pytest.skip("needs losetup and mkfs.ext4 (root) for a fake volume")
+        unavailable("needs losetup and mkfs.ext4 (root) for a fake volume")
     image = tmp_path / "volume.img"
     with image.open("wb") as fh:
         fh.truncate(16 * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
     done = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot attach a loop device here: {done.stderr.strip()}")
+        unavailable(f"cannot attach a loop device here: {done.stderr.strip()}")
     device = done.stdout.strip()
     try:
         yield device

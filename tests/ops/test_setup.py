@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, unavailable
 from tests.ops.support import ROOT, UNIT, explain, run
 
 # Packages of the dev and bench extras that must not reach a runtime install.
@@ -163,7 +163,7 @@ def test_make_test_stops_first_when_no_mariadb_answers() -> None:
 
 def test_a_non_root_user_is_told_what_to_install() -> None:
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to act as an unprivileged user")
+        unavailable("needs root and setpriv to act as an unprivileged user")
     proc = run(
         ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
          ROOT / "scripts" / "apt-install.sh", "chromium", "mariadb-server"],
