@@ -18,7 +18,7 @@ import asyncio
 import collections
 import logging
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
@@ -116,8 +116,9 @@ class ApiProtocol(asyncio.Protocol):
     # --- asyncio ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(
+            asyncio.Transport, transport
+        )  # uvloop's is not a subclass
         server = self.server
         if len(server.connections) >= server.max_connections:
             server.refused += 1
