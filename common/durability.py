@@ -43,6 +43,7 @@ __all__ = [
     "Encoding",
     "Entry",
     "HistoryLimits",
+    "HistoryStore",
     "LogUnavailable",
     "RecordType",
     "RecoveredState",
@@ -189,5 +190,20 @@ class DurableLog(Protocol):
         ...
 
     def stats(self) -> dict[str, float]: ...
+
+    async def close(self) -> None: ...
+
+
+class HistoryStore(Protocol):
+    """A channel's messages from before its in-memory ring (`wal.history.DeepHistory`:
+    the database log, then the WAL for what the database has not caught up on)."""
+
+    async def read(self, channel: str, after: int, before: int, limit: int) -> list[Entry]:
+        """Up to `limit` messages of `channel` with after < seq < before, oldest first.
+        A gap (or fewer than asked while more exist) means the rest is really gone;
+        raises when the store cannot be read now."""
+        ...
+
+    def stats(self) -> dict[str, int]: ...
 
     async def close(self) -> None: ...

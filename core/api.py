@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote
 
 import msgspec
 
-from common.durability import Encoding, LogUnavailable
+from common.durability import Encoding, Entry, LogUnavailable
 from common.errors import RecordRefused
 from core.auth import ADMIN_USER
 from core.dedupe import MsgId
@@ -441,42 +441,40 @@ class Api:
         more = len(names) > limit
         return json_response(200, {"channels": out, "next": page[-1] if more and page else None})
 
-    def _messages(self, key: Key, name: str, request: Request) -> Response:
+    def _messages(
+        self, key: Key, name: str, request: Request
+    ) -> Response | asyncio.Future[Response]:
+        """A page after `since`: from the ring, or below it from the deep history store
+        (the database, then the WAL); `complete` says whether it starts right after
+        `since` (false: the messages in between are gone)."""
         self._readable(key, name)
         since = _int(request.query, "since", 0, 0, 2**63)
         limit = _int(request.query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
         router = self.hub.router
         ch = router.get(name)
         head = ch.durable_seq if ch is not None else self.hub.log.head_of(name)
-        history = ch.history if ch is not None else ()
-        first = history[0].seq if history else head + 1
-        messages = []
-        if history:
-            start = max(since + 1, first)
-            if start <= head:
-                index = ch.first_index(start) if ch is not None else 0
-                for entry in itertools.islice(history, index, index + limit):
-                    messages.append(
-                        {
-                            "seq": entry.seq,
-                            "ts": entry.ts_ms,
-                            "from": entry.sender,
-                            "data": _as_json(entry.data, entry.encoding),
-                        }
-                    )
-        last = messages[-1]["seq"] if messages else since
-        return json_response(
-            200,
-            {
-                "ch": name,
-                "epoch": router.epoch_of(name),
-                "head": head,
-                "messages": messages,
-                # the page starts right after `since`: nothing below the ring was dropped
-                "complete": since + 1 >= first or since >= head,
-                "next": last if isinstance(last, int) and last < head and messages else None,
-            },
-        )
+        ring: list[Entry] = []
+        if ch is not None and ch.history and since < head:
+            start = max(since + 1, ch.history[0].seq)
+            index = ch.first_index(start)
+            ring = list(itertools.islice(ch.history, index, index + limit))
+        first = ring[0].seq if ring else head + 1
+        page = _Page(name, router.epoch_of(name), head, since, limit)
+        deep = router.deep
+        if since + 1 >= first or since >= head or deep is None:
+            return page.response(ring)
+        future: asyncio.Future[Response] = self.hub.loop.create_future()
+
+        async def below_the_ring() -> None:
+            try:
+                older = await deep.read(name, since, first, limit)
+            except Exception:
+                older = []  # the database is down: the ring's part, marked incomplete
+            if not future.done():
+                future.set_result(page.response(older + ring))
+
+        self.hub.spawn(below_the_ring())
+        return future
 
     def _readable(self, key: Key, name: str) -> None:
         if not valid_channel(name):
@@ -502,6 +500,39 @@ class Api:
                 session.close(code, doc.reason)
                 closed += 1
         return json_response(200, {"closed": closed})
+
+
+class _Page(msgspec.Struct):
+    ch: str
+    epoch: str
+    head: int
+    since: int
+    limit: int
+
+    def response(self, entries: list[Entry]) -> Response:
+        entries = entries[: self.limit]
+        messages = [
+            {
+                "seq": e.seq,
+                "ts": e.ts_ms,
+                "from": e.sender,
+                "data": _as_json(e.data, e.encoding),
+            }
+            for e in entries
+        ]
+        last = entries[-1].seq if entries else self.since
+        return json_response(
+            200,
+            {
+                "ch": self.ch,
+                "epoch": self.epoch,
+                "head": self.head,
+                "messages": messages,
+                "complete": self.since >= self.head
+                or (bool(entries) and entries[0].seq == self.since + 1),
+                "next": last if entries and last < self.head else None,
+            },
+        )
 
 
 def _digest(secret: str) -> bytes:

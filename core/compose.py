@@ -31,6 +31,7 @@ from core.listener import Connection
 from core.memory_log import MemoryLog
 from core.server import Server
 from core.watch import OpsWatch
+from wal.history import DeepHistory
 from wal.log import WalLog
 from wal.record import ConnectionEvent
 from wal.replay.service import ReplayService
@@ -67,6 +68,7 @@ def build(config: Config, durable_log: DurableLog | None = None) -> Server:
         server.extensions.append(lambda srv: _connection_events(srv, wal))
         if config.replayer:
             server.extensions.append(lambda srv: _replayer(srv, wal))
+            server.extensions.append(lambda srv: _deep_history(srv, wal))
     if config.webhook_url:
         server.extensions.append(_watch)
     if config.api_keys:
@@ -121,6 +123,17 @@ def _replayer(server: Server, wal: WalLog) -> Iterable[Service]:
     server.relay.db_status = replay.database_view
     server.stats_sections.append(replay.stats_section)
     return (replay,)
+
+
+def _deep_history(server: Server, wal: WalLog) -> Iterable[Service]:
+    """`sub … since` below the ring, and the API's older pages: from the database the
+    replayer fills, and from the WAL for what it has not written yet."""
+    config = server.config
+    store = DeepHistory(config.db_url, config.node_id, config.wal_dir, lambda: wal.durable_lsn)
+    relay = server.relay
+    relay.router.deep = store
+    relay.router.spawn = relay.spawn
+    return (store,)
 
 
 def _watch(server: Server) -> Iterable[Service]:

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from common.durability import DurableLog, HistoryLimits
 from common.latency import LatencyHistogram
@@ -40,6 +41,8 @@ from core.session import ErrorCounter, Limits
 
 if TYPE_CHECKING:
     from core.listener import Connection
+
+log = logging.getLogger("ferry.relay")
 
 
 def history_limits(config: Config) -> HistoryLimits:
@@ -99,10 +102,23 @@ class RelayState:
         self.on_disconnect: list[Callable[[Connection], None]] = []
         self._ids = itertools.count(1)
         self._by_id: dict[str, Connection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._id_prefix = f"{config.node_id}-{int(self.started_at) % 100000:05d}-"
 
     def next_conn_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `work` on the loop, held until it ends (a failure is logged, not lost)."""
+        task = self.loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
 
     def connection(self, conn_id: str) -> Connection | None:
         """The connection whose `welcome.client` this is (the HTTP API's `exclude_client`)."""

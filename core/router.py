@@ -34,7 +34,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
@@ -45,6 +45,7 @@ from common.durability import (
     Encoding,
     Entry,
     HistoryLimits,
+    HistoryStore,
     LogUnavailable,
     RecoveredState,
 )
@@ -126,12 +127,15 @@ class Channel:
 class Replay:
     """A session catching up on a channel's history (`sub` with `since`)."""
 
-    __slots__ = ("channel", "done", "next_seq")
+    __slots__ = ("channel", "deep", "done", "fetching", "next_seq")
 
-    def __init__(self, channel: Channel, next_seq: int) -> None:
+    def __init__(self, channel: Channel, next_seq: int, deep: bool = False) -> None:
         self.channel = channel
         self.next_seq = next_seq
         self.done = False
+        # below the ring: read from the deep history store (the session drives it)
+        self.deep = deep
+        self.fetching = False
 
 
 class Counters:
@@ -194,6 +198,10 @@ class Router:
         # channels, whose seq lives in memory only, are this process's own.
         self.boot_epoch = secrets.token_hex(8)
         self.epoch = self.boot_epoch
+        # Deep history (a `sub … since` below the ring): the store, and how to run its
+        # reads (loop.create_task); set by the composition root when there is a database.
+        self.deep: HistoryStore | None = None
+        self.spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
         self.history = history if history is not None else HistoryLimits()
         self.max_channels_per_user = max_channels_per_user
         self.channels: dict[str, Channel] = {}  # least recently used first
@@ -457,6 +465,11 @@ class Router:
             return head, since == head, None
         history = ch.history
         if not history or history[0].seq > since + 1:
+            if self.deep is not None and not name.startswith(SYS_PREFIX):
+                # older than the ring: the session reads it from the deep store first, and
+                # says `recovered` once it knows
+                ch.replayers += 1
+                return head, None, Replay(ch, since + 1, deep=True)
             self.attach(session, ch)
             return head, False, None
         ch.replayers += 1

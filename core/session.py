@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from common.durability import Encoding, LogUnavailable
+from common.durability import Encoding, Entry, LogUnavailable
 from core.auth import Grant, Principal
 from core.errors import (
     AuthError,
@@ -70,7 +70,7 @@ from core.protocol import (
     encode_frame,
     valid_channel,
 )
-from core.router import Replay, Router
+from core.router import Replay, Router, frame_for
 from core.scheduling import Cancellable, Clock, Later
 
 
@@ -93,6 +93,8 @@ ABUSE_WINDOW_S = 10.0
 # A `since` replay adds at most this much per flush, and only after the previous page was
 # handed to the socket: a client that never reads pins one page, not its whole history.
 REPLAY_PAGE_BYTES = 64 * 1024
+# Messages per read from the deep history store (a `since` below the ring).
+DEEP_PAGE = 500
 # How long a closing connection waits for the acks of publishes it already accepted.
 CLOSE_ACK_GRACE_S = 5.0
 
@@ -452,6 +454,11 @@ class Session:
             self, name, frame.since, self._owner(name), frame.epoch
         )
         self.subscriptions.add(name)
+        if replay is not None and replay.deep:
+            # `subscribed` waits for the first page: only then is `recovered` known
+            self._replays[name] = replay
+            self._deep_fetch(name, replay, (head, frame.id))
+            return
         self.send(
             Subscribed(
                 ch=name, seq=head, epoch=router.epoch_of(name), recovered=recovered, id=frame.id
@@ -475,6 +482,10 @@ class Session:
         for name, replay in list(self._replays.items()):
             if self.outbox.size >= budget or self.state is not State.OPEN:
                 return
+            if replay.deep:
+                if not replay.fetching:
+                    self._deep_fetch(name, replay)
+                continue
             done = self.router.replay_page(self, replay, budget)
             if done is None:
                 # The ring moved past what this client still had to read: it fell behind.
@@ -484,6 +495,70 @@ class Session:
                 del self._replays[name]
         if not self._replays:
             self.outbox.refill = None
+
+    # --- deep history: a `since` below the ring, read from the database and the WAL ---
+
+    def _deep_fetch(
+        self, name: str, replay: Replay, first: tuple[int, MsgId] | None = None
+    ) -> None:
+        """Read the next page below the ring; `first`: the `sub`'s head and id, answered
+        once the page shows whether `since + 1` is still there."""
+        router = self.router
+        assert router.deep is not None and router.spawn is not None
+        ring = replay.channel.history
+        before = ring[0].seq if ring else replay.channel.durable_seq + 1
+        replay.fetching = True
+        router.spawn(self._deep_read(name, replay, before, first))
+
+    async def _deep_read(
+        self, name: str, replay: Replay, before: int, first: tuple[int, MsgId] | None
+    ) -> None:
+        deep = self.router.deep
+        assert deep is not None
+        try:
+            entries = await deep.read(name, replay.next_seq - 1, before, DEEP_PAGE)
+        except Exception:  # the database is down: as good as gone, for now
+            entries = []
+        self._deep_arrived(name, replay, entries, first)
+
+    def _deep_arrived(
+        self,
+        name: str,
+        replay: Replay,
+        entries: list[Entry],
+        first: tuple[int, MsgId] | None,
+    ) -> None:
+        replay.fetching = False
+        if replay.done or self.state is not State.OPEN or self._replays.get(name) is not replay:
+            return
+        ch = replay.channel
+        found = bool(entries) and entries[0].seq == replay.next_seq
+        if first is not None:
+            head, msg_id = first
+            epoch = self.router.epoch_of(name)
+            if not found:
+                # really gone (or unreadable): say so, and go live from the head
+                del self._replays[name]
+                self.router.end_replay(replay)
+                self.router.attach(self, ch)
+                self.send(Subscribed(ch=name, seq=head, epoch=epoch, recovered=False, id=msg_id))
+                return
+            self.send(Subscribed(ch=name, seq=head, epoch=epoch, recovered=True, id=msg_id))
+        elif not found:
+            # a hole further on: what this client still had to read is gone
+            self.fail(SlowConsumer("slow consumer: history replay overrun"))
+            return
+        outbox, encoding = self.outbox, self.encoding
+        for entry in entries:
+            if entry.seq != replay.next_seq:
+                break  # the next read finds the hole and says so
+            outbox.push(frame_for(entry, encoding))
+            replay.next_seq += 1
+        ring = ch.history
+        if replay.next_seq > ch.durable_seq or (ring and replay.next_seq >= ring[0].seq):
+            replay.deep = False  # the ring has the rest
+        self.outbox.refill = self._replay_more
+        self._replay_more()
 
     def _unsub(self, frame: Unsub) -> None:
         name = frame.ch
