@@ -301,5 +301,10 @@ def test_heads_store_schema(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("SELECT channel, seq, lsn FROM heads").fetchall() == [("a", 1, 1)]
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    epoch = meta.pop("epoch")
     assert meta == {"version": 1, "as_of": 1}
+    assert 0 <= epoch < 2**63 and f"{epoch:016x}" == store.epoch  # made once, with the store
     conn.close()
+    again = HeadsStore.open(str(tmp_path))
+    assert again.epoch == store.epoch
+    again.close()
