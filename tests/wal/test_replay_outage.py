@@ -87,7 +87,7 @@ async def _wait_caught_up(watcher: StatsWatcher, timeout: float) -> None:
     def caught_up() -> bool:
         db = watcher.last.get("db", {})
         wal = watcher.last.get("wal", {})
-        return (
+        return bool(
             db.get("state") == "up"
             and db.get("checkpoint_lsn") == wal.get("head_lsn")
             and db.get("lag_records") == 0
