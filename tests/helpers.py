@@ -139,6 +139,13 @@ class Relay:
         return self.server.guard
 
 
+class StartServe(Protocol):
+    """A `serve` fixture: starts a `ferry serve` child with these FERRY_* variables (over
+    the fixture's own), waits until it is healthy; all are killed after the test."""
+
+    def __call__(self, **env: str) -> ServeProcess: ...
+
+
 class StartRelay(Protocol):
     """The `start_relay` fixture: starts an in-process relay on loopback port 0 with these
     settings (over `relay_config`'s); all are shut down after the test."""
@@ -211,9 +218,10 @@ class Client:
 
     async def recv(self, timeout: float = UNIT) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        if isinstance(raw, bytes):
-            return msgspec.msgpack.decode(raw)  # type: ignore[no-any-return]
-        return json.loads(raw)  # type: ignore[no-any-return]
+        frame: dict[str, Any] = (
+            msgspec.msgpack.decode(raw) if isinstance(raw, bytes) else json.loads(raw)
+        )
+        return frame
 
     async def recv_raw(self, timeout: float = UNIT) -> str | bytes:
         return await asyncio.wait_for(self.ws.recv(), timeout)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from core.accept import MAX_HEAD, MAX_TARGET
 from core.guard import PeerLog
 from core.http import VERSION
 from tests.core.adapter_raw import HttpAnswer, http_raw, upgrade_request
-from tests.helpers import UNIT, ServeProcess, StartRelay
+from tests.helpers import UNIT, Relay, ServeProcess, StartRelay
 
 
 def _get(path: str, method: str = "GET", extra: str = "") -> bytes:
@@ -25,7 +26,7 @@ def _get(path: str, method: str = "GET", extra: str = "") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """One real `ferry serve` (uvloop) with a small dashboard directory, logging at info."""
     tmp = tmp_path_factory.mktemp("serve")
     dashboard = tmp / "dist"
@@ -171,7 +172,7 @@ async def test_client_mistakes_are_logged_at_info_and_rate_limited(serve: ServeP
 
 
 async def test_picows_protocol_errors_are_info(
-    relay: Any, caplog: pytest.LogCaptureFixture
+    relay: Relay, caplog: pytest.LogCaptureFixture
 ) -> None:
     """picows logs a client's framing error at ERROR on its own logger; ferry hands it a
     logger-like object that turns those into rate-limited INFO lines."""
