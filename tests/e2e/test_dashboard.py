@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture skips (or fails under CI) with the reason
-    expect = None  # type: ignore[assignment]
+    expect = None  # type: ignore[assignment]  # unused then: every test here skips or fails
 
 CHARTS = ("connections", "msgs", "bytes", "lag", "fsync", "ack")
 STEADY_CHANNELS = ("e2e.alpha", "e2e.beta")
