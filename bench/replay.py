@@ -112,7 +112,9 @@ def _mysql_rows(url: str, node: str, *, delete: bool) -> int | None:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM ferry_messages WHERE node = %s", (node,))
-            rows = int(cur.fetchone()[0])
+            row = cur.fetchone()
+            assert row is not None  # COUNT(*) answers one row
+            rows = int(row[0])
             if delete:
                 cur.execute("DELETE FROM ferry_messages WHERE node = %s", (node,))
                 cur.execute("DELETE FROM ferry_checkpoints WHERE node = %s", (node,))

@@ -6,10 +6,15 @@ import sqlite3
 from collections import defaultdict
 from typing import Any
 
+import pymysql
+
 from tests.load import Acked
 
+# (messages as (channel, seq, payload, lsn) rows, event lsns, checkpoint lsn)
+Rows = tuple[list[tuple[Any, ...]], list[int], int]
 
-def rows_sqlite(path: str, node: str) -> tuple[list[tuple[Any, ...]], list[int], int]:
+
+def rows_sqlite(path: str, node: str) -> Rows:
     db = sqlite3.connect(path)
     try:
         messages = db.execute(
@@ -22,7 +27,7 @@ def rows_sqlite(path: str, node: str) -> tuple[list[tuple[Any, ...]], list[int],
         db.close()
 
 
-def rows_mysql(conn: Any, node: str) -> tuple[list[tuple[Any, ...]], list[int], int]:
+def rows_mysql(conn: pymysql.Connection, node: str) -> Rows:
     with conn.cursor() as cur:
         cur.execute(
             "SELECT channel, seq, payload, lsn FROM ferry_messages WHERE node = %s", (node,)

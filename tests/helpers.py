@@ -19,13 +19,16 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, Protocol, TypedDict, Unpack
 
 import msgspec
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from core.config import Config
+from core.guard import Guard
+from core.relay_state import RelayState
 from core.server import Server
 
 UNIT = float(os.environ.get("FERRYTEST_UNIT", "5"))
@@ -40,7 +43,61 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-def relay_config(tmp_path: Path | None = None, **overrides: Any) -> Config:
+class ConfigOverrides(TypedDict, total=False):
+    """Keyword overrides of a `Config`: its fields, each optional (test_settings.py checks
+    that these are exactly Config's fields, with the same types)."""
+
+    host: str
+    port: int
+    allowed_origins: tuple[str, ...]
+    trusted_proxies: tuple[str, ...]
+    handshake_timeout: float
+    max_handshakes: int
+    max_handshakes_per_ip: int
+    durability: Literal["wal", "memory"]
+    wal_dir: str
+    wal_sync: Literal["fsync", "write"]
+    wal_segment_bytes: int
+    wal_max_batch_delay_ms: float
+    history_size: int
+    history_channel_bytes: int
+    history_total_bytes: int
+    db_url: str
+    replayer: bool
+    node_id: str
+    auth: Literal["none", "jwt"]
+    jwt_secret: str
+    admin_token: str
+    jwt_max_ttl: float
+    max_frame_bytes: int
+    max_data_bytes: int
+    max_outbox_bytes: int
+    max_connections: int
+    max_connections_per_user: int
+    max_connections_per_ip: int
+    max_subscriptions: int
+    max_channels: int
+    max_channels_per_user: int
+    max_data_depth: int
+    publish_rate: float
+    publish_burst: int
+    rate_abuse_limit: int
+    idle_timeout: float
+    ping_timeout: float
+    stats_interval: float
+    tail_rate: int
+    log_level: Literal["debug", "info", "warning", "error"]
+    log_format: Literal["text", "json"]
+    dashboard_dir: str
+    dashboard_max_bytes: int
+    webhook_url: str
+    alert_backlog_records: int
+    alert_fsync_ms: float
+    shutdown_timeout: float
+    build_commit: str
+
+
+def relay_config(tmp_path: Path | None = None, **overrides: Unpack[ConfigOverrides]) -> Config:
     base = Config(
         host="127.0.0.1",
         port=0,
@@ -72,8 +129,28 @@ class Relay:
         return f"http://127.0.0.1:{self.port}"
 
     @property
-    def hub(self) -> Any:
+    def hub(self) -> RelayState:
         return self.server.relay
+
+    @property
+    def guard(self) -> Guard:
+        """The started server's connection guard."""
+        assert self.server.guard is not None, "the relay is not started"
+        return self.server.guard
+
+
+class StartServe(Protocol):
+    """A `serve` fixture: starts a `ferry serve` child with these FERRY_* variables (over
+    the fixture's own), waits until it is healthy; all are killed after the test."""
+
+    def __call__(self, **env: str) -> ServeProcess: ...
+
+
+class StartRelay(Protocol):
+    """The `start_relay` fixture: starts an in-process relay on loopback port 0 with these
+    settings (over `relay_config`'s); all are shut down after the test."""
+
+    def __call__(self, **overrides: Unpack[ConfigOverrides]) -> Awaitable[Relay]: ...
 
 
 async def wait_for(
@@ -123,7 +200,7 @@ class Client:
         protocol = "ferry.v1.msgpack" if msgpack else "ferry.v1.json"
         ws = await websockets.connect(
             full,
-            subprotocols=[protocol],
+            subprotocols=[Subprotocol(protocol)],
             additional_headers=headers,
             max_size=None,
             open_timeout=UNIT,
@@ -141,9 +218,10 @@ class Client:
 
     async def recv(self, timeout: float = UNIT) -> dict[str, Any]:
         raw = await asyncio.wait_for(self.ws.recv(), timeout)
-        if isinstance(raw, bytes):
-            return msgspec.msgpack.decode(raw)  # type: ignore[no-any-return]
-        return json.loads(raw)  # type: ignore[no-any-return]
+        frame: dict[str, Any] = (
+            msgspec.msgpack.decode(raw) if isinstance(raw, bytes) else json.loads(raw)
+        )
+        return frame
 
     async def recv_raw(self, timeout: float = UNIT) -> str | bytes:
         return await asyncio.wait_for(self.ws.recv(), timeout)

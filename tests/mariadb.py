@@ -72,7 +72,7 @@ class PrivateMariaDB:
         out.close()
         self.wait_ready()
 
-    def connect(self, db: str | None = "ferry") -> pymysql.Connection:  # type: ignore[type-arg]
+    def connect(self, db: str | None = "ferry") -> pymysql.Connection:
         return pymysql.connect(
             host="127.0.0.1",
             port=self.port,

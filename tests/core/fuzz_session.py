@@ -13,7 +13,8 @@ counts that match, every accepted publish answered exactly once).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -38,6 +39,7 @@ VALUES: tuple[bytes, ...] = (
     b"\xc4\x03abc",
     b"\x93\x01\x02\x03",
 )
+T = TypeVar("T")
 _enc_json = msgspec.json.encode
 _enc_msgpack = msgspec.msgpack.encode
 
@@ -56,7 +58,7 @@ class Bytes:
         self.pos += 1
         return b
 
-    def pick(self, options: tuple[object, ...] | list[object]) -> object:
+    def pick(self, options: Sequence[T]) -> T:
         return options[self.byte() % len(options)]
 
     def take(self, n: int) -> bytes:
@@ -95,7 +97,7 @@ class Run:
         if kind == 0:  # raw bytes: whatever the decoder makes of them
             return b.take(b.byte() % 48)
         if kind in (1, 2):
-            data = bytes(b.pick(VALUES)) if b.byte() % 2 else enc(b.byte())  # type: ignore[arg-type]
+            data = bytes(b.pick(VALUES)) if b.byte() % 2 else enc(b.byte())
             head = {"op": "pub", "ch": ch, "id": b.byte()}
             body = enc(head)
             if json:
@@ -192,8 +194,9 @@ def target(data: bytes) -> None:
 
 def main() -> None:
     import atheris  # the fuzz extra: `make fuzz` installs it
+    from atheris.instrument_bytecode import instrument_all  # what atheris.instrument_all is
 
-    atheris.instrument_all()  # core.* is imported already (through tests.core.world)
+    instrument_all()  # core.* is imported already (through tests.core.world)
     atheris.Setup(sys.argv, target)
     atheris.Fuzz()
 

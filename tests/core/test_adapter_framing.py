@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.core.adapter_raw import OP_BINARY, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWS
-from tests.helpers import Client, Relay
+from tests.helpers import Client, Relay, StartRelay
 
 START = b'{"op":"pub","ch":"frag",'
 
@@ -34,7 +34,7 @@ async def test_new_data_frame_inside_a_fragmented_message_closes_1002(
     await bystander.expect("pong")
 
 
-async def test_fragmented_message_over_the_frame_limit_closes_1009(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_fragmented_message_over_the_frame_limit_closes_1009(start_relay: StartRelay) -> None:
     """Each fragment is under max_frame_bytes (picows checks frames), the message is not:
     only the reassembly check in core/listener.py stops it."""
     relay = await start_relay(max_frame_bytes=4096)

@@ -8,7 +8,6 @@ import asyncio
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
@@ -16,7 +15,7 @@ import websockets
 from core.config import Config
 from core.guard import MAX_ADDRESS, Guard, parse_ip
 from tests.core.adapter_raw import RawWS
-from tests.helpers import UNIT, Client, Relay, ServeProcess, http_get, wait_for
+from tests.helpers import UNIT, Client, Relay, ServeProcess, StartRelay, http_get, wait_for
 from wal.log import WalLog
 from wal.record import ConnectionEvent
 
@@ -56,7 +55,7 @@ def _rejections(http: str) -> dict[str, float]:
     return found
 
 
-async def _status(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+async def _status(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes | bytearray]:
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(url, additional_headers=headers, open_timeout=UNIT)
     return info.value.response.status_code, info.value.response.body
@@ -118,9 +117,9 @@ async def _refused(url: str) -> str:
     return "accepted"
 
 
-async def test_unfinished_handshakes_are_bounded_in_total(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_unfinished_handshakes_are_bounded_in_total(start_relay: StartRelay) -> None:
     relay = await start_relay(max_handshakes=3, max_handshakes_per_ip=100, handshake_timeout=UNIT)
-    guard = relay.server.guard
+    guard = relay.guard
     loop = asyncio.get_running_loop()
     held = await loop.run_in_executor(None, _hold_partial, relay.port, 3)
     try:
@@ -137,11 +136,11 @@ async def test_unfinished_handshakes_are_bounded_in_total(start_relay) -> None: 
             sock.close()
 
 
-async def test_a_trusted_proxy_is_bounded_only_in_total(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_a_trusted_proxy_is_bounded_only_in_total(start_relay: StartRelay) -> None:
     relay = await start_relay(
         trusted_proxies=("127.0.0.1",), max_handshakes=4, max_handshakes_per_ip=2
     )
-    guard = relay.server.guard
+    guard = relay.guard
     loop = asyncio.get_running_loop()
     held = await loop.run_in_executor(None, _hold_partial, relay.port, 4)
     try:
@@ -162,7 +161,7 @@ def test_handshake_timeout_default() -> None:
 # --- connection caps ------------------------------------------------------------------------
 
 
-async def test_connections_per_user_are_capped(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_connections_per_user_are_capped(start_relay: StartRelay) -> None:
     relay = await start_relay(max_connections_per_user=2)
     alice = [await Client.connect(relay.url, user="alice") for _ in range(2)]
     status, body = await _status(relay.url + "?user=alice")
@@ -174,7 +173,7 @@ async def test_connections_per_user_are_capped(start_relay) -> None:  # type: ig
     metrics = (await loop.run_in_executor(None, http_get, relay.http + "/metrics"))[1].decode()
     assert 'ferry_upgrade_rejections_total{reason="max_connections_per_user"} 1.0' in metrics
     await alice[0].close()
-    guard = relay.server.guard
+    guard = relay.guard
     await wait_for(lambda: guard.by_user.get("alice") == 1, what="alice's first one gone")
     alice.append(await Client.connect(relay.url, user="alice"))
     for client in [*alice[1:], bob]:
@@ -182,21 +181,21 @@ async def test_connections_per_user_are_capped(start_relay) -> None:  # type: ig
     await wait_for(lambda: guard.by_user == {}, what="counts back to nothing")
 
 
-async def test_connections_per_address_are_capped(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_connections_per_address_are_capped(start_relay: StartRelay) -> None:
     relay = await start_relay(max_connections_per_ip=3)
     clients = [await Client.connect(relay.url, user=f"u{i}") for i in range(3)]
     status, body = await _status(relay.url + "?user=u9")
     assert (status, body) == (429, b"too many connections from this address\n")
     assert relay.hub.rejections == {"max_connections_per_ip": 1}
-    assert relay.server.guard.by_ip == {"127.0.0.1": 3}
+    assert relay.guard.by_ip == {"127.0.0.1": 3}
     for client in clients:
         await client.close()
 
 
-async def test_zero_means_no_limit(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_zero_means_no_limit(start_relay: StartRelay) -> None:
     relay = await start_relay(max_connections_per_user=0, max_connections_per_ip=0)
     clients = [await Client.connect(relay.url, user="same") for _ in range(5)]
-    guard = relay.server.guard
+    guard = relay.guard
     assert guard.by_user == {} and guard.by_ip == {}  # nothing even counted
     for client in clients:
         await client.close()
@@ -215,10 +214,10 @@ async def _one_connection(relay: Relay, headers: dict[str, str]) -> tuple[str, s
 
 
 @pytest.fixture
-def events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def events(monkeypatch: pytest.MonkeyPatch) -> list[ConnectionEvent]:
     """The connection events the server hands the WAL for ferry_events (recorded here,
     then written as usual): the composition root wires them for a WAL-backed relay."""
-    recorded: list[Any] = []
+    recorded: list[ConnectionEvent] = []
     append = WalLog.append_event
 
     def record(self: WalLog, event: ConnectionEvent) -> int:
@@ -230,7 +229,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
-    start_relay: Any, events: list[Any]
+    start_relay: StartRelay, events: list[ConnectionEvent]
 ) -> None:
     relay = await start_relay(durability="wal")
     remote, address = await _one_connection(relay, {"X-Forwarded-For": "6.6.6.6" + "x" * 15000})
@@ -239,7 +238,9 @@ async def test_forwarded_for_from_an_untrusted_peer_is_ignored(
     assert {e.remote for e in events} == {remote}
 
 
-async def test_forwarded_for_from_a_trusted_proxy(start_relay: Any, events: list[Any]) -> None:
+async def test_forwarded_for_from_a_trusted_proxy(
+    start_relay: StartRelay, events: list[ConnectionEvent]
+) -> None:
     relay = await start_relay(durability="wal", trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
     # right-most entry that is not a trusted proxy
     xff = "198.51.100.1, 203.0.113.7, 10.1.2.3"
@@ -253,13 +254,13 @@ async def test_forwarded_for_from_a_trusted_proxy(start_relay: Any, events: list
     assert all(len(e.remote) <= MAX_ADDRESS for e in events)
 
 
-async def test_per_address_cap_counts_the_forwarded_address(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_per_address_cap_counts_the_forwarded_address(start_relay: StartRelay) -> None:
     relay = await start_relay(trusted_proxies=("127.0.0.1",), max_connections_per_ip=1)
     a = await Client.connect(relay.url, headers={"X-Forwarded-For": "192.0.2.1"})
     b = await Client.connect(relay.url, headers={"X-Forwarded-For": "192.0.2.2"})
     status, _ = await _status(relay.url, {"X-Forwarded-For": "192.0.2.1"})
     assert status == 429
-    assert relay.server.guard.by_ip == {"192.0.2.1": 1, "192.0.2.2": 1}
+    assert relay.guard.by_ip == {"192.0.2.1": 1, "192.0.2.2": 1}
     await a.close()
     await b.close()
 

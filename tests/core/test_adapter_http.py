@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from core.accept import MAX_HEAD, MAX_TARGET
 from core.guard import PeerLog
 from core.http import VERSION
 from tests.core.adapter_raw import HttpAnswer, http_raw, upgrade_request
-from tests.helpers import UNIT, ServeProcess
+from tests.helpers import UNIT, Relay, ServeProcess, StartRelay
 
 
 def _get(path: str, method: str = "GET", extra: str = "") -> bytes:
@@ -25,7 +26,7 @@ def _get(path: str, method: str = "GET", extra: str = "") -> bytes:
 
 
 @pytest.fixture(scope="module")
-def serve(tmp_path_factory: pytest.TempPathFactory) -> Any:
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """One real `ferry serve` (uvloop) with a small dashboard directory, logging at info."""
     tmp = tmp_path_factory.mktemp("serve")
     dashboard = tmp / "dist"
@@ -171,7 +172,7 @@ async def test_client_mistakes_are_logged_at_info_and_rate_limited(serve: ServeP
 
 
 async def test_picows_protocol_errors_are_info(
-    relay: Any, caplog: pytest.LogCaptureFixture
+    relay: Relay, caplog: pytest.LogCaptureFixture
 ) -> None:
     """picows logs a client's framing error at ERROR on its own logger; ferry hands it a
     logger-like object that turns those into rate-limited INFO lines."""
@@ -229,7 +230,7 @@ async def _fetch(port: int, path: str) -> HttpAnswer:
 
 
 async def test_dashboard_is_served_from_memory_with_the_same_headers(
-    start_relay: Any, tmp_path: Path
+    start_relay: StartRelay, tmp_path: Path
 ) -> None:
     root = _dashboard(tmp_path)
     relay = await start_relay(dashboard_dir=str(root))
@@ -251,9 +252,9 @@ async def test_dashboard_is_served_from_memory_with_the_same_headers(
         "/assets/../logo.svg": ("image/svg+xml; charset=utf-8", "no-cache", b"<svg/>"),
     }
     # Nothing is read at request time: change the files and the answers stay the same.
-    for path in root.rglob("*"):
-        if path.is_file():
-            path.write_text("changed")
+    for file in root.rglob("*"):
+        if file.is_file():
+            file.write_text("changed")
     for path, (kind, cache, body) in expected.items():
         answer = await _fetch(relay.port, path)
         assert answer.status == 200, path
@@ -264,7 +265,7 @@ async def test_dashboard_is_served_from_memory_with_the_same_headers(
         assert (await _fetch(relay.port, path)).status == 404, path
 
 
-async def test_dashboard_is_read_off_the_loop(start_relay: Any, tmp_path: Path) -> None:
+async def test_dashboard_is_read_off_the_loop(start_relay: StartRelay, tmp_path: Path) -> None:
     root = _dashboard(tmp_path)
     opened: list[tuple[str, bool]] = []
     main = threading.get_ident()
@@ -285,7 +286,7 @@ async def test_dashboard_is_read_off_the_loop(start_relay: Any, tmp_path: Path) 
     assert opened and not [path for path, on_loop in opened if on_loop], opened
 
 
-async def test_dashboard_cache_is_bounded(start_relay: Any, tmp_path: Path) -> None:
+async def test_dashboard_cache_is_bounded(start_relay: StartRelay, tmp_path: Path) -> None:
     root = _dashboard(tmp_path)
     (root / "assets" / "big.js").write_bytes(b"x" * 5000)
     relay = await start_relay(dashboard_dir=str(root), dashboard_max_bytes=2000)
@@ -297,7 +298,7 @@ async def test_dashboard_cache_is_bounded(start_relay: Any, tmp_path: Path) -> N
 
 
 async def test_an_unreadable_file_is_a_404(
-    start_relay: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    start_relay: StartRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = _dashboard(tmp_path)
     import aiofiles
@@ -315,7 +316,7 @@ async def test_an_unreadable_file_is_a_404(
     assert (await _fetch(relay.port, "/")).status == 200
 
 
-async def test_dashboard_not_built(start_relay: Any, tmp_path: Path) -> None:
+async def test_dashboard_not_built(start_relay: StartRelay, tmp_path: Path) -> None:
     relay = await start_relay(dashboard_dir=str(tmp_path / "missing"))
     answer = await _fetch(relay.port, "/")
     assert answer.status == 200 and b"make dashboard" in answer.body

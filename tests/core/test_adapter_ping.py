@@ -29,7 +29,16 @@ from tests.core.adapter_raw import (
     parse_one,
     upgrade_request,
 )
-from tests.helpers import UNIT, Client, Relay, ServeProcess, http_get, wait_for, wait_for_sync
+from tests.helpers import (
+    UNIT,
+    Client,
+    Relay,
+    ServeProcess,
+    StartRelay,
+    http_get,
+    wait_for,
+    wait_for_sync,
+)
 
 MiB = 1024 * 1024
 # Peak RSS of the flooded `ferry serve` may grow by at most this much over its idle RSS.
@@ -190,6 +199,7 @@ async def test_a_ping_is_answered_through_the_outbox(relay: Relay) -> None:
     await ws.send(OP_PING, b"")
     assert await ws.recv() == (OP_PONG, True, b"")
     await wait_for(lambda: relay.hub.flusher.bytes_out == bytes_out + 2, what="pong counted")
+    assert conn.outbox is not None
     assert conn.outbox.size == 0
 
 
@@ -202,6 +212,7 @@ async def test_resume_writing_sends_the_pongs_held_back(relay: Relay) -> None:
     await ws.send(OP_PING, b"b")
 
     def held() -> int:
+        assert conn.ws is not None
         pongs = conn.ws.held_pongs
         return 0 if pongs is None else len(pongs)
 
@@ -217,7 +228,7 @@ async def _pinged(ws: RawWS) -> bytes:
     return payload
 
 
-async def test_only_the_pong_with_our_payload_answers_a_ping(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_only_the_pong_with_our_payload_answers_a_ping(start_relay: StartRelay) -> None:
     relay = await start_relay(idle_timeout=0.3, ping_timeout=0.3)
 
     async def keep_sending(ws: RawWS, opcode: int, payload: bytes) -> None:
@@ -246,9 +257,11 @@ async def test_only_the_pong_with_our_payload_answers_a_ping(start_relay) -> Non
         for _ in range(3):  # answered each time: stays
             await right.send(OP_PONG, await _pinged(right))
         await wait_for(lambda: len(relay.hub.connections) == 1, what="only `right` left")
+        assert relay.server.keepalive is not None
         assert relay.server.keepalive.dropped == 3
         for name in ("pongs_only", "pings_only", "wrong"):
-            assert conns[name].session.close_code == 1011, name
+            session = conns[name].session
+            assert session is not None and session.close_code == 1011, name
         await right.send(OP_TEXT, json.dumps({"op": "ping", "id": 1}).encode())
         assert json.loads((await right.recv_until(OP_TEXT))[2]) == {"op": "pong", "id": 1}
     finally:

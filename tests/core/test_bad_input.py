@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from core.auth import make_token
-from tests.helpers import UNIT, Client, Relay
+from tests.helpers import UNIT, Client, Relay, StartRelay
 
 SECRET = "test-secret-of-at-least-32-bytes!!"
 ADMIN_TOKEN = "admin-token-of-at-least-32-bytes-long"
@@ -31,7 +33,7 @@ async def bystander(relay: Relay) -> AsyncIterator[Client]:
     await client.close()
 
 
-async def _error(client: Client, code: str) -> dict[str, object]:
+async def _error(client: Client, code: str) -> dict[str, Any]:
     frame = await client.expect("error")
     assert frame["code"] == code, frame
     assert isinstance(frame["reason"], str) and frame["reason"]
@@ -105,7 +107,7 @@ async def test_json_text_in_msgpack_session(relay: Relay, bystander: Client) -> 
     await client.expect("pong")
 
 
-async def test_frame_over_limit_closes_1009(start_relay, bystander: Client) -> None:  # type: ignore[no-untyped-def]
+async def test_frame_over_limit_closes_1009(start_relay: StartRelay, bystander: Client) -> None:
     relay = await start_relay(max_frame_bytes=4096)
     client = await Client.connect(relay.url)
     await client.send_raw('{"op":"pub","ch":"a","data":"' + "x" * 5000 + '"}')
@@ -118,7 +120,9 @@ async def test_frame_over_limit_closes_1009(start_relay, bystander: Client) -> N
     assert (await client2.expect("ack"))["id"] == "ok"
 
 
-async def test_data_over_its_limit_is_too_large_and_the_connection_stays(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_data_over_its_limit_is_too_large_and_the_connection_stays(
+    start_relay: StartRelay,
+) -> None:
     """The data limit sits below the frame limit, so `too_large` is an answer a client can
     get: the publish is refused, nothing is logged, and the connection goes on."""
     relay = await start_relay(max_frame_bytes=4096, max_data_bytes=2000)
@@ -141,7 +145,7 @@ async def test_fragmented_message_is_reassembled(relay: Relay) -> None:
     assert (await client.expect("ack"))["id"] == "f"
 
 
-async def test_subscribing_past_the_limit(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_subscribing_past_the_limit(start_relay: StartRelay) -> None:
     relay = await start_relay(max_subscriptions=3)
     client = await Client.connect(relay.url)
     for i in range(3):
@@ -205,7 +209,7 @@ async def _status(url: str, headers: dict[str, str] | None = None) -> int:
     return info.value.response.status_code
 
 
-async def test_jwt_auth(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_jwt_auth(start_relay: StartRelay) -> None:
     relay = await start_relay(auth="jwt", jwt_secret=SECRET, admin_token=ADMIN_TOKEN)
     # (no token at all is upgraded for first-frame auth: tests/core/test_tokens.py)
     assert await _status(relay.url + "?token=not.a.jwt") == 401
@@ -236,7 +240,7 @@ async def test_jwt_auth(start_relay) -> None:  # type: ignore[no-untyped-def]
     assert stats["ch"] == "$sys.stats" and stats["data"]["connections"] >= 2
 
 
-async def test_origin_allow_list(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_origin_allow_list(start_relay: StartRelay) -> None:
     relay = await start_relay(allowed_origins=("https://app.example",))
     assert await _status(relay.url, {"Origin": "https://evil.example"}) == 403
     ok = await Client.connect(relay.url, headers={"Origin": "https://app.example"})
@@ -247,7 +251,7 @@ async def test_origin_allow_list(start_relay) -> None:  # type: ignore[no-untype
     await backend.close()
 
 
-async def test_max_connections_503(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_max_connections_503(start_relay: StartRelay) -> None:
     relay = await start_relay(max_connections=2)
     a = await Client.connect(relay.url)
     b = await Client.connect(relay.url)
@@ -269,14 +273,16 @@ async def test_max_connections_503(start_relay) -> None:  # type: ignore[no-unty
 
 async def test_unknown_subprotocol_is_refused(relay: Relay) -> None:
     with pytest.raises(websockets.InvalidStatus) as info:
-        await websockets.connect(relay.url, subprotocols=["chat.v9"], open_timeout=UNIT)  # type: ignore[list-item]
+        await websockets.connect(
+            relay.url, subprotocols=[Subprotocol("chat.v9")], open_timeout=UNIT
+        )
     assert info.value.response.status_code == 400
 
 
 # --- rate limits -----------------------------------------------------------------------------
 
 
-async def test_rate_limit_then_abuse_close(start_relay, bystander: Client) -> None:  # type: ignore[no-untyped-def]
+async def test_rate_limit_then_abuse_close(start_relay: StartRelay, bystander: Client) -> None:
     relay = await start_relay(publish_rate=5, publish_burst=5, rate_abuse_limit=20)
     client = await Client.connect(relay.url)
     for i in range(10):
@@ -295,7 +301,7 @@ async def test_rate_limit_then_abuse_close(start_relay, bystander: Client) -> No
     assert info.value.rcvd is not None and info.value.rcvd.code == 4429
 
 
-async def test_nobody_publishes_into_server_channels(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_nobody_publishes_into_server_channels(start_relay: StartRelay) -> None:
     relay = await start_relay(admin_token=ADMIN_TOKEN)
     admin = await Client.connect(relay.url, token=ADMIN_TOKEN)
     for channel in ("$sys.stats", "$sys.tail"):

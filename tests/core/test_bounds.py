@@ -73,10 +73,10 @@ def test_history_is_bounded_in_bytes_per_channel_and_in_total() -> None:
     router = world.router
     assert router.history_bytes <= limits.total_bytes
     for name in ("a", "b", "c", "d"):
-        ch = router.channels[name]
-        assert ch.history_bytes <= limits.channel_bytes
-        assert ch.history_bytes == sum(entry_bytes(e) for e in ch.history)
-        seqs = [e.seq for e in ch.history]
+        channel = router.channels[name]
+        assert channel.history_bytes <= limits.channel_bytes
+        assert channel.history_bytes == sum(entry_bytes(e) for e in channel.history)
+        seqs = [e.seq for e in channel.history]
         assert seqs == list(range(seqs[0], 11)) if seqs else True  # consecutive, ending at the head
     assert router.history_bytes == sum(c.history_bytes for c in router.channels.values())
     # Oldest first: "a" (published first) lost everything before "d" lost anything.

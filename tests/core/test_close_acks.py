@@ -12,7 +12,7 @@ import websockets
 from common.durability import Encoding
 from core.errors import CloseCode
 from tests.core.world import World
-from tests.helpers import UNIT, Client
+from tests.helpers import UNIT, Client, StartRelay
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,9 @@ def test_a_log_that_never_answers_does_not_hold_the_close() -> None:
 
 
 @pytest.mark.parametrize("fragmented", [True, False])
-async def test_ack_then_close_frame_on_a_real_socket(start_relay, fragmented: bool) -> None:  # type: ignore[no-untyped-def]
+async def test_ack_then_close_frame_on_a_real_socket(
+    start_relay: StartRelay, fragmented: bool
+) -> None:
     """A client whose message is refused with 1009 after its publishes: it receives their
     acks first, then the close frame (a fragmented message over the limit, or one frame
     between the limit and twice it)."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.durability import HistoryLimits
+from common.stats_doc import Stats
 from core import compose
 from core.config import load
 from core.keepalive import Keepalive
@@ -70,7 +71,7 @@ async def test_a_failing_stats_round_does_not_end_sys_stats(
     real = StatsPublisher.snapshot
     calls = {"n": 0}
 
-    def flaky(self: StatsPublisher) -> dict[str, object]:
+    def flaky(self: StatsPublisher) -> Stats:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("one bad snapshot")

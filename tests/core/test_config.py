@@ -49,7 +49,7 @@ def test_the_data_limit_leaves_room_in_a_frame_so_too_large_is_reachable() -> No
 def test_config_is_frozen() -> None:
     cfg = config_mod.load({}, {})
     with pytest.raises(AttributeError):
-        cfg.port = 1  # type: ignore[misc]
+        cfg.port = 1  # type: ignore[misc]  # assigning to the frozen field is the test
 
 
 def test_allowed_origins_parse() -> None:

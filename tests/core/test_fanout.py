@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.helpers import UNIT, Client, Relay, gather_bounded
+from tests.helpers import UNIT, Client, Relay, StartRelay, gather_bounded
 
 SUBSCRIBERS = 200
 MESSAGES = 150
 
 
 async def _collect(client: Client, n: int) -> list[int]:
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < n:
         frame = await client.recv(UNIT * 2)
         assert frame["op"] == "msg" and frame["ch"] == "fan.out", frame
@@ -21,7 +21,7 @@ async def _collect(client: Client, n: int) -> list[int]:
     return seqs
 
 
-async def test_200_subscribers_get_everything_in_order(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_200_subscribers_get_everything_in_order(start_relay: StartRelay) -> None:
     # All 200 connect at once from 127.0.0.1: more unfinished handshakes from one address
     # than the default max_handshakes_per_ip lets in (tests/core/test_adapter_guard.py).
     relay = await start_relay(max_handshakes_per_ip=SUBSCRIBERS)
@@ -66,7 +66,7 @@ async def test_each_message_is_written_once_per_tick_per_connection(relay: Relay
     assert writes < burst, f"{writes} socket writes for {2 * burst} frames"
 
 
-async def test_long_history_replay_is_paced_not_dropped(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_long_history_replay_is_paced_not_dropped(start_relay: StartRelay) -> None:
     """`sub` with `since` over a history far larger than the outbox limit: the replay is
     paced by the socket (no 4408), in order, and live messages follow without a gap."""
     relay = await start_relay(
@@ -90,7 +90,7 @@ async def test_long_history_replay_is_paced_not_dropped(start_relay) -> None:  #
     # more messages while the replay is still running
     for i in range(total, total + 50):
         await publisher.pub("hist", {"i": i, "pad": "y" * 150})
-    seqs = []
+    seqs: list[int] = []
     while len(seqs) < total + 50:
         frame = await reader.expect("msg")
         assert frame["data"]["i"] == frame["seq"] - 1

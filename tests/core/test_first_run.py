@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.helpers import Client, ServeProcess, http_get, wait_for_sync
 
@@ -37,7 +38,7 @@ async def test_a_made_admin_token_is_printed_as_a_dashboard_url(tmp_path: Path) 
         encoded = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
         async with websockets.connect(
             server.url,
-            subprotocols=["ferry.v1.json", f"ferry.token.{encoded}"],  # type: ignore[list-item]
+            subprotocols=[Subprotocol("ferry.v1.json"), Subprotocol(f"ferry.token.{encoded}")],
         ) as ws:
             assert ws.subprotocol == "ferry.v1.json"  # the token is never echoed back
             welcome = await ws.recv()

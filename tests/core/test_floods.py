@@ -13,7 +13,7 @@ import pytest
 import websockets
 
 from tests.core.adapter_raw import OP_TEXT, RawWS
-from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
+from tests.helpers import UNIT, Client, ServeProcess, StartServe, http_get, wait_for
 
 MIB = 1024 * 1024
 
@@ -27,7 +27,7 @@ def rss(pid: int) -> int:
 
 
 @pytest.fixture
-async def serve(tmp_path: Path) -> AsyncIterator[ServeProcess]:
+async def serve(tmp_path: Path) -> AsyncIterator[StartServe]:
     servers: list[ServeProcess] = []
 
     def start(**env: str) -> ServeProcess:
@@ -45,7 +45,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServeProcess]:
         server.wait_healthy()
         return server
 
-    yield start  # type: ignore[misc]
+    yield start
     for server in servers:
         server.kill()
 
@@ -91,7 +91,7 @@ async def _publish_many(url: str, frames: list[bytes], window: int = 500) -> int
     return acks
 
 
-async def test_channel_flood_stays_bounded(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_channel_flood_stays_bounded(serve: StartServe) -> None:
     """120,000 distinct 200-character channels from one user: the node keeps at most
     `max_channels` (idle ones forgotten first); RSS grows by less than 150 MiB."""
     server = serve(FERRY_MAX_CHANNELS="20000", FERRY_MAX_CHANNELS_PER_USER="20000")
@@ -112,7 +112,7 @@ async def test_channel_flood_stays_bounded(serve) -> None:  # type: ignore[no-un
     assert peak - base < 150 * MIB, f"RSS grew {(peak - base) / MIB:.0f} MiB"
 
 
-async def test_history_flood_stays_within_the_history_bound(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_history_flood_stays_within_the_history_bound(serve: StartServe) -> None:
     """60 KB messages into 400 channels (24 MB published twice over): the rings hold at
     most FERRY_HISTORY_TOTAL_BYTES (32 MiB); RSS grows by less than that plus 60 MiB."""
     server = serve(FERRY_HISTORY_TOTAL_BYTES=str(32 * MIB), FERRY_MAX_FRAME_BYTES="65536")
@@ -132,7 +132,7 @@ async def test_history_flood_stays_within_the_history_bound(serve) -> None:  # t
     await reader.close()
 
 
-async def test_replay_to_clients_that_never_read_stays_bounded(serve) -> None:  # type: ignore[no-untyped-def]
+async def test_replay_to_clients_that_never_read_stays_bounded(serve: StartServe) -> None:
     """300 connections each `sub` with since=0 to a 3 MB history and never read: each pins
     about one replay page (64 KiB) plus the transport's buffer, not its whole history;
     RSS grows by less than 120 MiB (it was ~1 MiB per connection)."""

@@ -9,14 +9,15 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import msgspec
 import pytest
 import websockets
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from websockets.typing import Subprotocol
 
 from tests.helpers import IN_CI, ROOT, UNIT, Relay
 
@@ -33,6 +34,10 @@ class Conn(Protocol):
     async def send(self, data: bytes | str) -> None: ...
     async def recv(self) -> bytes | str: ...
     async def close(self) -> None: ...
+
+
+# A driver opens one connection: driver(url, user, subprotocol).
+Driver = Callable[[str, str, str], AbstractAsyncContextManager[Conn]]
 
 
 # --- drivers ------------------------------------------------------------------------------
@@ -52,7 +57,7 @@ class WebsocketsConn:
         await self.ws.close()
 
 
-class PicowsListener(WSListener):  # type: ignore[misc]
+class PicowsListener(WSListener):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[bytes | str] = asyncio.Queue()
 
@@ -86,7 +91,7 @@ class PicowsConn:
 
 @asynccontextmanager
 async def websockets_conn(url: str, user: str, proto: str) -> AsyncIterator[Conn]:
-    ws = await websockets.connect(f"{url}?user={user}", subprotocols=[proto])  # type: ignore[list-item]
+    ws = await websockets.connect(f"{url}?user={user}", subprotocols=[Subprotocol(proto)])
     assert ws.subprotocol == proto
     conn = WebsocketsConn(ws)
     try:
@@ -101,6 +106,7 @@ async def picows_conn(url: str, user: str, proto: str) -> AsyncIterator[Conn]:
         PicowsListener, f"{url}?user={user}", extra_headers={"Sec-WebSocket-Protocol": proto}
     )
     assert transport.response.headers["Sec-WebSocket-Protocol"] == proto
+    assert isinstance(listener, PicowsListener)
     conn = PicowsConn(transport, listener)
     try:
         yield conn
@@ -108,7 +114,7 @@ async def picows_conn(url: str, user: str, proto: str) -> AsyncIterator[Conn]:
         await conn.close()
 
 
-DRIVERS = {"websockets": websockets_conn, "picows": picows_conn}
+DRIVERS: dict[str, Driver] = {"websockets": websockets_conn, "picows": picows_conn}
 
 
 # --- the scenario ---------------------------------------------------------------------------
@@ -122,7 +128,7 @@ def _data_slice(frame_text: str) -> str:
     return frame_text[i:-1]
 
 
-async def _json_scenario(driver: Any, url: str) -> None:
+async def _json_scenario(driver: Driver, url: str) -> None:
     async with (
         driver(url, "alice", "ferry.v1.json") as a,
         driver(url, "alice", "ferry.v1.json") as a2,
@@ -166,18 +172,24 @@ class MsgView(msgspec.Struct):
     data: msgspec.Raw = msgspec.Raw(b"")
 
 
-async def _msgpack_scenario(driver: Any, url: str) -> None:
+async def _recv_binary(conn: Conn) -> bytes:
+    raw = await conn.recv()
+    assert isinstance(raw, bytes), raw
+    return raw
+
+
+async def _msgpack_scenario(driver: Driver, url: str) -> None:
     value = {"bin": b"\x00\x01\xfe\xff", "text": "ünï", "big": 2**63 + 5, "list": [1.5, None, True]}
     packed = msgspec.msgpack.encode(value)
     async with (
         driver(url, "bob", "ferry.v1.msgpack") as b,
         driver(url, "carol", "ferry.v1.json") as c,
     ):
-        welcome = msgspec.msgpack.decode(await b.recv())
+        welcome = msgspec.msgpack.decode(await _recv_binary(b))
         assert welcome["op"] == "welcome" and welcome["user"] == "bob"
         await c.recv()
         await b.send(msgspec.msgpack.encode({"op": "sub", "ch": "room.mp"}))
-        assert msgspec.msgpack.decode(await b.recv())["op"] == "subscribed"
+        assert msgspec.msgpack.decode(await _recv_binary(b))["op"] == "subscribed"
         await c.send('{"op":"sub","ch":"room.mp"}')
         assert json.loads(await c.recv())["op"] == "subscribed"
         await b.send(
@@ -185,7 +197,7 @@ async def _msgpack_scenario(driver: Any, url: str) -> None:
                 {"op": "pub", "ch": "room.mp", "data": msgspec.Raw(packed), "id": 1}
             )
         )
-        ack = msgspec.msgpack.decode(await b.recv())
+        ack = msgspec.msgpack.decode(await _recv_binary(b))
         assert ack == {"op": "ack", "ch": "room.mp", "seq": 1, "id": 1}
         raw = await b.recv()
         assert isinstance(raw, bytes)
@@ -277,7 +289,7 @@ async def test_node_ws_msgpack(relay: Relay) -> None:
     pub = msgspec.msgpack.encode(
         {"op": "pub", "ch": "room.nmp", "data": msgspec.Raw(packed), "id": "m"}
     )
-    script = [
+    script: list[dict[str, Any]] = [
         {"conn": "b", "user": "erin", "proto": "ferry.v1.msgpack"},
         {"recv": "b", "count": 1},
         {

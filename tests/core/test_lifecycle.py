@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.helpers import ROOT, UNIT, Client, ServeProcess, http_get
+from tests.helpers import ROOT, UNIT, Client, ServeProcess, StartRelay, http_get
 
 
 async def test_sigterm_closes_clients_1001_and_exits_0(tmp_path: Path) -> None:
@@ -151,12 +151,12 @@ def test_token_command() -> None:
     assert claims["exp"] > claims["iat"]
 
 
-async def test_idle_client_that_never_pongs_is_dropped(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_idle_client_that_never_pongs_is_dropped(start_relay: StartRelay) -> None:
     from picows import WSListener, ws_connect
 
     relay = await start_relay(idle_timeout=0.3, ping_timeout=0.3)
 
-    class Mute(WSListener):  # type: ignore[misc]
+    class Mute(WSListener):
         pass
 
     # enable_auto_pong=False: this client ignores the server's pings

@@ -4,16 +4,19 @@ replayer child and the `ferry replay`/`ferry token` tools taking what `ferry ser
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import signal
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 
 from core import cli, replay_tool
 from core import config as config_mod
-from tests.helpers import UNIT, ServeProcess, wait_for_sync
+from tests.helpers import UNIT, ConfigOverrides, ServeProcess, wait_for_sync
 from wal.segment import MAX_NODE_ID_BYTES
 
 # The deprecated spellings, derived so that no test file names an unknown FERRY_* variable.
@@ -26,9 +29,15 @@ def test_every_setting_is_declared_with_help() -> None:
         assert spec.help, name
 
 
+def test_the_tests_config_overrides_are_configs_fields() -> None:
+    """ConfigOverrides (the typed **overrides of relay_config and start_relay in
+    tests/helpers.py) names every setting, with its type, and nothing else."""
+    assert get_type_hints(ConfigOverrides) == get_type_hints(config_mod.Config)
+
+
 def test_constant_defaults_pass_their_own_checks() -> None:
     for name, field in config_mod.FIELDS.items():
-        if field.default_factory is config_mod.dataclasses.MISSING:
+        if field.default_factory is dataclasses.MISSING:
             assert config_mod._problem(name, field.default) is None, name
 
 
@@ -38,7 +47,8 @@ def test_literal_choices_are_the_check_and_the_metavar() -> None:
     with pytest.raises(config_mod.ConfigError, match=r"durability.*one of wal, memory"):
         config_mod.load({}, {"FERRY_DURABILITY": "disk"})
     parser = cli.build_parser()
-    serve_help = parser._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    serve_help = commands.choices["serve"].format_help()
     assert "--durability {wal,memory}" in serve_help
     assert "--log-format {text,json}" in serve_help
     assert "--log " not in serve_help  # the deprecated alias is accepted, not advertised
@@ -53,7 +63,7 @@ def test_node_id_counts_utf8_bytes_like_the_wal_header() -> None:
 
 
 def test_the_default_node_id_is_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config_mod.socket, "gethostname", lambda: "h" * 65)
+    monkeypatch.setattr(socket, "gethostname", lambda: "h" * 65)
     with pytest.raises(config_mod.ConfigError, match=r"default \(set FERRY_NODE_ID\): node_id"):
         config_mod.load({}, {})
     assert config_mod.load({}, {"FERRY_NODE_ID": "n1"}).node_id == "n1"

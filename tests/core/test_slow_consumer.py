@@ -14,7 +14,7 @@ PAYLOAD = "x" * 1000
 MESSAGES = 6000  # ~6 MB through the channel
 
 
-class StalledReader(WSListener):  # type: ignore[misc]
+class StalledReader(WSListener):
     """Subscribes, then stops reading from its socket; records the close code."""
 
     def __init__(self) -> None:
@@ -62,6 +62,7 @@ async def test_stalled_reader_is_closed_4408(tmp_path: Path) -> None:
         healthy = await Client.connect(server.url, user="healthy")
         await healthy.sub("busy")
         transport, stalled = await ws_connect(StalledReader, server.url + "?user=stalled")
+        assert isinstance(stalled, StalledReader)
         transport.send(WSMsgType.TEXT, b'{"op":"sub","ch":"busy"}')
         await wait_for(lambda: stalled.frames >= 2, what="stalled reader subscribed")
         transport.underlying_transport.pause_reading()  # stop reading: the socket fills up
@@ -84,10 +85,12 @@ async def test_stalled_reader_is_closed_4408(tmp_path: Path) -> None:
             if i % 100 == 0:
                 for _ in range(100):
                     await publisher.expect("ack")
+
                 # A healthy reader keeps up; pace the publisher to it (not to the stalled one).
-                await wait_for(
-                    lambda i=i: received >= i - 100, what="healthy subscriber to keep up"
-                )
+                def kept_up(upto: int = i - 100) -> bool:
+                    return received >= upto
+
+                await wait_for(kept_up, what="healthy subscriber to keep up")
         await asyncio.wait_for(consumer, UNIT * 6)
         assert received == MESSAGES  # the healthy subscriber kept receiving everything
 

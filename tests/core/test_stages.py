@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common.latency import PUBLISH_STAGES
-from tests.helpers import UNIT, Client, Relay, http_get
+from tests.helpers import UNIT, Client, StartRelay, http_get
 
 ADMIN = "admin-token-of-at-least-32-bytes-long"
 
 
 async def test_sys_stats_and_metrics_show_every_stage_of_a_durable_publish(
-    start_relay: Callable[..., Awaitable[Relay]],
+    start_relay: StartRelay,
 ) -> None:
     relay = await start_relay(durability="wal", admin_token=ADMIN, stats_interval=0.1)
     admin = await Client.connect(relay.url, token=ADMIN)
@@ -53,7 +52,7 @@ async def test_sys_stats_and_metrics_show_every_stage_of_a_durable_publish(
 
 
 async def test_the_memory_log_reports_no_disk_stages(
-    start_relay: Callable[..., Awaitable[Relay]],
+    start_relay: StartRelay,
 ) -> None:
     relay = await start_relay(admin_token=ADMIN, stats_interval=0.1)
     admin = await Client.connect(relay.url, token=ADMIN)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, get_args
 
@@ -13,7 +12,7 @@ import msgspec
 
 from common import stats_doc
 from core.stats import StatsPublisher
-from tests.helpers import Relay
+from tests.helpers import StartRelay
 from wal.log import WalLog
 from wal.replay.replayer import DbState
 from wal.replay.service import ReplayService
@@ -74,7 +73,7 @@ def _wire(value: msgspec.Struct) -> dict[str, Any]:
 
 
 async def test_a_live_snapshot_keeps_the_wire_keys(
-    start_relay: Callable[..., Awaitable[Relay]],
+    start_relay: StartRelay,
 ) -> None:
     relay = await start_relay()
     assert relay.server.stats is not None
@@ -88,9 +87,7 @@ async def test_a_live_snapshot_keeps_the_wire_keys(
     assert doc["node"] == "test-node" and doc["wal"]["sync"] == relay.server.config.wal_sync
 
 
-async def test_the_replayers_section_replaces_db(
-    start_relay: Callable[..., Awaitable[Relay]], tmp_path: Path
-) -> None:
+async def test_the_replayers_section_replaces_db(start_relay: StartRelay, tmp_path: Path) -> None:
     relay = await start_relay()
     wal = WalLog(tmp_path / "wal", node_id="n1")  # not opened: the service is not started
     service = ReplayService(wal, str(tmp_path / "wal"), "mysql://u:secret@db:3306/ferry", "n1")

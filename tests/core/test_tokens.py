@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from dataclasses import replace
+from typing import Unpack
 
 import jwt
 import pytest
@@ -16,13 +17,13 @@ from core import config as config_mod
 from core.auth import Authenticator, Grant, Principal, make_token
 from core.errors import AuthError, CloseCode
 from tests.core.world import World
-from tests.helpers import UNIT, Client, relay_config
+from tests.helpers import UNIT, Client, ConfigOverrides, StartRelay, relay_config
 
 SECRET = "a-test-secret-that-is-long-enough-0123456789"
 
 
-def authenticator(**overrides: object) -> Authenticator:
-    config = replace(relay_config(), auth="jwt", jwt_secret=SECRET, **overrides)  # type: ignore[arg-type]
+def authenticator(**overrides: Unpack[ConfigOverrides]) -> Authenticator:
+    config = replace(relay_config(auth="jwt", jwt_secret=SECRET), **overrides)
     return Authenticator(config)
 
 
@@ -118,7 +119,7 @@ def test_refresh_with_a_bad_token_closes_4401_and_another_users_4403() -> None:
     assert other.closes[0][0] == CloseCode.AUTH_FORBIDDEN
 
 
-async def test_token_expiry_closes_a_real_connection_with_4401(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_token_expiry_closes_a_real_connection_with_4401(start_relay: StartRelay) -> None:
     relay = await start_relay(auth="jwt", jwt_secret=SECRET)
     now = int(time.time())
     short = token({"sub": "alice", "subs": ["*"], "pub": ["*"], "exp": now + 2})

@@ -10,13 +10,13 @@ Playwright, dashboard build or MariaDB fails the test; elsewhere it skips.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.e2e.support import ADMIN, CHROMIUM, CHROMIUM_ARGS, DIST, MS, LoopThread
+from tests.e2e.support import ADMIN, CHROMIUM, CHROMIUM_ARGS, DIST, MS, LoopThread, ServeDashboard
 from tests.helpers import ServeProcess, unavailable
 from tests.mariadb import PrivateMariaDB, require_mariadb
 
@@ -55,7 +55,7 @@ def page(context: BrowserContext) -> Page:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+def serve(tmp_path: Path) -> Iterator[ServeDashboard]:
     """Start `ferry serve` children (WAL in tmp_path); killed at teardown, logs printed."""
     started: list[ServeProcess] = []
 

@@ -9,7 +9,7 @@ import itertools
 import json
 import threading
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tests.helpers import ROOT, UNIT, Client, ServeProcess
 
@@ -33,6 +33,15 @@ ARTIFACTS = ROOT / "artifacts"
 ADMIN = "e2e-admin-token-0123456789abcdef0123"
 # Playwright counts in milliseconds; every deadline still derives from UNIT.
 MS = UNIT * 1000
+
+
+class ServeDashboard(Protocol):
+    """The `serve` fixture of these tests: a healthy `ferry serve` child serving the built
+    dashboard, on `db_url` (default: its own SQLite file), with these FERRY_* variables
+    over the fixture's; all are killed after the test."""
+
+    def __call__(self, db_url: str | None = None, **env: str) -> ServeProcess: ...
+
 
 # JS: how many pixels of colour `rgb` (opaque, within a tolerance) a chart's canvas has,
 # and how far apart vertically they are. A series at a constant 0 is a flat line along the

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,6 +35,7 @@ from tests.e2e.support import (
     RECORD_DB_STATES,
     Dashboard,
     LoopThread,
+    ServeDashboard,
     Traffic,
     admin_stats,
 )
@@ -48,9 +48,7 @@ if TYPE_CHECKING:
 try:
     from playwright.sync_api import expect
 except ImportError:  # the `browser` fixture skips (or fails under CI) with the reason
-    expect = None  # type: ignore[assignment]
-
-Serve = Callable[..., ServeProcess]
+    expect = None  # type: ignore[assignment]  # unused then: every test here skips or fails
 
 CHARTS = ("connections", "msgs", "bytes", "lag", "fsync", "ack")
 STEADY_CHANNELS = ("e2e.alpha", "e2e.beta")
@@ -63,7 +61,7 @@ PHONE_W, PHONE_H = 390, 844
 
 
 def test_live_dashboard_through_a_database_outage(
-    page: Page, serve: Serve, mariadb: PrivateMariaDB, aio: LoopThread
+    page: Page, serve: ServeDashboard, mariadb: PrivateMariaDB, aio: LoopThread
 ) -> None:
     server = serve(mariadb.url + "?statement_timeout=2&connect_timeout=2")
     dash = Dashboard(page, server)
@@ -191,7 +189,7 @@ def _screenshots(dash: Dashboard) -> None:
 
 @pytest.mark.parametrize("auth", ["none", "jwt"])
 def test_sys_channels_refused_without_the_admin_token(
-    page: Page, serve: Serve, aio: LoopThread, auth: str
+    page: Page, serve: ServeDashboard, aio: LoopThread, auth: str
 ) -> None:
     secret = "e2e-jwt-secret-" + uuid.uuid4().hex
     server = serve(**({"FERRY_AUTH": "jwt", "FERRY_JWT_SECRET": secret} if auth == "jwt" else {}))
@@ -258,7 +256,7 @@ def _stats_reach_the_admin_but_not_the_page(
     expect(dash.by("stat-msgs-in")).to_have_text("—")
 
 
-def test_publish_box_shows_the_ack(page: Page, serve: Serve, aio: LoopThread) -> None:
+def test_publish_box_shows_the_ack(page: Page, serve: ServeDashboard, aio: LoopThread) -> None:
     server = serve()
     dash = Dashboard(page, server)
     dash.open()
@@ -328,7 +326,7 @@ new PerformanceObserver((list) => {
 
 
 def test_main_thread_busy_share_under_load(
-    context: BrowserContext, page: Page, serve: Serve, aio: LoopThread
+    context: BrowserContext, page: Page, serve: ServeDashboard, aio: LoopThread
 ) -> None:
     """Not a pass/fail check: the figure for the closing note (artifacts/dashboard-perf.json).
 
@@ -439,7 +437,9 @@ def test_main_thread_busy_share_under_load(
     assert dash.errors.app_errors() == []
 
 
-def test_a_token_handed_over_in_the_fragment_is_used_and_wiped(page: Page, serve: Serve) -> None:
+def test_a_token_handed_over_in_the_fragment_is_used_and_wiped(
+    page: Page, serve: ServeDashboard
+) -> None:
     """`ferry serve` prints http://host:port/#token=…: opening it shows the live dashboard,
     the fragment leaves the address bar, and the token never travels in a URL."""
     server = serve()

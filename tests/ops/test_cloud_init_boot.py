@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import unavailable
-from tests.ops.support import TERRAFORM_DIR, UNIT, explain, run
+from tests.helpers import UNIT, unavailable
+from tests.ops.support import TERRAFORM_DIR, explain, run
 from tests.ops.test_terraform import _template_values, _terraform_render
 
 

@@ -19,10 +19,10 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.helpers import ROOT
 from tests.ops.support import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
-    ROOT,
     compose_config,
     explain,
     known_ferry_settings,
@@ -61,7 +61,10 @@ def test_schema_rejects_what_compose_rejects() -> None:
     good: dict[str, Any] = {"image": "x", "depends_on": {"db": {"condition": "service_healthy"}}}
     assert validator.is_valid({"services": {"a": good, "db": {"image": "y"}}})
     assert not validator.is_valid({"services": {"a": {**good, "bogus_key": 1}}})
-    bad_condition = {"image": "x", "depends_on": {"db": {"condition": "service_ready"}}}
+    bad_condition: dict[str, Any] = {
+        "image": "x",
+        "depends_on": {"db": {"condition": "service_ready"}},
+    }
     assert not validator.is_valid({"services": {"a": bad_condition}})
 
 

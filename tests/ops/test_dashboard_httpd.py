@@ -24,8 +24,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from tests.helpers import IN_CI
-from tests.ops.support import ROOT, UNIT, explain, run
+from tests.helpers import IN_CI, ROOT, UNIT
+from tests.ops.support import explain, run
 
 APACHE = Path("/usr/sbin/apache2")
 MODULES = Path("/usr/lib/apache2/modules")
@@ -52,6 +52,7 @@ async def relay() -> AsyncIterator[int]:
 
     async def echo(connection: ServerConnection) -> None:
         async for message in connection:
+            assert isinstance(message, str), message  # the test sends text
             await connection.send(f"echo {message}")
 
     async with serve(echo, "127.0.0.1", 0, process_request=http_only) as server:

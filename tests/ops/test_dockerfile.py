@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT
 from tests.ops.support import (
     DOCKERFILE,
-    ROOT,
     Stage,
     checkov,
     explain,

@@ -27,11 +27,10 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from tests.helpers import ROOT, UNIT
 from tests.ops.support import (
     BUILD_COMMIT_ENV,
     ENV_EXAMPLE,
-    ROOT,
-    UNIT,
     compose_config,
     parse_dockerfile,
     serve_accepts_build_commit,

@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.notifier import CONTENT_LIMIT, DESCRIPTION_LIMIT, EVENTS, Notifier
-from tests.ops.support import UNIT
+from tests.helpers import UNIT
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 
@@ -33,7 +34,8 @@ class Request:
     headers: dict[str, str]
     body: bytes
 
-    def json(self) -> dict[str, object]:
+    def json(self) -> dict[str, Any]:
+        """The body as the JSON document it is (its values untyped, as JSON's are)."""
         data = json.loads(self.body)
         assert isinstance(data, dict)
         return data
@@ -166,7 +168,7 @@ async def test_every_event_kind_ferry_sends(webhook: Webhook) -> None:
         notifier.notify(kind, f"{kind} happened")
     await eventually(lambda: notifier.stats.sent == len(kinds), "all sent")
     await notifier.close()
-    titles = [r.json()["embeds"][0]["title"] for r in webhook.requests]  # type: ignore[index]
+    titles = [r.json()["embeds"][0]["title"] for r in webhook.requests]
     assert titles == kinds
     assert set(titles) == set(EVENTS)
 
@@ -187,7 +189,7 @@ async def test_state_changes_are_never_suppressed_only_repeats_are(webhook: Webh
     notifier.notify("db_up", "back")
     await eventually(lambda: notifier.stats.sent == 5, "five sent")
     await notifier.close()
-    titles = [r.json()["embeds"][0]["title"] for r in webhook.requests]  # type: ignore[index]
+    titles = [r.json()["embeds"][0]["title"] for r in webhook.requests]
     assert titles == ["db_down", "db_up", "db_down", "wal_unwritable", "db_up"]
     assert notifier.stats.dropped_rate_limited == 1
     assert "(1 similar suppressed)" not in str(webhook.requests[-1].json()["content"])
@@ -293,7 +295,7 @@ async def test_timeout_bounds_one_post(hanging_webhook: Webhook) -> None:
     notifier.notify("db_up", "second")
     await eventually(lambda: notifier.stats.failed == 2, "both timed out", timeout=2 * UNIT)
     # The second went out after the first gave up on its never-answered request.
-    assert [r.json()["embeds"][0]["title"] for r in hanging_webhook.requests] == [  # type: ignore[index]
+    assert [r.json()["embeds"][0]["title"] for r in hanging_webhook.requests] == [
         "db_down",
         "db_up",
     ]
@@ -334,7 +336,7 @@ async def test_long_text_is_clipped_to_discords_limits(webhook: Webhook) -> None
     await notifier.close()
     payload = request.json()
     assert len(str(payload["content"])) <= CONTENT_LIMIT
-    assert len(payload["embeds"][0]["description"]) <= DESCRIPTION_LIMIT  # type: ignore[index]
+    assert len(payload["embeds"][0]["description"]) <= DESCRIPTION_LIMIT
 
 
 async def test_notify_before_start_is_sent_after_start(webhook: Webhook) -> None:
@@ -350,6 +352,7 @@ async def test_notify_before_start_is_sent_after_start(webhook: Webhook) -> None
 async def test_notify_is_synchronous_and_never_raises(webhook: Webhook) -> None:
     assert not inspect.iscoroutinefunction(Notifier.notify)
     notifier = Notifier(webhook.url(), node_id="n", min_interval_s=0, queue_size=1)
+    # What is tested is what mypy refuses: a wrong type, and the value of a None function.
     assert notifier.notify("start", 42) is None  # type: ignore[arg-type,func-returns-value]
     assert notifier.notify("start", "full queue") is None  # type: ignore[func-returns-value]
     await notifier.close()

@@ -64,11 +64,12 @@ async def test_the_password_is_not_on_the_replayers_command_line(tmp_path: Path)
         try:
             server.wait_healthy()
             assert server.proc is not None
+            pid = server.proc.pid
             found: list[tuple[int, list[str]]] = []
 
             def replayer_started() -> bool:
                 try:
-                    found.append(_replayer_of(server.proc.pid))  # type: ignore[union-attr]
+                    found.append(_replayer_of(pid))
                 except AssertionError:
                     return False
                 return True
@@ -96,12 +97,12 @@ async def test_the_password_is_not_on_the_replayers_command_line(tmp_path: Path)
                 check = db.connect()
                 with check.cursor() as cur:
                     cur.execute("SELECT COUNT(*) FROM ferry_messages WHERE channel = 'room.1'")
-                    (count,) = cur.fetchone()  # type: ignore[misc]
+                    row = cur.fetchone()
                 check.close()
-                return bool(count == 1)
+                return row == (1,)
 
             wait_for_sync(replayed, UNIT * 2, "the message in MariaDB")
-            assert _replayer_of(server.proc.pid)[0] == child  # the same child all along
+            assert _replayer_of(pid)[0] == child  # the same child all along
         finally:
             server.kill()
             deadline = time.monotonic() + UNIT

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, unavailable
-from tests.ops.support import ROOT, UNIT, explain, run
+from tests.helpers import ROOT, UNIT, free_port, unavailable
+from tests.ops.support import explain, run
 
 # Packages of the dev and bench extras that must not reach a runtime install.
 NOT_RUNTIME = {"pytest", "ruff", "mypy", "playwright", "hypothesis", "hdrhistogram",

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.support import ROOT, UNIT, checkov, explain, failed_checks, ops_tool, run
+from tests.helpers import ROOT, UNIT
+from tests.ops.support import checkov, explain, failed_checks, ops_tool, run
 
 WORKFLOWS = ROOT / ".github" / "workflows"
 

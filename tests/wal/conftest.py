@@ -8,12 +8,14 @@ import subprocess
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import msgspec
 import pytest
+from prometheus_client import CollectorRegistry
 
 from common.durability import Entry, HistoryLimits, RecoveredState
+from common.latency import Stages
 from tests.helpers import IN_CI
 from wal import WalLog
 from wal.errors import RecordError
@@ -25,7 +27,17 @@ from wal.segment import list_segments
 UNIT = float(os.environ.get("FERRYTEST_UNIT", "5"))
 
 
-def message(channel: str, seq: int, data: bytes | None = None, **kw: Any) -> Entry:
+class EntryFields(TypedDict, total=False):
+    """The Entry fields `message` fills in by itself, when not given."""
+
+    ts_ms: int
+    sender: str
+    client_msg_id: str | None
+    encoding: int
+    origin: object
+
+
+def message(channel: str, seq: int, data: bytes | None = None, **kw: Unpack[EntryFields]) -> Entry:
     return Entry(
         channel,
         seq,
@@ -71,6 +83,27 @@ class Handlers:
                 await self._changed.wait()
 
 
+class WalOptions(TypedDict, total=False):
+    """WalLog's keyword parameters but node_id (LogFactory.open defaults it)."""
+
+    sync: str
+    segment_bytes: int
+    max_batch_delay_ms: float
+    max_batch_bytes: int
+    history_max_bytes: int
+    heads_flush_channels: int
+    registry: CollectorRegistry | None
+    stages: Stages | None
+
+
+class OpenOptions(WalOptions, total=False):
+    """LogFactory.open's keyword parameters: a test's one set of options for each open."""
+
+    history_size: int
+    limits: HistoryLimits | None
+    node_id: str
+
+
 class LogFactory:
     """Opens WalLogs (closed at teardown) and fills them with messages."""
 
@@ -82,10 +115,10 @@ class LogFactory:
         path: Path | str,
         history_size: int = 10,
         limits: HistoryLimits | None = None,
-        **kw: Any,
+        node_id: str = "node-a",
+        **kw: Unpack[WalOptions],
     ) -> tuple[WalLog, RecoveredState, Handlers]:
-        kw.setdefault("node_id", "node-a")
-        log = WalLog(path, **kw)
+        log = WalLog(path, node_id=node_id, **kw)
         state = await log.open(limits if limits is not None else HistoryLimits(size=history_size))
         handlers = Handlers()
         log.set_handlers(handlers.on_durable, handlers.on_failed)

@@ -8,19 +8,18 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import websockets
 
-from tests.helpers import UNIT, Client, ServeProcess
+from tests.helpers import UNIT, Client, ServeProcess, StartRelay
 from wal import MessagePayload, iter_records
 from wal.record import MESSAGE
 
 
 async def test_no_ack_and_no_delivery_before_fdatasync_returns(
-    start_relay: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+    start_relay: StartRelay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = threading.Event()  # set: the next fdatasync waits for `release`
     entered = threading.Event()
@@ -34,7 +33,7 @@ async def test_no_ack_and_no_delivery_before_fdatasync_returns(
         real(fd)
 
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    relay = await start_relay(durability="wal")  # type: ignore[operator]
+    relay = await start_relay(durability="wal")
     reader = await Client.connect(relay.url)
     await reader.sub("room.h")
     publisher = await Client.connect(relay.url)

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.durability import HistoryLimits
-from tests.wal.conftest import LogFactory, fill, message, segment_paths, spans
+from tests.wal.conftest import LogFactory, OpenOptions, fill, message, segment_paths, spans
 from tests.wal.legacy import write_v1_log
 from wal import CorruptLog, iter_records
 from wal.heads import HEADS_NAME, HeadsReader, HeadsStore, StoredHead, read_summary
@@ -35,8 +35,9 @@ async def test_headers_stay_96_bytes_while_channels_grow(logs: LogFactory, tmp_p
     """200k distinct 200-character channels over many rotations: every header is the same
     96 bytes, and the bytes written are the records' and the headers', nothing more."""
     registry = CollectorRegistry()
-    kw = {"segment_bytes": 4 * 1024 * 1024, "sync": "write", "registry": registry}
-    log, _, handlers = await logs.open(tmp_path, history_size=0, **kw)
+    log, _, handlers = await logs.open(
+        tmp_path, history_size=0, segment_bytes=4 * 1024 * 1024, sync="write", registry=registry
+    )
     count = 200_000
     for i in range(count):
         log.append(message(_name(i), 1, b"1", client_msg_id=None))
@@ -67,7 +68,7 @@ async def test_headers_stay_96_bytes_while_channels_grow(logs: LogFactory, tmp_p
 async def test_head_of_continues_after_retention_with_and_without_restart(
     logs: LogFactory, tmp_path: Path
 ) -> None:
-    kw = {"history_size": 0, "segment_bytes": 4096}
+    kw: OpenOptions = {"history_size": 0, "segment_bytes": 4096}
     log, state, handlers = await logs.open(tmp_path, **kw)
     assert log.head_of("lonely") == 0
     heads: dict[str, int] = {}

@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.dbcheck import check_exactly_once, rows_mysql, rows_sqlite
+from tests.dbcheck import Rows, check_exactly_once, rows_mysql, rows_sqlite
 from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
 from tests.load import Acked, run_load
 from tests.mariadb import PrivateMariaDB, require_mariadb
@@ -87,7 +87,7 @@ async def _wait_caught_up(watcher: StatsWatcher, timeout: float) -> None:
     def caught_up() -> bool:
         db = watcher.last.get("db", {})
         wal = watcher.last.get("wal", {})
-        return (
+        return bool(
             db.get("state") == "up"
             and db.get("checkpoint_lsn") == wal.get("head_lsn")
             and db.get("lag_records") == 0
@@ -161,7 +161,9 @@ async def test_mysql_killed_10s(tmp_path: Path, mariadb: PrivateMariaDB) -> None
     await _outage(tmp_path, mariadb, "kill")
 
 
-async def _crash_and_recover(tmp_path: Path, db_url: str, fault: str, fetch: Any) -> None:
+async def _crash_and_recover(
+    tmp_path: Path, db_url: str, fault: str, fetch: Callable[[], Rows]
+) -> None:
     """SIGKILL ferry (relay + replayer) at `fault`, restart it, check exactly-once."""
     acked = Acked()
     stop = asyncio.Event()
@@ -193,7 +195,7 @@ async def _crash_and_recover(tmp_path: Path, db_url: str, fault: str, fetch: Any
 
 @pytest.mark.parametrize("fault", ["before_commit:3", "after_commit:3"])
 async def test_mysql_crash_points(tmp_path: Path, mariadb: PrivateMariaDB, fault: str) -> None:
-    def fetch() -> Any:
+    def fetch() -> Rows:
         conn = mariadb.connect()
         try:
             return rows_mysql(conn, "test-node")

@@ -60,7 +60,7 @@ async def _history(url: str, channel: str) -> dict[int, bytes]:
         assert subscribed["op"] == "subscribed" and subscribed["recovered"] is True, subscribed
         head = subscribed["seq"]
         got: dict[int, bytes] = {}
-        seqs = []
+        seqs: list[int] = []
         while len(seqs) < head:
             text = await asyncio.wait_for(ws.recv(), UNIT)
             assert isinstance(text, str)
@@ -90,7 +90,11 @@ async def test_sigkill_crash_loop_loses_no_acked_message(tmp_path: Path) -> None
             stop = asyncio.Event()
             before = acked.count()
             tasks = await run_load(server.url, 3, stop, acked, window=16)
-            await wait_for(lambda b=before: acked.count() > b + 50, UNIT * 2, "acks in this round")
+
+            def acked_more(upto: int = before + 50) -> bool:
+                return acked.count() > upto
+
+            await wait_for(acked_more, UNIT * 2, "acks in this round")
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment under load
             server.signal(signal.SIGKILL)
             assert await asyncio.to_thread(server.wait) == -signal.SIGKILL

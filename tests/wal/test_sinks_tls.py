@@ -8,6 +8,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -16,6 +17,8 @@ from wal.sinks import MessageRow, RowBatch, SinkError, make_sink
 from wal.sinks.mysql import parse_mysql_url
 
 BASE = "mysql://ferry:pw@db.internal:25060/ferry"
+# What ssl's getpeercert / get_ca_certs give as a "subject": RDNs of (name, value) pairs.
+RDNs = tuple[tuple[tuple[str, str], ...], ...]
 
 
 def _openssl(*args: str | Path) -> None:
@@ -73,7 +76,8 @@ def test_verify_modes_build_a_verifying_context(
     assert isinstance(tls, ssl.SSLContext)
     assert tls.verify_mode == ssl.CERT_REQUIRED
     assert tls.check_hostname is check_hostname
-    subjects = [dict(x[0] for x in c["subject"]) for c in tls.get_ca_certs()]
+    names = [cast(RDNs, c["subject"]) for c in tls.get_ca_certs()]
+    subjects = [dict(rdn[0] for rdn in subject) for subject in names]
     assert subjects == [{"commonName": "cluster-ca"}]  # the cluster's CA, and only it
 
 

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.wal.conftest import LogFactory, fill, segment_paths, spans
+from tests.wal.conftest import LogFactory, OpenOptions, fill, segment_paths, spans
 from wal import CorruptLog, MessagePayload, NodeIdMismatch, iter_records
 from wal.errors import BadSegmentHeader, LsnGap
 from wal.segment import TMP_SUFFIX, encode_header, load_header, segment_name
@@ -183,7 +183,7 @@ async def test_flip_far_back_in_the_newest_segment_refuses(
     logs: LogFactory, tmp_path: Path
 ) -> None:
     """Damage further back than one batch can reach is not a torn write."""
-    kw = {"segment_bytes": 64 * 1024 * 1024, "max_batch_bytes": 64 * 1024}
+    kw: OpenOptions = {"segment_bytes": 64 * 1024 * 1024, "max_batch_bytes": 64 * 1024}
     log, _, handlers = await logs.open(tmp_path, **kw)
     await fill(log, handlers, 4600, data=_data(1000))  # > tail window (64 KiB + 4 MiB)
     await log.close()

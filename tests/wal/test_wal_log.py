@@ -10,7 +10,15 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from common.durability import Entry, LogUnavailable
-from tests.wal.conftest import Handlers, LogFactory, SyncCounter, fill, message, segment_paths
+from tests.wal.conftest import (
+    Handlers,
+    LogFactory,
+    OpenOptions,
+    SyncCounter,
+    fill,
+    message,
+    segment_paths,
+)
 from wal import ConnectionEvent, LogFollower, RecordTooLarge, WalLocked, WalLog, iter_records
 from wal.record import EVENT, MAX_PAYLOAD_BYTES
 from wal.segment import load_header, segment_name
@@ -114,7 +122,7 @@ async def test_rotation_with_batches_queued_keeps_every_head(
 ) -> None:
     """Rotations while several full batches wait: new headers are the same 96 bytes (no
     heads snapshot), and every channel's head survives, in heads.db or the records."""
-    kw = {"segment_bytes": 4096, "max_batch_bytes": 1024}
+    kw: OpenOptions = {"segment_bytes": 4096, "max_batch_bytes": 1024}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
     channels = ("a", "b", "c", "d", "e")
@@ -166,7 +174,7 @@ async def test_retention_deletes_segments_behind_the_checkpoint(
 
 
 async def test_retention_keeps_what_history_needs(logs: LogFactory, tmp_path: Path) -> None:
-    kw = {"history_size": 3, "segment_bytes": 4096}
+    kw: OpenOptions = {"history_size": 3, "segment_bytes": 4096}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
     entries = await fill(
@@ -187,7 +195,7 @@ async def test_retention_keeps_what_history_needs(logs: LogFactory, tmp_path: Pa
 async def test_a_quiet_channels_history_holds_segments(logs: LogFactory, tmp_path: Path) -> None:
     """Deletion is oldest-first (the log stays gap-free), so the segment with a quiet
     channel's last messages keeps every later one too -- up to history_max_bytes."""
-    kw = {"history_size": 3, "segment_bytes": 4096}
+    kw: OpenOptions = {"history_size": 3, "segment_bytes": 4096}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
     quiet = await fill(log, handlers, 6, channels=("quiet",), heads=heads)  # then silence
@@ -205,7 +213,7 @@ async def test_a_quiet_channels_history_holds_segments(logs: LogFactory, tmp_pat
 
 async def test_deleted_segments_keep_channel_seqs(logs: LogFactory, tmp_path: Path) -> None:
     """heads.db keeps a silent channel's seq once retention deleted all its records."""
-    kw = {"history_size": 3, "segment_bytes": 4096, "history_max_bytes": 1}
+    kw: OpenOptions = {"history_size": 3, "segment_bytes": 4096, "history_max_bytes": 1}
     log, _, handlers = await logs.open(tmp_path, **kw)
     heads: dict[str, int] = {}
     await fill(log, handlers, 6, channels=("quiet",), heads=heads)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +30,7 @@ from wal.record import (
     RECORD_HEADER,
     ConnectionEvent,
     MessagePayload,
+    RecordSpan,
     append_message,
     append_record,
     decode_event,
@@ -65,7 +67,7 @@ events = st.builds(
 def crc_ok(view: memoryview, offset: int) -> bool:
     """Recompute a record's CRC independently of decode_record."""
     length, crc, _, _ = RECORD_HEADER.unpack_from(view, offset)
-    return zlib.crc32(bytes(view[offset + 8 : offset + 17 + length])) == crc
+    return zlib.crc32(bytes(view[offset + 8 : offset + 17 + length])) == int(crc)
 
 
 @given(entries, st.integers(min_value=1, max_value=2**63 - 1))
@@ -131,9 +133,9 @@ def test_too_large_payload_is_refused_before_anything_is_written() -> None:
         (lambda b: b[:16] + bytes([b[16] ^ 1]) + b[17:], ChecksumMismatch),  # type is covered
     ],
 )
-def test_damage_classification(mutate: object, error: type[RecordError]) -> None:
+def test_damage_classification(mutate: Callable[[bytes], bytes], error: type[RecordError]) -> None:
     raw = encode_record(7, MESSAGE, b"\x97" + b"a" * 40)
-    damaged = mutate(raw)  # type: ignore[operator]
+    damaged = mutate(raw)
     with pytest.raises(error) as info:
         decode_record(memoryview(damaged), 0)
     assert info.value.offset == 0
@@ -208,12 +210,12 @@ def test_damaged_segments_scan_to_documented_errors(
             f.write(data)
         seen: list[int] = []
 
-        def visit(index: int, frame: object) -> None:
-            lsn = frame.lsn  # type: ignore[attr-defined]
+        def visit(index: int, frame: RecordSpan) -> None:
+            lsn = frame.lsn
             seen.append(lsn)
             with open(path, "rb") as f:
                 raw = f.read()
-            assert crc_ok(memoryview(raw), frame.offset)  # type: ignore[attr-defined]
+            assert crc_ok(memoryview(raw), frame.offset)
 
         scan = scan_segment(path, 0, visit)
     assert scan.error is None or isinstance(scan.error, RecordError | SegmentError)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from common.durability import Entry, LogUnavailable
 from common.errors import RecordRefused
-from tests.wal.conftest import UNIT, Handlers, LogFactory, message
+from tests.wal.conftest import UNIT, Handlers, LogFactory, OpenOptions, message
 from wal import RecordTooLarge, WalLog, iter_records
 from wal import writer as writer_module
 from wal.heads import HeadsStore
@@ -96,8 +96,9 @@ async def test_an_exception_anywhere_in_the_writer_path_fails_the_writer(
     logs: LogFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     registry = CollectorRegistry()
-    kw = {"segment_bytes": 4096, "max_batch_bytes": 1024, "registry": registry}
-    log, _, handlers = await logs.open(tmp_path, **kw)
+    kw: OpenOptions = {"segment_bytes": 4096, "max_batch_bytes": 1024}
+    metered: OpenOptions = {**kw, "registry": registry}  # the restart below goes without
+    log, _, handlers = await logs.open(tmp_path, **metered)
     INJECTIONS[where][0](monkeypatch)
     appended = await _drive(log, handlers)
     await handlers.until(lambda: log.failure is not None)
@@ -119,7 +120,7 @@ async def test_an_exception_anywhere_in_the_writer_path_fails_the_writer(
     # A restart recovers every durable record (and maybe some failed ones: not acked,
     # not certainly absent).
     monkeypatch.undo()
-    log, _, _ = await logs.open(tmp_path, **{k: v for k, v in kw.items() if k != "registry"})
+    log, _, _ = await logs.open(tmp_path, **kw)
     lsns = [r.lsn for r in iter_records(str(tmp_path))]
     assert set(durable) <= set(lsns)
     for entry in handlers.durable:
