@@ -123,7 +123,9 @@ async def test_a_batch_is_one_wal_batch_with_contiguous_seqs_in_item_order(
     try:
         wal = relay.server.log
         before = wal.stats()["batches"]
-        items = [{"ch": f"room.{i % 3}", "data": {"i": i}} for i in range(1000)]
+        items: list[dict[str, object]] = [
+            {"ch": f"room.{i % 3}", "data": {"i": i}} for i in range(1000)
+        ]
         items[500] = {"ch": "$sys.x", "data": 0}  # forbidden: fails alone
         response = await client.post("/api/v1/publish/batch", {"items": items})
         doc = conforms("/api/v1/publish/batch", "post", response)
@@ -217,7 +219,8 @@ async def test_a_failing_disk_is_503_and_nothing_is_delivered(
         assert later.status_code == 503  # the log is unwritable: nothing is accepted
         monkeypatch.setattr(os, "fdatasync", real)
         await reader.assert_silent()
-        assert relay.hub.router.get("room.d").durable_seq == 0
+        room = relay.hub.router.get("room.d")
+        assert room is not None and room.durable_seq == 0
     finally:
         await client.client.aclose()
 

@@ -94,6 +94,7 @@ class WalOptions(TypedDict, total=False):
     heads_flush_channels: int
     registry: CollectorRegistry | None
     stages: Stages | None
+    keep_recent_s: float
 
 
 class OpenOptions(WalOptions, total=False):

@@ -66,8 +66,9 @@ async def test_sub_since_below_the_ring_recovers_from_the_database(
     for i in range(1, 31):
         await writer.pub("room.deep", {"i": i}, str(i))
         assert (await writer.expect("ack"))["seq"] == i
-    ring = relay.hub.router.get("room.deep").history
-    assert ring[0].seq == 26  # the ring holds 26..30 only
+    channel = relay.hub.router.get("room.deep")
+    assert channel is not None and channel.history
+    assert channel.history[0].seq == 26  # the ring holds 26..30 only
     reader = await Client.connect(relay.url)
     subscribed = await reader.sub("room.deep", since=2, epoch=reader.welcome["epoch"])
     assert subscribed["recovered"] is True and subscribed["seq"] == 30
@@ -112,4 +113,6 @@ async def test_since_whose_messages_are_gone_is_not_recovered(
     assert subscribed["recovered"] is False and subscribed["seq"] == 20
     await writer.pub("room.gone", 21)
     assert (await reader.expect("msg"))["seq"] == 21  # live from the head, nothing replayed
-    await wait_for(lambda: relay.hub.router.get("room.gone").replayers == 0, UNIT)
+    gone = relay.hub.router.get("room.gone")
+    assert gone is not None
+    await wait_for(lambda: gone.replayers == 0, UNIT)

@@ -317,8 +317,12 @@ async def test_http_publishers_through_sigkills_lose_and_repeat_nothing(tmp_path
                         i += 1
 
                 tasks = [asyncio.create_task(publisher(n)) for n in range(4)]
-                before = len(acked)
-                await wait_for(lambda b=before: len(acked) > b + 30, UNIT * 2, "200s")
+                upto = len(acked) + 30
+
+                def answered(upto: int = upto) -> bool:
+                    return len(acked) > upto
+
+                await wait_for(answered, UNIT * 2, "200s")
                 await asyncio.sleep(rng.uniform(0.0, 0.3))  # a random moment under load
                 server.signal(signal.SIGKILL)
                 assert await asyncio.to_thread(server.wait) == -signal.SIGKILL

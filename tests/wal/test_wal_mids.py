@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from common.durability import HistoryLimits
-from tests.wal.conftest import LogFactory, message, segment_paths
+from tests.wal.conftest import LogFactory, OpenOptions, message, segment_paths
 from wal.reader import iter_records
 from wal.record import MESSAGE, decode_message
 
@@ -58,8 +58,9 @@ async def test_a_new_wal_directory_is_a_new_epoch(logs: LogFactory, tmp_path: Pa
 async def test_retention_keeps_the_segments_of_the_dedupe_window(
     logs: LogFactory, tmp_path: Path
 ) -> None:
-    kw = {"history_size": 0, "segment_bytes": 4096}
-    log, _, handlers = await logs.open(tmp_path / "kept", keep_recent_s=3600.0, **kw)
+    kw: OpenOptions = {"history_size": 0, "segment_bytes": 4096}
+    kept_kw: OpenOptions = {**kw, "keep_recent_s": 3600.0}
+    log, _, handlers = await logs.open(tmp_path / "kept", **kept_kw)
     plain, _, plain_handlers = await logs.open(tmp_path / "plain", **kw)
     for wal, h in ((log, handlers), (plain, plain_handlers)):
         for seq in range(1, 301):
@@ -73,7 +74,7 @@ async def test_retention_keeps_the_segments_of_the_dedupe_window(
     kept = segment_paths(tmp_path / "kept")
     assert len(kept) > 3  # written within the window: a restart reads their mids back
     await log.close()
-    reopened, _, _ = await logs.open(tmp_path / "kept", keep_recent_s=3600.0, **kw)
+    reopened, _, _ = await logs.open(tmp_path / "kept", **kept_kw)
     reopened.set_checkpoint(10**9)
     await reopened.wait_deletions()
     assert segment_paths(tmp_path / "kept") == kept  # their mtime says recent: still kept
