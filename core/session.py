@@ -4,8 +4,12 @@ ferry do is decided here, and can be tested with a fake writer and no socket.
 
 Connection states, all in one table:
 
-    OPEN ──close(code)──▶ CLOSING ──closed()──▶ CLOSED
-      └──────────────────closed()──────────────────┘
+    AUTH ──auth frame──▶ OPEN ──close(code)──▶ CLOSING ──closed()──▶ CLOSED
+      │                    └──────────────────closed()──────────────────┘
+      └── another frame, a bad token, the timeout: close 4401 (4403, 1013) ──▶ CLOSING
+
+A connection that came without a token starts in AUTH (first-frame auth: browsers cannot
+read an HTTP 401): its first frame must be `auth`, and only then is it greeted.
 
 `close(code)` leaves OPEN at once (no more input is read, no more messages are delivered)
 but asks the transport to close only once every publish it accepted has its `ack` (or
@@ -48,7 +52,9 @@ from core.protocol import (
     SYS_PREFIX,
     Ack,
     Auth,
+    ClientLimits,
     Error,
+    Inbox,
     MsgId,
     Ping,
     Pong,
@@ -69,12 +75,14 @@ from core.scheduling import Cancellable, Clock, Later
 
 
 class State(enum.Enum):
+    AUTH = "auth"  # waiting for the first frame's token
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
+    State.AUTH: frozenset({State.OPEN, State.CLOSING, State.CLOSED}),
     State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
     State.CLOSING: frozenset({State.CLOSED}),
     State.CLOSED: frozenset(),
@@ -90,6 +98,9 @@ CLOSE_ACK_GRACE_S = 5.0
 
 
 Authenticate = Callable[[str], Grant]
+# First-frame auth: the transport's say on an authenticated grant (its connection limits):
+# None admits it, an exception refuses it (answered as `core.errors.ANSWERS` says).
+Admit = Callable[[Grant], BaseException | None]
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -99,6 +110,23 @@ class Limits(msgspec.Struct, frozen=True):
     publish_burst: int = 2000
     rate_abuse_limit: int = 100
     max_data_depth: int = 32
+    # told to the client in `welcome.limits`, not enforced here
+    max_frame_bytes: int = 64 * 1024
+    history_size: int = 1000
+    dedupe_window_s: float = 120.0
+    idle_timeout_s: float = 60.0
+
+    def for_client(self) -> ClientLimits:
+        return ClientLimits(
+            max_frame_bytes=self.max_frame_bytes,
+            max_data_bytes=self.max_data_bytes,
+            publish_rate=self.publish_rate,
+            publish_burst=self.publish_burst,
+            max_subscriptions=self.max_subscriptions,
+            history_size=self.history_size,
+            dedupe_window_s=self.dedupe_window_s,
+            idle_timeout_s=self.idle_timeout_s,
+        )
 
 
 class ErrorCounter:
@@ -120,7 +148,7 @@ class Session:
 
     # slots: an idle connection's memory is mostly these objects (docs/benchmarks.md)
     __slots__ = (
-        "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
+        "_admit", "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
         "_errors", "_expiry", "_pending_close", "_replays", "_request_close", "_schedule",
         "_strikes", "_tokens", "_tokens_at", "_wall", "close_code", "conn_id", "encoding",
         "expires_at", "inflight", "limits", "node_id", "outbox", "principal", "router",
@@ -173,6 +201,7 @@ class Session:
         self._close_timer: Cancellable | None = None
         self.expires_at = expires_at  # Unix seconds the token expires at (None: never)
         self._expiry: Cancellable | None = None
+        self._admit: Admit | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -182,12 +211,64 @@ class Session:
         self.state = new
 
     def start(self) -> None:
-        """Greet the client and subscribe it to its own `@user` inbox."""
-        self.send(Welcome(client=self.conn_id, user=self.user, node=self.node_id))
+        """Subscribe the client to its own `@user` inbox and greet it (with the limits it
+        must respect and the inbox's head, from which it is subscribed)."""
         inbox = self.principal.inbox
-        self.router.subscribe(self, inbox, None, None)
+        router = self.router
+        head, _, _ = router.subscribe(self, inbox, None, None)
         self.subscriptions.add(inbox)
+        self.send(
+            Welcome(
+                client=self.conn_id,
+                user=self.user,
+                node=self.node_id,
+                epoch=router.epoch,
+                limits=self.limits.for_client(),
+                inbox=Inbox(inbox, head),
+            )
+        )
         self._arm_expiry()
+
+    def start_unauthenticated(self, timeout: float, admit: Admit) -> None:
+        """First-frame auth: wait up to `timeout` seconds for `{"op":"auth"}`; `start()`
+        follows once its token is good and `admit` lets the grant in."""
+        if self.state is not State.OPEN or self.subscriptions:
+            raise RuntimeError(f"session {self.conn_id} has started already")
+        self.state = State.AUTH  # its initial state, instead of OPEN
+        self._admit = admit
+        if self._schedule is not None:
+            self._expiry = self._schedule(timeout, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        self._expiry = None
+        self.fail(AuthError("no auth frame came in time: send it first"))
+
+    def _first_frame(self, payload: bytes, is_text: bool) -> None:
+        try:
+            frame = self._decoder.decode(payload) if is_text == self._encoding_is_json else None
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            frame = None
+        if not isinstance(frame, Auth) or self._authenticate is None:
+            self.fail(AuthError('authenticate first: the first frame must be {"op":"auth"}'))
+            return
+        try:
+            grant = self._authenticate(frame.token)
+        except AuthError as exc:
+            self.fail(exc)
+            return
+        admit = self._admit
+        refusal = admit(grant) if admit is not None else None
+        if refusal is not None:
+            self.fail(refusal)
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.principal = grant.principal
+        self.user = grant.principal.user
+        self.expires_at = grant.expires_at
+        self._move(State.OPEN)
+        self.start()
 
     def _arm_expiry(self) -> None:
         if self._expiry is not None:
@@ -213,7 +294,7 @@ class Session:
     def close(self, code: int, reason: str) -> None:
         """Stop reading and delivering, then ask the transport to close with `code` once
         the acks this connection is owed are queued. Idempotent."""
-        if self.state is not State.OPEN:
+        if self.state is not State.OPEN and self.state is not State.AUTH:
             return
         self._move(State.CLOSING)
         self.close_code = code
@@ -268,10 +349,10 @@ class Session:
         self._errors.add(code)
         self.send(Error(code=code, reason=reason, id=msg_id))
 
-    def ack(self, channel: str, seq: int, msg_id: MsgId) -> None:
+    def ack(self, channel: str, seq: int, msg_id: MsgId, dup: bool = False) -> None:
         if self.state is State.CLOSED:
             return
-        self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id)))
+        self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id, dup=dup)))
         # _settled(), inlined: this runs once per acked publish
         if self.inflight:
             self.inflight -= 1
@@ -298,6 +379,8 @@ class Session:
     def receive(self, payload: bytes, is_text: bool) -> None:
         """Handle one complete client message."""
         if self.state is not State.OPEN:
+            if self.state is State.AUTH:
+                self._first_frame(payload, is_text)
             return
         if is_text != self._encoding_is_json:
             expected = "text" if self._encoding_is_json else "binary"
@@ -364,9 +447,16 @@ class Session:
             # Idempotent: a repeated sub answers again (and replays when `since` asks).
             self._stop_replay(name)
             self.router.unsubscribe(self, name)
-        head, recovered, replay = self.router.subscribe(self, name, frame.since, self._owner(name))
+        router = self.router
+        head, recovered, replay = router.subscribe(
+            self, name, frame.since, self._owner(name), frame.epoch
+        )
         self.subscriptions.add(name)
-        self.send(Subscribed(ch=name, seq=head, recovered=recovered, id=frame.id))
+        self.send(
+            Subscribed(
+                ch=name, seq=head, epoch=router.epoch_of(name), recovered=recovered, id=frame.id
+            )
+        )
         if replay is not None:
             self._replays[name] = replay
             self.outbox.refill = self._replay_more
@@ -421,9 +511,16 @@ class Session:
         principal = self.principal
         # _owner(name), inlined (a per-publish path)
         owner = None if principal.admin or name == principal.inbox or name[0] == "$" else self.user
-        # LogUnavailable and RecordRefused propagate to receive(), which answers them
-        self.router.publish(self, name, data, self.encoding, frame.id, self.user, owner)
+        # Owed an answer from here on (a duplicate may be acked within publish()).
+        # LogUnavailable and RecordRefused propagate to receive(), which answers them.
         self.inflight += 1
+        try:
+            self.router.publish(
+                self, name, data, self.encoding, frame.id, self.user, owner, frame.mid
+            )
+        except BaseException:
+            self.inflight -= 1
+            raise
 
     def _auth(self, frame: Auth) -> None:
         """A fresh token for this connection: same user, new rights and expiry."""

@@ -26,10 +26,11 @@ from common.durability import (
 )
 from common.latency import Stages
 from core.auth import Grant, Principal
+from core.dedupe import DedupeIndex
 from core.errors import SlowConsumer
 from core.outbox import Flusher, Outbox
 from core.router import Router
-from core.session import Limits, Session
+from core.session import Admit, Limits, Session
 
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
@@ -228,6 +229,7 @@ class World:
         max_channels_per_user: int = 10_000,
         outbox_limit: int = 1 << 20,
         loop: FakeLoop | None = None,
+        dedupe: tuple[float, int] = (120.0, 100_000),
         **limits: Any,
     ) -> None:
         self.loop = loop if loop is not None else FakeLoop()
@@ -236,6 +238,7 @@ class World:
             self.log,
             history if history is not None else HistoryLimits(size=100),
             max_channels_per_user=max_channels_per_user,
+            dedupe=DedupeIndex(*dedupe, self.loop.wall),  # the server's defaults
         )
         self.flusher = Flusher(self.loop.call_soon)
         self.limits = Limits(**limits)
@@ -252,7 +255,10 @@ class World:
         pub: tuple[str, ...] = ("*",),
         sub: tuple[str, ...] = ("*",),
         expires_at: float | None = None,
+        first_frame_auth: Admit | None = None,
     ) -> Peer:
+        """A connected session; with `first_frame_auth` one that came without a token and
+        waits for `auth` (10 s), `first_frame_auth` standing in for the transport's limits."""
         writer = FakeWriter()
         peer: Peer
         outbox = Outbox(
@@ -286,7 +292,10 @@ class World:
             wall_clock=self.loop.wall,
         )
         peer = Peer(session, writer, outbox)
-        session.start()
+        if first_frame_auth is None:
+            session.start()
+        else:
+            session.start_unauthenticated(10.0, first_frame_auth)
         return peer
 
     def _authenticate(self, token: str) -> Grant:
