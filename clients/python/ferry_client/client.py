@@ -67,6 +67,11 @@ class Subscription:
         return self._state.epoch
 
     @property
+    def head(self) -> int | None:
+        """The channel's last seq when the server last answered this subscription."""
+        return self._state.head
+
+    @property
     def ended(self) -> bool:
         return self._state.status == c.SubStatus.ENDED
 
@@ -494,6 +499,10 @@ class Client:
             )
         except ConnectFailed as exc:
             core.connect_failed(conn, self._now(), exc.status, str(exc))
+            self._pump()
+        except Exception as exc:  # anything picows raises: a failed attempt, retried
+            log.warning("ferry_client: connect failed unexpectedly: %r", exc)
+            core.connect_failed(conn, self._now(), None, repr(exc))
             self._pump()
         finally:
             self._connecting.pop(conn, None)

@@ -218,6 +218,7 @@ class Subscription:
     capacity: int
     since: int | None = None  # what the application asked for (first request only)
     position: int | None = None  # last seq accepted
+    head: int | None = None  # the channel's last seq when the server last answered `sub`
     consumed: int | None = None  # last seq the application took
     epoch: str | None = None
     status: str = SubStatus.NEW
@@ -826,6 +827,8 @@ class Core:
         if self.state is not State.HANDSHAKE:
             return
         self.stats["welcomes"] += 1
+        if not frame.epoch:
+            frame.epoch = None
         self.welcome = frame
         limits = frame.limits
         self.limits = limits
@@ -919,7 +922,10 @@ class Core:
             return  # the answer to an older request of this channel
         if sub.req_id is not None:
             self._sub_reqs.pop(sub.req_id, None)
+        if not frame.epoch:
+            frame.epoch = None
         head = frame.seq
+        sub.head = head
         since = sub.requested_since
         if since is None:
             sub.position = head

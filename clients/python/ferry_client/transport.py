@@ -175,5 +175,7 @@ async def connect(
         raise ConnectFailed(f"upgrade refused: {exc}", None if status is None else int(status))
     except (OSError, TimeoutError, WSError, EOFError) as exc:
         raise ConnectFailed(f"{type(exc).__name__}: {exc}", None)
-    assert isinstance(listener, Link)
+    if not isinstance(listener, Link) or listener.transport is None or listener.gone:
+        # picows returns without a listener when the peer drops the socket mid-upgrade
+        raise ConnectFailed("connection lost during the upgrade", None)
     return listener
