@@ -2,7 +2,8 @@
 # Installs what ferry and its tests need on a fresh machine. Each part is idempotent and
 # skips work when its inputs did not change (a stamp holds the hash of the inputs).
 #   bootstrap.sh runtime    venv + pip install -e . (what `ferry serve` needs: `make run`)
-#   bootstrap.sh python     venv + pip install -e .[dev] (tests, linters, bench: `make test`)
+#   bootstrap.sh python     venv + pip install -e .[dev] -e clients/python (tests, linters,
+#                           bench, the Python client: `make test`)
 #   bootstrap.sh mariadb    MariaDB answers on 127.0.0.1:3306 (root, no password, database
 #                           `test`): started when it is installed but down, else one line
 #                           saying what is missing and how to get it, and exit 1
@@ -33,7 +34,7 @@ venv() {
 runtime_deps() {
     venv
     # A dev install (below) is a superset: nothing to do after `make test`.
-    if ! stamp_ok runtime pyproject.toml && ! stamp_ok python pyproject.toml; then
+    if ! stamp_ok runtime pyproject.toml && ! stamp_ok python pyproject.toml clients/python/pyproject.toml; then
         .venv/bin/python -m pip install -q --upgrade pip
         .venv/bin/python -m pip install -q -e .
         stamp_set runtime pyproject.toml
@@ -42,10 +43,13 @@ runtime_deps() {
 
 python_deps() {
     venv
-    if ! stamp_ok python pyproject.toml; then
+    # The Python client (clients/python, `ferry_client`) goes into the same venv: its tests
+    # (tests/clients) import it.
+    local inputs=(pyproject.toml clients/python/pyproject.toml)
+    if ! stamp_ok python "${inputs[@]}"; then
         .venv/bin/python -m pip install -q --upgrade pip
-        .venv/bin/python -m pip install -q -e '.[dev]'
-        stamp_set python pyproject.toml
+        .venv/bin/python -m pip install -q -e '.[dev]' -e clients/python
+        stamp_set python "${inputs[@]}"
     fi
 }
 
