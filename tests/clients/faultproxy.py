@@ -440,7 +440,7 @@ async def _control(
         elif cmd == "blackhole":
             answer["blackholed"] = proxy.blackhole()
         elif cmd == "drop-ack":
-            proxy.drop_ack((lambda f, want=arg: str(f.get("id")) == want) if arg else None)
+            proxy.drop_ack(_id_is(arg) if arg else None)
         elif cmd == "stats":
             answer.update(
                 open=proxy.open_connections,
@@ -477,3 +477,12 @@ if __name__ == "__main__":
     p.add_argument("--control", type=int, default=0, help="control port (0: any)")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(p.parse_args(sys.argv[1:])))
+
+
+def _id_is(want: str) -> Callable[[dict[str, Any]], bool]:
+    """A drop-ack matcher: the ack whose `id` is `want`."""
+
+    def match(frame: dict[str, Any]) -> bool:
+        return str(frame.get("id")) == want
+
+    return match

@@ -142,7 +142,7 @@ async def test_inbox_dms_sent_while_offline_arrive_once(
         assert [m.data for m in got] == ["d2", "d3", "d4", "d5"]  # type: ignore[union-attr]
         assert [m.sender for m in got] == ["alice"] * 4  # type: ignore[union-attr]
         await alice.publish("@bob", "d6")
-        assert [m.data for m in await items(box, 1)] == ["d6"]  # nothing twice in between  # type: ignore[union-attr]
+        assert [m.data for m in await items(box, 1)] == ["d6"]  # type: ignore[union-attr]  # nothing twice in between
         sub_frames = [f for f in proxy.frames(C2S, "sub") if f["ch"] == "@bob"]
         assert [f["since"] for f in sub_frames] == [1]  # caught up with since=last read
 

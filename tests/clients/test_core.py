@@ -81,7 +81,7 @@ class Harness:
         self.core.start(self.now, self.wall)
 
     def upgrade(self) -> None:
-        assert self.core.state is State.CONNECTING, self.core.state
+        assert state_of(self) is State.CONNECTING, self.core.state
         assert self.core.connected(self.core.conn, self.now)
 
     def server(self, **frame: Any) -> None:
@@ -106,9 +106,9 @@ class Harness:
 
     def connect(self, **welcome: Any) -> None:
         """From IDLE/BACKOFF to the welcome (subscriptions still to be answered)."""
-        if self.core.state is State.IDLE:
+        if state_of(self) is State.IDLE:
             self.start()
-        elif self.core.state is State.BACKOFF:
+        elif state_of(self) is State.BACKOFF:
             self.advance_to_retry()
         self.upgrade()
         self.welcome(**welcome)
@@ -119,7 +119,7 @@ class Harness:
         self.core.tick(self.now)
 
     def advance_to_retry(self) -> None:
-        assert self.core.state is State.BACKOFF
+        assert state_of(self) is State.BACKOFF
         at = self.core.retry_at
         assert at is not None
         self.advance(at - self.now)
@@ -153,6 +153,11 @@ class Harness:
         return {d.id: d for d in self.of(PublishDone)}
 
 
+def state_of(h: Harness) -> State:
+    """The core's state, read afresh (mypy would keep an earlier assert's narrowing)."""
+    return h.core.state
+
+
 def seqs(items: list[Message | Gap]) -> list[int]:
     return [i.seq for i in items if isinstance(i, Message)]
 
@@ -177,15 +182,15 @@ def test_table_targets_and_final_states() -> None:
 def test_a_full_walk_through_the_states() -> None:
     h = Harness()
     h.start()
-    assert h.core.state is State.CONNECTING
+    assert state_of(h) is State.CONNECTING
     h.upgrade()
-    assert h.core.state is State.HANDSHAKE
+    assert state_of(h) is State.HANDSHAKE
     h.welcome()
-    assert h.core.state is State.OPEN  # nothing to resubscribe: synced at once
+    assert state_of(h) is State.OPEN  # nothing to resubscribe: synced at once
     h.lose(1006)
-    assert h.core.state is State.BACKOFF
+    assert state_of(h) is State.BACKOFF
     h.advance_to_retry()
-    assert h.core.state is State.CONNECTING
+    assert state_of(h) is State.CONNECTING
     h.drain()
     path = [(s.old, s.new) for s in h.outputs if type(s).__name__ == "StateChanged"]
     assert path == [
@@ -203,11 +208,11 @@ def test_syncing_waits_for_every_resubscription() -> None:
     h.core.subscribe("a")
     h.core.subscribe("b")
     h.connect()
-    assert h.core.state is State.SYNCING
+    assert state_of(h) is State.SYNCING
     h.subscribed("a", 0)
-    assert h.core.state is State.SYNCING
+    assert state_of(h) is State.SYNCING
     h.subscribed("b", 0)
-    assert h.core.state is State.OPEN
+    assert state_of(h) is State.OPEN
 
 
 # --- the close-code policy -------------------------------------------------------------
@@ -221,9 +226,9 @@ def test_codes_that_reconnect(code: int) -> None:
     h = Harness()
     h.connect()
     h.lose(code)
-    assert h.core.state is State.BACKOFF
+    assert state_of(h) is State.BACKOFF
     h.advance_to_retry()
-    assert h.core.state is State.CONNECTING
+    assert state_of(h) is State.CONNECTING
     assert len([o for o in h.drain() if isinstance(o, Connect)]) == 2
 
 
@@ -235,7 +240,7 @@ def test_terminal_codes_are_never_retried(code: int) -> None:
     h.subscribed("a", 0)
     h.core.publish(h.now, "a", 1)
     h.lose(code)
-    assert h.core.state is State.FAILED
+    assert state_of(h) is State.FAILED
     assert isinstance(h.core.error, TerminalError) and h.core.error.code == code
     for _ in range(50):
         h.advance(60.0)
@@ -266,18 +271,18 @@ def test_http_503_retries_401_fetches_a_token_403_stops() -> None:
     h = Harness(token="t0", token_source=True)
     h.start()
     h.core.connect_failed(h.core.conn, h.now, 503, "busy")
-    assert h.core.state is State.BACKOFF and not h.core.need_token
+    assert state_of(h) is State.BACKOFF and not h.core.need_token
     h.advance_to_retry()
     h.core.connect_failed(h.core.conn, h.now, 401, "auth")
-    assert h.core.state is State.BACKOFF and h.core.need_token
+    assert state_of(h) is State.BACKOFF and h.core.need_token
     h.advance_to_retry()
-    assert h.core.state is State.TOKEN
+    assert state_of(h) is State.TOKEN
     assert len(h.of(FetchToken)) == 1
     h.core.token_ready(h.now, h.wall, "t1")
-    assert h.core.state is State.CONNECTING
+    assert state_of(h) is State.CONNECTING
     assert [o.token for o in h.drain() if isinstance(o, Connect)] == ["t1"]
     h.core.connect_failed(h.core.conn, h.now, 403, "origin")
-    assert h.core.state is State.FAILED and h.core.error is not None
+    assert state_of(h) is State.FAILED and h.core.error is not None
     assert h.core.error.status == 403
 
 
@@ -289,7 +294,7 @@ def test_4401_fetches_one_token_at_a_time_then_reconnects() -> None:
     calls += sum(isinstance(o, FetchToken) for o in h.drain())
     h.lose(4401)  # ... and the server closes meanwhile
     h.advance_to_retry()
-    assert h.core.state is State.TOKEN
+    assert state_of(h) is State.TOKEN
     calls += sum(isinstance(o, FetchToken) for o in h.drain())
     assert calls == 1, "a get_token already in flight is awaited, not called again"
     h.core.token_ready(h.now, h.wall, "fresh")
@@ -300,7 +305,7 @@ def test_4401_without_get_token_is_terminal() -> None:
     h = Harness(token="static")
     h.connect()
     h.lose(4401)
-    assert h.core.state is State.FAILED
+    assert state_of(h) is State.FAILED
     assert "no get_token" in str(h.core.error)
 
 
@@ -326,11 +331,11 @@ def test_reconnect_forever_with_growing_capped_delays() -> None:
     delays = []
     for _ in range(200):
         h.core.connect_failed(h.core.conn, h.now, None, "refused")
-        assert h.core.state is State.BACKOFF
+        assert state_of(h) is State.BACKOFF
         assert h.core.retry_at is not None
         delays.append(h.core.retry_at - h.now)
         h.advance_to_retry()
-        assert h.core.state is State.CONNECTING
+        assert state_of(h) is State.CONNECTING
     assert all(0.0 <= d <= 2.0 for d in delays)
     assert max(delays[:3]) <= 0.4 and max(delays[10:]) > 1.0
 
@@ -394,7 +399,7 @@ def test_ping_when_idle_then_reconnect_on_silence() -> None:
     h.advance(1.1)  # 3 s without any frame
     out = h.drain()
     assert Abort(conn) in out
-    assert h.core.state is State.BACKOFF and h.core.stats["silences"] == 1
+    assert state_of(h) is State.BACKOFF and h.core.stats["silences"] == 1
 
 
 def test_ping_interval_follows_the_servers_idle_timeout() -> None:
@@ -412,7 +417,7 @@ def test_stale_connections_are_ignored() -> None:
     h.upgrade()
     h.core.closed(old, h.now, 4403, "")  # the old transport's late close
     h.core.receive(old, h.now, b'{"op":"welcome"}')
-    assert h.core.state is State.HANDSHAKE
+    assert state_of(h) is State.HANDSHAKE
     assert not h.core.connected(old, h.now)
 
 
@@ -543,7 +548,7 @@ def test_the_first_answer_resolves_subscribe_errors_end_it() -> None:
     h.connect()
     h.subscribed("ok", 3)
     h.server(op="error", code="forbidden", reason="nope", id=h.core.subs["no"].req_id)
-    assert h.core.state is State.OPEN
+    assert state_of(h) is State.OPEN
     h.drain()
     done = {d.ch: d.error for d in h.of(SubscribeDone)}
     assert done["ok"] is None and done["no"] is not None and "forbidden" in str(done["no"])
@@ -720,11 +725,11 @@ def test_dms_sent_while_offline_arrive_once() -> None:
     h.lose()
     h.drain()
     h.connect(inbox=("@alice", 7))  # 5, 6, 7 came while offline
-    assert h.core.state is State.SYNCING
+    assert state_of(h) is State.SYNCING
     assert h.sent() == [{"op": "sub", "ch": "@alice", "since": 4, "epoch": "e1", "id": box.req_id}]
     h.msg("@alice", 8, "live, before the answer")  # dropped: the replay brings it
     h.subscribed("@alice", 8, epoch="e1", recovered=True)
-    assert h.core.state is State.OPEN
+    assert state_of(h) is State.OPEN
     for seq in (5, 6, 7, 8, 9):
         h.msg("@alice", seq)
     assert seqs(h.take_all("@alice")) == [4, 5, 6, 7, 8, 9]
@@ -736,7 +741,7 @@ def test_no_inbox_resubscribe_when_nothing_arrived() -> None:
     h.lose()
     h.drain()
     h.connect(inbox=("@alice", 3))
-    assert h.sent() == [] and h.core.state is State.OPEN
+    assert h.sent() == [] and state_of(h) is State.OPEN
 
 
 # --- tokens ----------------------------------------------------------------------------
@@ -772,7 +777,7 @@ def test_refresh_before_exp_on_the_open_connection() -> None:
     h.core.token_ready(h.now, h.wall, new)
     sent = h.sent()
     assert [(f["op"], f["token"]) for f in sent] == [("auth", new)]
-    assert h.core.state is State.OPEN
+    assert state_of(h) is State.OPEN
 
 
 # --- close -----------------------------------------------------------------------------
@@ -785,7 +790,7 @@ def test_close_ends_everything_and_never_reconnects() -> None:
     h.subscribed("a", 0)
     pid, _ = h.core.publish(h.now, "a", 1)
     h.core.close(h.now)
-    assert h.core.state is State.CLOSED
+    assert state_of(h) is State.CLOSED
     assert isinstance(h.done()[pid].error, ClientClosed)
     h.lose(1006)
     for _ in range(10):
