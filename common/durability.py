@@ -68,6 +68,8 @@ class Entry:
 
     `data` is the published value exactly as it arrived (JSON text or msgpack bytes).
     `origin` is opaque to the log: the router uses it to find whom to ack.
+    `client_msg_id` is the frame's correlation `id`; `mid` the publisher's message id
+    (`pub` with `mid`: retries of it are duplicates, core/dedupe.py).
     """
 
     __slots__ = (
@@ -76,6 +78,7 @@ class Entry:
         "data",
         "encoding",
         "lsn",
+        "mid",
         "origin",
         "sender",
         "seq",
@@ -93,6 +96,7 @@ class Entry:
         data: bytes,
         origin: object = None,
         lsn: int = 0,
+        mid: str | None = None,
     ) -> None:
         self.channel = channel
         self.seq = seq
@@ -103,6 +107,7 @@ class Entry:
         self.data = data
         self.origin = origin
         self.lsn = lsn
+        self.mid = mid  # the publisher's message id (idempotent publish), if it gave one
 
     def __repr__(self) -> str:
         return f"Entry(lsn={self.lsn}, channel={self.channel!r}, seq={self.seq})"
@@ -126,6 +131,8 @@ class HistoryLimits:
     channel_bytes: int = 1024 * 1024  # entry_bytes() per channel
     total_bytes: int = 256 * 1024 * 1024  # entry_bytes() over all channels
     max_channels: int = 100_000  # channels held in memory
+    # publish mids recovery hands back for the dedupe index (the newest ones)
+    mids: int = 100_000
 
 
 @dataclass
@@ -143,6 +150,11 @@ class RecoveredState:
     heads: dict[str, int] = field(default_factory=dict)
     # channel -> its newest entries, oldest first, consecutive seqs ending at its head
     history: dict[str, list[Entry]] = field(default_factory=dict)
+    # the newest publishes that carried a `mid`, oldest first, at most `HistoryLimits.mids`:
+    # (sender, channel, mid, seq, ts_ms), for the dedupe index
+    mids: list[tuple[str, str, str, int, int]] = field(default_factory=list)
+    # the log's incarnation: a random id made when it was created (docs/protocol.md, "Epochs")
+    epoch: str = ""
 
 
 DurableHandler = Callable[[list[Entry]], None]

@@ -44,6 +44,7 @@ def wal_log(config: Config, registry: CollectorRegistry | None = None) -> WalLog
         segment_bytes=config.wal_segment_bytes,
         max_batch_delay_ms=config.wal_max_batch_delay_ms,
         registry=registry,
+        keep_recent_s=config.dedupe_window_s,
     )
 
 

@@ -123,6 +123,11 @@ class Config:
     handshake_timeout: float = setting(
         5.0, help="seconds a client has to send its whole upgrade request", check=_positive
     )
+    auth_timeout: float = setting(
+        10.0,
+        help="seconds a connection without a token has to send its `auth` frame (close 4401)",
+        check=_positive,
+    )
     max_handshakes: int = setting(
         1024, help="unfinished upgrade requests at once (more are dropped)", check=_positive
     )
@@ -165,6 +170,16 @@ class Config:
         help="this node's id in the WAL and the database",
         shown="the hostname",
         check=_node_id,
+    )
+    dedupe_window_s: float = setting(
+        120.0,
+        help="seconds a publish `mid` is remembered (a retry within it is a duplicate); 0: off",
+        check=_non_negative,
+    )
+    dedupe_max_entries: int = setting(
+        100_000,
+        help="publish `mid`s remembered at most (the oldest are forgotten early past it)",
+        check=_non_negative,
     )
     # auth
     auth: Literal["none", "jwt"] = setting("none", help="none or jwt")

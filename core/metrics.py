@@ -90,6 +90,22 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "ferry_publish_failures", "Publishes the log refused", value=c.publish_failures
         )
+        dedupe = router.dedupe
+        yield GaugeMetricFamily(
+            "ferry_dedupe_entries",
+            "Publish mids remembered (idempotent publish)",
+            value=len(dedupe),
+        )
+        yield CounterMetricFamily(
+            "ferry_dedupe_hits",
+            "Publishes answered as duplicates of an earlier mid",
+            value=c.duplicates,
+        )
+        yield CounterMetricFamily(
+            "ferry_dedupe_evictions",
+            "Mids forgotten before their window ran out (FERRY_DEDUPE_MAX_ENTRIES reached)",
+            value=dedupe.evictions,
+        )
         yield CounterMetricFamily(
             "ferry_bytes_in", "Payload bytes received from clients", value=hub.bytes_in
         )

@@ -42,6 +42,10 @@ SERVER_CHANNELS = frozenset({STATS_CHANNEL, TAIL_CHANNEL})
 
 # A client message id is echoed verbatim and logged; bounded so it fits the database column.
 MsgId = Annotated[str, msgspec.Meta(max_length=128)] | int | None
+# A publisher's message id (idempotent publish): unique per message, kept in the WAL.
+Mid = Annotated[str, msgspec.Meta(min_length=1, max_length=128)] | None
+# An epoch as `welcome` and `subscribed` carry it (16 hex digits; any short string is read).
+Epoch = Annotated[str, msgspec.Meta(max_length=64)] | None
 
 
 # --- client -> server -----------------------------------------------------------------
@@ -51,6 +55,7 @@ class Sub(msgspec.Struct, tag="sub", tag_field="op"):
     ch: str
     since: int | None = None
     id: MsgId = None
+    epoch: Epoch = None  # the epoch `since` belongs to
 
 
 class Unsub(msgspec.Struct, tag="unsub", tag_field="op"):
@@ -62,6 +67,7 @@ class Pub(msgspec.Struct, tag="pub", tag_field="op"):
     ch: str
     data: msgspec.Raw
     id: MsgId = None
+    mid: Mid = None
 
 
 class Ping(msgspec.Struct, tag="ping", tag_field="op"):
@@ -88,16 +94,38 @@ DECODERS: dict[
 # --- server -> client -----------------------------------------------------------------
 
 
+class ClientLimits(msgspec.Struct):
+    """What a client must respect not to be refused (`welcome.limits`)."""
+
+    max_frame_bytes: int
+    max_data_bytes: int
+    publish_rate: float
+    publish_burst: int
+    max_subscriptions: int
+    history_size: int
+    dedupe_window_s: float
+    idle_timeout_s: float
+
+
+class Inbox(msgspec.Struct):
+    ch: str
+    seq: int
+
+
 class Welcome(msgspec.Struct, tag="welcome", tag_field="op"):
     client: str
     user: str
     node: str
     version: int = PROTOCOL_VERSION
+    epoch: str = ""
+    limits: ClientLimits | None = None
+    inbox: Inbox | None = None
 
 
 class Subscribed(msgspec.Struct, tag="subscribed", tag_field="op", omit_defaults=True):
     ch: str
     seq: int
+    epoch: str = ""
     recovered: bool | None = None
     id: MsgId = None
 
@@ -121,6 +149,7 @@ class Ack(msgspec.Struct, tag="ack", tag_field="op", omit_defaults=True):
     ch: str
     seq: int
     id: MsgId = None
+    dup: bool = False  # a retry of an accepted `mid`: `seq` is the original's
 
 
 class Pong(msgspec.Struct, tag="pong", tag_field="op", omit_defaults=True):

@@ -32,6 +32,7 @@ from common.latency import LatencyHistogram
 from common.stats_doc import DbStatus
 from core.auth import Authenticator
 from core.config import Config
+from core.dedupe import DedupeIndex
 from core.http import HttpRoutes
 from core.outbox import Flusher
 from core.router import Router
@@ -47,6 +48,7 @@ def history_limits(config: Config) -> HistoryLimits:
         channel_bytes=config.history_channel_bytes,
         total_bytes=config.history_total_bytes,
         max_channels=config.max_channels,
+        mids=config.dedupe_max_entries if config.dedupe_window_s > 0 else 0,
     )
 
 
@@ -63,6 +65,7 @@ class RelayState:
             history_limits(config),
             self.ack_latency.observe,
             max_channels_per_user=config.max_channels_per_user,
+            dedupe=DedupeIndex(config.dedupe_window_s, config.dedupe_max_entries, time.time),
         )
         self.stages = durable_log.stages  # the log's stages, then the relay's (flush)
         self.flusher = Flusher(loop.call_soon, self.stages.hists["flush"])
@@ -75,6 +78,10 @@ class RelayState:
             publish_burst=config.publish_burst,
             rate_abuse_limit=config.rate_abuse_limit,
             max_data_depth=config.max_data_depth,
+            max_frame_bytes=config.max_frame_bytes,
+            history_size=config.history_size,
+            dedupe_window_s=config.dedupe_window_s,
+            idle_timeout_s=config.idle_timeout,
         )
         self.errors = ErrorCounter()
         self.connections: dict[Connection, None] = {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -49,6 +50,7 @@ from common.durability import (
 )
 from common.errors import RecordRefused
 from common.logsetup import Throttle
+from core.dedupe import DedupeIndex, Waiter
 from core.errors import LimitExceeded
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
@@ -135,8 +137,8 @@ class Counters:
     """Plain integer counters on the hot path; exported by the metrics collector."""
 
     __slots__ = (
-        "acks", "channels_forgotten", "channels_refused", "deliveries", "fanout_faults",
-        "history_dropped", "msgs_in", "publish_failures",
+        "acks", "channels_forgotten", "channels_refused", "deliveries", "duplicates",
+        "fanout_faults", "history_dropped", "msgs_in", "publish_failures",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -148,6 +150,7 @@ class Counters:
         self.channels_forgotten = 0
         self.channels_refused = 0
         self.history_dropped = 0
+        self.duplicates = 0  # publishes answered as duplicates of an earlier mid
 
 
 _untranscodable = Throttle(logger, 10.0)
@@ -181,8 +184,15 @@ class Router:
         history: HistoryLimits | None = None,
         ack_observer: Callable[[float], None] | None = None,
         max_channels_per_user: int = 10_000,
+        dedupe: DedupeIndex | None = None,
     ) -> None:
         self.log = log
+        # idempotent publish (`pub` with `mid`); off unless given one
+        self.dedupe = dedupe if dedupe is not None else DedupeIndex(0, 0, time.time)
+        # Epochs (docs/protocol.md): the log's incarnation, from `restore`; `$sys.*`
+        # channels, whose seq lives in memory only, are this process's own.
+        self.boot_epoch = secrets.token_hex(8)
+        self.epoch = self.boot_epoch
         self.history = history if history is not None else HistoryLimits()
         self.max_channels_per_user = max_channels_per_user
         self.channels: dict[str, Channel] = {}  # least recently used first
@@ -205,7 +215,11 @@ class Router:
     # --- state -----------------------------------------------------------------------
 
     def restore(self, state: RecoveredState) -> None:
-        """Rebuild seqs and history rings from what the log recovered."""
+        """Rebuild seqs, history rings and the dedupe index from what the log recovered."""
+        if state.epoch:
+            self.epoch = state.epoch
+        if self.dedupe.enabled:
+            self.dedupe.restore(state.mids)
         for name, head in state.heads.items():
             ch = self.channels.get(name)
             if ch is None:
@@ -218,6 +232,10 @@ class Router:
 
     def get(self, name: str) -> Channel | None:
         return self.channels.get(name)
+
+    def epoch_of(self, name: str) -> str:
+        """The incarnation of the channel's seq (`subscribed.epoch`)."""
+        return self.boot_epoch if name.startswith(SYS_PREFIX) else self.epoch
 
     def open_channel(self, name: str, owner: str | None) -> Channel:
         """The channel `name`, brought into memory if needed (its seq from the log).
@@ -406,7 +424,12 @@ class Router:
     # --- subscriptions ---------------------------------------------------------------
 
     def subscribe(
-        self, session: Session, name: str, since: int | None, owner: str | None
+        self,
+        session: Session,
+        name: str,
+        since: int | None,
+        owner: str | None,
+        epoch: str | None = None,
     ) -> tuple[int, bool | None, Replay | None]:
         """Subscribe `session` to `name`.
 
@@ -416,7 +439,8 @@ class Router:
         session pages through it with `replay_page` and is attached when caught up, so a
         long history is paced by the client's socket and never delivered out of order or
         twice. `since` beyond the head means the client saw a stream this node no longer
-        has (the seq went backwards): `recovered` is False.
+        has (the seq went backwards): `recovered` is False. So is an `epoch` other than the
+        channel's: the client's seq belongs to another incarnation of the stream.
         """
         ch = self.open_channel(name, owner)
         self._touch(ch)
@@ -424,6 +448,9 @@ class Router:
         if since is None:
             self.attach(session, ch)
             return head, None, None
+        if epoch is not None and epoch != self.epoch_of(name):
+            self.attach(session, ch)
+            return head, False, None
         if since >= head:
             self.attach(session, ch)
             return head, since == head, None
@@ -506,12 +533,22 @@ class Router:
         msg_id: str | int | None,
         sender: str,
         owner: str | None = None,
+        mid: str | None = None,
     ) -> None:
         """Hand a publish to the log; ack + fan-out follow in `on_durable`.
 
-        Raises LogUnavailable when the log cannot accept it (nothing is acked) and
+        With a `mid` the dedupe index is asked first: a duplicate is acked (`dup`) with
+        the original's seq, now if it is durable or when it becomes so, and nothing is
+        logged. Raises LogUnavailable when the log cannot accept it (nothing is acked) and
         LimitExceeded when the channel would be one too many.
         """
+        dedupe = self.dedupe
+        if mid is not None and dedupe.enabled:
+            key = (sender, name, mid)
+            seen = dedupe.lookup(key)
+            if seen is not None:
+                self._duplicate(session, name, msg_id, seen.seq, seen.waiters)
+                return
         ch = self.open_channel(name, owner)
         ch.last_seq += 1
         entry = Entry(
@@ -523,6 +560,7 @@ class Router:
             encoding,
             data,
             (session, msg_id, time.perf_counter()),
+            mid=mid,
         )
         try:
             self.log.append(entry)
@@ -536,6 +574,29 @@ class Router:
             ch.last_seq -= 1
             raise
         self.counters.msgs_in += 1
+        if mid is not None and dedupe.enabled:
+            dedupe.add((sender, name, mid), ch.last_seq)
+
+    def _duplicate(
+        self,
+        session: Session | None,
+        name: str,
+        msg_id: str | int | None,
+        seq: int,
+        waiters: list[Waiter] | None,
+    ) -> None:
+        self.counters.duplicates += 1
+        if session is None:
+            return
+        if waiters is None:  # the original is durable
+            session.ack(name, seq, msg_id, True)
+        else:
+            waiters.append(
+                (
+                    lambda seq: session.ack(name, seq, msg_id, True),
+                    lambda: session.unavailable(msg_id),
+                )
+            )
 
     def publish_ephemeral(self, name: str, data_json: bytes) -> None:
         """Deliver a server message ($sys.*) without logging it: it is state, not history."""
@@ -560,7 +621,10 @@ class Router:
         now = time.perf_counter()
         observe = self._ack_observer
         acks = 0
+        dedupe = self.dedupe
         for entry in entries:
+            if entry.mid is not None:
+                dedupe.durable((entry.sender, entry.channel, entry.mid))
             origin = entry.origin
             if origin is not None:
                 session, msg_id, t0 = cast(Origin, origin)
@@ -608,6 +672,8 @@ class Router:
 
     def on_failed(self, entries: list[Entry], reason: str) -> None:
         for entry in entries:
+            if entry.mid is not None:
+                self.dedupe.failed((entry.sender, entry.channel, entry.mid))
             origin = entry.origin
             entry.origin = None
             if origin is not None:

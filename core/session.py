@@ -48,7 +48,9 @@ from core.protocol import (
     SYS_PREFIX,
     Ack,
     Auth,
+    ClientLimits,
     Error,
+    Inbox,
     MsgId,
     Ping,
     Pong,
@@ -99,6 +101,23 @@ class Limits(msgspec.Struct, frozen=True):
     publish_burst: int = 2000
     rate_abuse_limit: int = 100
     max_data_depth: int = 32
+    # told to the client in `welcome.limits`, not enforced here
+    max_frame_bytes: int = 64 * 1024
+    history_size: int = 1000
+    dedupe_window_s: float = 120.0
+    idle_timeout_s: float = 60.0
+
+    def for_client(self) -> ClientLimits:
+        return ClientLimits(
+            max_frame_bytes=self.max_frame_bytes,
+            max_data_bytes=self.max_data_bytes,
+            publish_rate=self.publish_rate,
+            publish_burst=self.publish_burst,
+            max_subscriptions=self.max_subscriptions,
+            history_size=self.history_size,
+            dedupe_window_s=self.dedupe_window_s,
+            idle_timeout_s=self.idle_timeout_s,
+        )
 
 
 class ErrorCounter:
@@ -182,11 +201,22 @@ class Session:
         self.state = new
 
     def start(self) -> None:
-        """Greet the client and subscribe it to its own `@user` inbox."""
-        self.send(Welcome(client=self.conn_id, user=self.user, node=self.node_id))
+        """Subscribe the client to its own `@user` inbox and greet it (with the limits it
+        must respect and the inbox's head, from which it is subscribed)."""
         inbox = self.principal.inbox
-        self.router.subscribe(self, inbox, None, None)
+        router = self.router
+        head, _, _ = router.subscribe(self, inbox, None, None)
         self.subscriptions.add(inbox)
+        self.send(
+            Welcome(
+                client=self.conn_id,
+                user=self.user,
+                node=self.node_id,
+                epoch=router.epoch,
+                limits=self.limits.for_client(),
+                inbox=Inbox(inbox, head),
+            )
+        )
         self._arm_expiry()
 
     def _arm_expiry(self) -> None:
@@ -268,10 +298,10 @@ class Session:
         self._errors.add(code)
         self.send(Error(code=code, reason=reason, id=msg_id))
 
-    def ack(self, channel: str, seq: int, msg_id: MsgId) -> None:
+    def ack(self, channel: str, seq: int, msg_id: MsgId, dup: bool = False) -> None:
         if self.state is State.CLOSED:
             return
-        self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id)))
+        self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id, dup=dup)))
         # _settled(), inlined: this runs once per acked publish
         if self.inflight:
             self.inflight -= 1
@@ -364,9 +394,16 @@ class Session:
             # Idempotent: a repeated sub answers again (and replays when `since` asks).
             self._stop_replay(name)
             self.router.unsubscribe(self, name)
-        head, recovered, replay = self.router.subscribe(self, name, frame.since, self._owner(name))
+        router = self.router
+        head, recovered, replay = router.subscribe(
+            self, name, frame.since, self._owner(name), frame.epoch
+        )
         self.subscriptions.add(name)
-        self.send(Subscribed(ch=name, seq=head, recovered=recovered, id=frame.id))
+        self.send(
+            Subscribed(
+                ch=name, seq=head, epoch=router.epoch_of(name), recovered=recovered, id=frame.id
+            )
+        )
         if replay is not None:
             self._replays[name] = replay
             self.outbox.refill = self._replay_more
@@ -421,9 +458,16 @@ class Session:
         principal = self.principal
         # _owner(name), inlined (a per-publish path)
         owner = None if principal.admin or name == principal.inbox or name[0] == "$" else self.user
-        # LogUnavailable and RecordRefused propagate to receive(), which answers them
-        self.router.publish(self, name, data, self.encoding, frame.id, self.user, owner)
+        # Owed an answer from here on (a duplicate may be acked within publish()).
+        # LogUnavailable and RecordRefused propagate to receive(), which answers them.
         self.inflight += 1
+        try:
+            self.router.publish(
+                self, name, data, self.encoding, frame.id, self.user, owner, frame.mid
+            )
+        except BaseException:
+            self.inflight -= 1
+            raise
 
     def _auth(self, frame: Auth) -> None:
         """A fresh token for this connection: same user, new rights and expiry."""

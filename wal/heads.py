@@ -4,12 +4,16 @@
 commit is fsync'ed before it returns), `WITHOUT ROWID` tables:
 
     heads(channel TEXT PRIMARY KEY, seq INTEGER NOT NULL, lsn INTEGER NOT NULL)
-    meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)   'version' = 1, 'as_of' = X
+    meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)   'version' = 1, 'as_of' = X,
+                                                         'epoch' = a random 63-bit id
 
 The store is complete up to `as_of`: every channel with a MESSAGE record at an LSN <= X
 has a row with the seq of its last such record, and `lsn` is that record's LSN (0 when the
 head came from a version 1 segment header's snapshot, where the record's LSN is unknown).
-Heads and `as_of` change in one transaction, so a crash leaves the old or the new pair.
+The `epoch` is made with the store and never changes: it names this incarnation of the
+seq space (docs/protocol.md, "Epochs"). A new store (a new or wiped WAL directory, or
+`ferry wal repair` setting a damaged one aside, after which channels restart at seq 1)
+is a new epoch. Heads and `as_of` change in one transaction, so a crash leaves the old or the new pair.
 A row's seq never goes down (`WHERE excluded.seq > heads.seq`): after a repair cut acked
 records the store may be ahead of the log, and a channel then continues after a gap
 instead of reusing seqs.
@@ -25,6 +29,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -76,6 +81,9 @@ _UPSERT = (
     "INSERT INTO heads(channel, seq, lsn) VALUES (?, ?, ?) ON CONFLICT(channel) DO UPDATE "
     "SET seq = excluded.seq, lsn = excluded.lsn WHERE excluded.seq > heads.seq"
 )
+# A store made before epochs existed gets one at its next open.
+_ADD_EPOCH = "INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?)"
+_GET_EPOCH = "SELECT value FROM meta WHERE key = 'epoch'"
 _SET_AS_OF = "UPDATE meta SET value = ? WHERE key = 'as_of'"
 _GET = "SELECT seq FROM heads WHERE channel = ?"
 
@@ -96,9 +104,12 @@ class HeadsStore:
     """The writing connection. Used by one thread at a time (recovery's, then the flush
     thread's); `check_same_thread=False` lets it move between them."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, as_of: int, created: bool) -> None:
+    def __init__(
+        self, path: str, conn: sqlite3.Connection, as_of: int, created: bool, epoch: int = 0
+    ) -> None:
         self.path = path
         self.as_of = as_of
+        self.epoch = f"{epoch:016x}"  # the store's incarnation, 16 hex digits
         self.created = created  # the file did not exist before `open`
         self._conn = conn
 
@@ -117,8 +128,10 @@ class HeadsStore:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)
+            conn.execute(_ADD_EPOCH, (secrets.randbits(63),))
             conn.execute("COMMIT")
             _, as_of = _meta(conn, path)
+            epoch = conn.execute(_GET_EPOCH).fetchone()[0]
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -129,7 +142,7 @@ class HeadsStore:
             raise
         if created:
             fsync_dir(wal_dir)  # the new file's (and its -wal's) directory entries
-        return cls(path, conn, as_of, created)
+        return cls(path, conn, as_of, created, epoch)
 
     def write(self, heads: Mapping[str, Head], as_of: int) -> None:
         """Upsert `heads` and set `as_of`, in one transaction (fsync'ed at commit)."""

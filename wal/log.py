@@ -67,6 +67,7 @@ class WalLog:
         heads_flush_channels: int = FLUSH_CHANNELS,
         registry: CollectorRegistry | None = None,
         stages: Stages | None = None,
+        keep_recent_s: float = 0.0,
     ) -> None:
         if sync not in ("fsync", "write"):
             raise ValueError(f"sync must be 'fsync' or 'write', got {sync!r}")
@@ -79,6 +80,9 @@ class WalLog:
         self.max_batch_bytes = max_batch_bytes
         self.history_max_bytes = history_max_bytes
         self.heads_flush_channels = heads_flush_channels
+        # segments written within this many seconds are kept: recovery reads the publish
+        # mids of the dedupe window back from them (RecoveredState.mids)
+        self.keep_recent_s = keep_recent_s
         self.tail_window = tail_window(max_batch_bytes)
         # The log's own registry unless one is passed; the server merges it into its own.
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -322,7 +326,8 @@ class WalLog:
 
         A segment is deleted when all of these hold: it is not the active one, every older
         segment is deleted too (the log stays gap-free), its last LSN is <= the checkpoint
-        (the database has it), <= heads.db's as_of (no head is lost) and < the history
+        (the database has it), <= heads.db's as_of (no head is lost), it was last written
+        more than `keep_recent_s` ago (the dedupe window's mids) and < the history
         floor (`set_history_floor`: no in-memory ring reaches into it) -- the last rule
         unless the WAL is over `history_max_bytes`, where history alone keeps no segment.
         """
@@ -407,6 +412,7 @@ class WalLog:
         assert rotation is not None
         sealed = self._segments[-1]
         sealed.last_lsn = batch.first_lsn - 1
+        sealed.written_at = time.time()
         path = os.path.join(self.wal_dir, segment_name(batch.first_lsn))
         header_size = len(rotation.header)
         self._segments.append(SegmentMeta(batch.first_lsn, path, header_size))
@@ -455,11 +461,14 @@ class WalLog:
         if segments[0].last_lsn > limit:
             return
         floor = self._history_floor
+        recent = time.time() - self.keep_recent_s if self.keep_recent_s > 0 else None
         doomed: list[SegmentMeta] = []
         remaining = self._bytes
         for seg in segments[:-1]:
             if seg.last_lsn > limit:
                 break
+            if recent is not None and seg.written_at > recent:
+                break  # within the dedupe window: a restart reads its mids back
             if floor and seg.last_lsn >= floor and remaining <= self.history_max_bytes:
                 break  # an in-memory ring still reaches into it
             doomed.append(seg)

@@ -42,7 +42,11 @@ _ZERO_SECTOR = bytes(SECTOR_BYTES)
 
 
 class MessagePayload(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """Payload of a MESSAGE record: a msgpack array in this field order."""
+    """Payload of a MESSAGE record: a msgpack array in this field order.
+
+    New fields may only be added at the end, with defaults, so old records still decode;
+    a record whose trailing fields are all default is written without them (`mid`).
+    """
 
     channel: str
     seq: int
@@ -51,6 +55,7 @@ class MessagePayload(msgspec.Struct, array_like=True, frozen=True, gc=False):
     client_msg_id: str | None
     encoding: int  # common.durability.Encoding: data is JSON text (0) or msgpack bytes (1)
     data: bytes
+    mid: str | None = None  # the publisher's message id (idempotent publish)
 
     def to_entry(self, lsn: int) -> Entry:
         return Entry(
@@ -62,6 +67,7 @@ class MessagePayload(msgspec.Struct, array_like=True, frozen=True, gc=False):
             self.encoding,
             self.data,
             lsn=lsn,
+            mid=self.mid,
         )
 
 
@@ -123,17 +129,32 @@ def append_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
 
 def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
     """Frame `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
-    payload = _encode(
-        (
-            entry.channel,
-            entry.seq,
-            entry.ts_ms,
-            entry.sender,
-            entry.client_msg_id,
-            entry.encoding,
-            entry.data,
+    mid = entry.mid
+    if mid is None:
+        payload = _encode(
+            (
+                entry.channel,
+                entry.seq,
+                entry.ts_ms,
+                entry.sender,
+                entry.client_msg_id,
+                entry.encoding,
+                entry.data,
+            )
         )
-    )
+    else:
+        payload = _encode(
+            (
+                entry.channel,
+                entry.seq,
+                entry.ts_ms,
+                entry.sender,
+                entry.client_msg_id,
+                entry.encoding,
+                entry.data,
+                mid,
+            )
+        )
     append_record(buf, lsn, MESSAGE, payload)
 
 

@@ -74,6 +74,9 @@ class SegmentMeta:
     path: str
     size: int
     last_lsn: int = 0  # for sealed segments; the active one grows
+    # when it was last written (wall clock; the file's mtime after a restart): retention
+    # keeps what was written within the dedupe window, whose mids recovery reads back
+    written_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -124,9 +127,15 @@ class _Rebuild:
         self._order: collections.deque[tuple[int, _Channel]] = collections.deque()
         self.total = 0  # entry_bytes() over all rings
         self.live = 0  # entries in all rings
+        # the newest publishes with a `mid` (RecoveredState.mids)
+        self.mids: collections.deque[tuple[str, str, str, int, int]] = collections.deque(
+            maxlen=max(0, limits.mids)
+        )
 
     def message(self, lsn: int, msg: MessagePayload) -> None:
         name, seq = msg.channel, msg.seq
+        if msg.mid is not None:
+            self.mids.append((msg.sender, name, msg.mid, seq, msg.ts_ms))
         if lsn > self.as_of:
             dirty = self.dirty
             dirty[name] = StoredHead(seq, lsn)
@@ -203,7 +212,10 @@ class _Rebuild:
                 history[name] = [msg.to_entry(lsn) for lsn, msg in ring]
                 if not floor or ring[0][0] < floor:
                     floor = ring[0][0]
-        return RecoveredState(next_lsn=next_lsn, heads=heads, history=history), floor
+        state = RecoveredState(
+            next_lsn=next_lsn, heads=heads, history=history, mids=list(self.mids)
+        )
+        return state, floor
 
 
 def recover(
@@ -382,9 +394,14 @@ def _rebuilt(
         header = SegmentHeader(node_id, 1, len(header_bytes))
         path = os.path.join(wal_dir, segment_name(1))
         metas = [SegmentMeta(1, path, len(header_bytes), 0)]
-        return Recovery(RecoveredState(next_lsn=1), metas, header, store, {}, ahead=ahead)
-    metas = [SegmentMeta(seg.first_lsn, seg.path, seg.end, seg.last_lsn) for seg in segments]
+        state = RecoveredState(next_lsn=1, mids=list(rebuild.mids), epoch=store.epoch)
+        return Recovery(state, metas, header, store, {}, ahead=ahead)
+    metas = [
+        SegmentMeta(seg.first_lsn, seg.path, seg.end, seg.last_lsn, _mtime(seg.path))
+        for seg in segments
+    ]
     state, floor = rebuild.state(last_lsn + 1, heads_ahead)
+    state.epoch = store.epoch
     active_header = segments[-1].header
     assert active_header is not None
     return Recovery(
@@ -397,6 +414,13 @@ def _rebuilt(
         history_floor=floor,
         ahead=ahead,
     )
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _store_ahead(wal_dir: str, rebuild: _Rebuild, last_lsn: int) -> tuple[int, dict[str, int]]:

@@ -272,6 +272,7 @@ def _render(lsn: int, body: MessagePayload | ConnectionEvent) -> bytes:
             "ts": body.ts_ms,
             "from": body.sender,
             "id": body.client_msg_id,
+            "mid": body.mid,
             "encoding": "json" if body.encoding == 0 else "msgpack",
         }
         data = body.data

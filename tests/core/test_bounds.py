@@ -101,8 +101,13 @@ def test_since_beyond_the_head_is_not_recovered() -> None:
     reader.send({"op": "sub", "ch": "r", "since": 3, "id": "at-head"})
     world.tick()
     subscribed = reader.ops("subscribed")
-    assert subscribed[0] == {"op": "subscribed", "ch": "r", "seq": 3, "recovered": False}
-    assert subscribed[1] == {"op": "subscribed", "ch": "r2", "seq": 0, "recovered": False}
+    epoch = world.router.epoch
+    assert subscribed[0] == {
+        "op": "subscribed", "ch": "r", "seq": 3, "epoch": epoch, "recovered": False
+    }  # fmt: skip
+    assert subscribed[1] == {
+        "op": "subscribed", "ch": "r2", "seq": 0, "epoch": epoch, "recovered": False
+    }  # fmt: skip
     assert subscribed[2]["recovered"] is True and not reader.ops("msg")
 
 

@@ -132,7 +132,9 @@ async def _json_scenario(driver: Any, url: str) -> None:
         json.loads(await a2.recv())
         await a.send('{"op":"sub","ch":"room.interop"}')
         sub = json.loads(await a.recv())
-        assert sub == {"op": "subscribed", "ch": "room.interop", "seq": 0}
+        assert sub == {
+            "op": "subscribed", "ch": "room.interop", "seq": 0, "epoch": welcome["epoch"]
+        }  # fmt: skip
         for i, value in enumerate(JSON_VALUES, start=1):
             await a.send(f'{{"op":"pub","ch":"room.interop","data":{value},"id":"c-{i}"}}')
             ack = json.loads(await a.recv())
@@ -259,7 +261,8 @@ async def test_node_ws_json(relay: Relay) -> None:
     a = [f["text"] for f in frames if f["conn"] == "a"]
     a2 = [f["text"] for f in frames if f["conn"] == "a2"]
     assert json.loads(a[0])["op"] == "welcome" and json.loads(a2[0])["op"] == "welcome"
-    assert json.loads(a[1]) == {"op": "subscribed", "ch": "room.node", "seq": 0}
+    epoch = json.loads(a[0])["epoch"]
+    assert json.loads(a[1]) == {"op": "subscribed", "ch": "room.node", "seq": 0, "epoch": epoch}
     for i, value in enumerate(JSON_VALUES, start=1):
         ack, msg = a[2 * i], a[2 * i + 1]
         assert json.loads(ack) == {"op": "ack", "ch": "room.node", "seq": i, "id": f"n{i}"}

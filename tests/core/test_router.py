@@ -66,7 +66,9 @@ def test_since_replays_what_the_ring_still_holds() -> None:
     late = world.connect("late")
     late.send({"op": "sub", "ch": "r", "since": 3})
     world.settle()
-    assert late.ops("subscribed") == [{"op": "subscribed", "ch": "r", "seq": 7, "recovered": True}]
+    assert late.ops("subscribed") == [
+        {"op": "subscribed", "ch": "r", "seq": 7, "epoch": world.router.epoch, "recovered": True}
+    ]
     assert [m["seq"] for m in late.ops("msg")] == [4, 5, 6, 7]
 
 
@@ -79,7 +81,9 @@ def test_since_older_than_the_ring_is_not_recovered() -> None:
     late = world.connect("late")
     late.send({"op": "sub", "ch": "r", "since": 1})  # seq 2 fell out of the ring
     world.settle()
-    assert late.ops("subscribed") == [{"op": "subscribed", "ch": "r", "seq": 7, "recovered": False}]
+    assert late.ops("subscribed") == [
+        {"op": "subscribed", "ch": "r", "seq": 7, "epoch": world.router.epoch, "recovered": False}
+    ]
     assert late.ops("msg") == []
 
 

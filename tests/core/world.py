@@ -26,6 +26,7 @@ from common.durability import (
 )
 from common.latency import Stages
 from core.auth import Grant, Principal
+from core.dedupe import DedupeIndex
 from core.errors import SlowConsumer
 from core.outbox import Flusher, Outbox
 from core.router import Router
@@ -228,6 +229,7 @@ class World:
         max_channels_per_user: int = 10_000,
         outbox_limit: int = 1 << 20,
         loop: FakeLoop | None = None,
+        dedupe: tuple[float, int] = (120.0, 100_000),
         **limits: Any,
     ) -> None:
         self.loop = loop if loop is not None else FakeLoop()
@@ -236,6 +238,7 @@ class World:
             self.log,
             history if history is not None else HistoryLimits(size=100),
             max_channels_per_user=max_channels_per_user,
+            dedupe=DedupeIndex(*dedupe, self.loop.wall),  # the server's defaults
         )
         self.flusher = Flusher(self.loop.call_soon)
         self.limits = Limits(**limits)

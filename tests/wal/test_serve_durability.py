@@ -4,17 +4,19 @@ and WAL failures (fdatasync EIO, disk full) -> `unavailable`, /readyz 503, nothi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import websockets
 
-from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for
+from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for, wait_for_sync
 from tests.load import Acked, run_load
 from tests.wal.faults import fdatasync_fault_env
 
@@ -95,6 +97,8 @@ async def test_since_across_a_restart(tmp_path: Path) -> None:
     try:
         await asyncio.to_thread(server.wait_healthy)
         reader = await Client.connect(server.url)
+        epoch = reader.welcome["epoch"]
+        assert len(epoch) == 16
         await reader.sub("room.s")
         writer = await Client.connect(server.url)
         for i in range(5):
@@ -115,7 +119,10 @@ async def test_since_across_a_restart(tmp_path: Path) -> None:
         await asyncio.to_thread(restarted.wait_healthy)
         reader = await Client.connect(restarted.url)
         subscribed = await reader.sub("room.s", since=5)
-        assert subscribed == {"op": "subscribed", "ch": "room.s", "seq": 12, "recovered": True}
+        # the same WAL, so the same epoch as before the restart
+        assert subscribed == {
+            "op": "subscribed", "ch": "room.s", "seq": 12, "epoch": epoch, "recovered": True
+        }  # fmt: skip
         missed = [await reader.expect("msg") for _ in range(7)]
         assert [m["seq"] for m in missed] == list(range(6, 13))
         assert [m["data"] for m in missed] == [{"i": i} for i in range(5, 12)]
@@ -201,3 +208,57 @@ async def test_disk_full_stops_acking(tmp_path: Path, tmpfs: Callable[[str], Pat
         assert "No space left" in server.output() or "ENOSPC" in server.output()
     finally:
         server.kill()
+
+
+async def test_a_retried_mid_after_a_crash_is_one_message_with_one_seq(tmp_path: Path) -> None:
+    """The ack may be lost with the process (SIGKILL right after it): the client retries
+    with the same `mid` on the restarted server and gets the original seq, `dup`."""
+    env = _env(tmp_path, FERRY_HISTORY_SIZE="100")
+    server = ServeProcess(env).start(tmp_path / "a.log")
+    try:
+        await asyncio.to_thread(server.wait_healthy)
+        writer = await Client.connect(server.url, user="alice")
+        epoch = writer.welcome["epoch"]
+        await writer.pub("room.m", {"n": 0}, "c-0")
+        await writer.expect("ack")
+        await writer.send(
+            {"op": "pub", "ch": "room.m", "data": {"n": 1}, "id": "c-1", "mid": "m-1"}
+        )
+        first = await writer.expect("ack")
+        assert first == {"op": "ack", "ch": "room.m", "seq": 2, "id": "c-1"}
+        server.signal(signal.SIGKILL)
+        assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
+    finally:
+        server.kill()
+    restarted = ServeProcess({**env, "FERRY_PORT": str(server.port)}).start(tmp_path / "b.log")
+    try:
+        await asyncio.to_thread(restarted.wait_healthy)
+        writer = await Client.connect(restarted.url, user="alice")
+        assert writer.welcome["epoch"] == epoch
+        await writer.send(
+            {"op": "pub", "ch": "room.m", "data": {"n": 1}, "id": "c-2", "mid": "m-1"}
+        )
+        assert await writer.expect("ack") == {
+            "op": "ack", "ch": "room.m", "seq": 2, "id": "c-2", "dup": True
+        }  # fmt: skip
+        await writer.send(
+            {"op": "pub", "ch": "room.m", "data": {"n": 2}, "id": "c-3", "mid": "m-2"}
+        )
+        assert (await writer.expect("ack"))["seq"] == 3
+        assert list((await _history(restarted.url, "room.m")).values()) == [
+            b'{"n": 0}', b'{"n": 1}', b'{"n": 2}'  # as json.dumps sent them, byte for byte
+        ]  # fmt: skip
+        # the database row holds the mid (the correlation id where there was none)
+        db = tmp_path / "ferry.db"
+
+        def logged() -> list[tuple[int, str]]:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                return conn.execute(
+                    "SELECT seq, client_msg_id FROM ferry_messages WHERE channel = 'room.m' "
+                    "ORDER BY seq"
+                ).fetchall()
+
+        await asyncio.to_thread(wait_for_sync, lambda: len(logged()) == 3, UNIT * 2, "3 rows")
+        assert logged() == [(1, "c-0"), (2, "m-1"), (3, "m-2")]
+    finally:
+        restarted.kill()

@@ -252,7 +252,9 @@ class Replayer:
                             m.seq,
                             ts,
                             m.sender,
-                            m.client_msg_id,
+                            # the message id when the publisher gave one, else the
+                            # correlation id (docs/protocol.md, "Idempotent publish")
+                            m.client_msg_id if m.mid is None else m.mid,
                             m.encoding,
                             m.data,
                         ),
