@@ -60,6 +60,7 @@ class NodeScript:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            limit=1 << 26,  # a report is one (long) line
         )
         self._reader = asyncio.create_task(self._read())
         self._err_reader = asyncio.create_task(self._read_err())
