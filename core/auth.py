@@ -27,7 +27,7 @@ from urllib.parse import parse_qs
 import jwt
 
 from core.config import Config
-from core.errors import AuthError
+from core.errors import AuthError, ReservedUser
 from core.protocol import MAX_CHANNEL_CHARS, NAME_CHARS, SYS_PREFIX
 
 ADMIN_USER = "admin"
@@ -170,7 +170,7 @@ class Authenticator:
             if not _USER_RE.fullmatch(user):
                 raise AuthError("user name is not valid")
             if user in RESERVED_USERS:
-                raise AuthError(f"user name {user} is reserved")
+                raise ReservedUser(f"user name {user} is reserved")
             return Grant(self._principal(user))
         if not token:
             raise AuthError("missing token")
@@ -191,7 +191,7 @@ class Authenticator:
         if not isinstance(subject, str) or not _USER_RE.fullmatch(subject):
             raise AuthError("token subject is not a valid user name")
         if subject in RESERVED_USERS or subject == ANONYMOUS_USER:
-            raise AuthError(f"user name {subject} is reserved")
+            raise ReservedUser(f"user name {subject} is reserved")
         exp = float(claims["exp"])
         max_ttl = self._config.jwt_max_ttl
         if max_ttl and exp - time.time() > max_ttl:

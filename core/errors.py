@@ -17,8 +17,10 @@
     │   ├── SlowConsumer           4408: the outbox or a history replay overran
     │   ├── RateAbuse              4429: kept publishing while rate limited
     │   ├── ShuttingDown           1001: graceful shutdown
+    │   ├── TryLater               1013: one connection too many for its user (first-frame auth)
     │   └── PeerClosed             1000: the client closed first (our answer)
     ├── AuthError                  bad/expired token: HTTP 401 at the upgrade, 4401 after it
+    │   └── ReservedUser           a token for a user who may not connect: 401, 4403 after it
     ├── RecordRefused              too_large: the log's format cannot hold it (common.errors)
     └── LocalError                 our side failed; the client only learns the code
         └── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
@@ -61,8 +63,9 @@ class CloseCode(enum.IntEnum):
     INVALID_TEXT = 1007  # text frame that is not UTF-8 (RFC 6455 §8.1)
     MESSAGE_TOO_BIG = 1009  # frame over max_frame_bytes
     INTERNAL_ERROR = 1011  # this connection hit a server fault; others are unaffected
+    TRY_AGAIN_LATER = 1013  # a connection limit, found after first-frame auth
     TOKEN_EXPIRED = 4401  # the token expired or a refresh was refused: get a new one
-    AUTH_FORBIDDEN = 4403  # the token may not be used here (another user): stop
+    AUTH_FORBIDDEN = 4403  # the token may not be used here (another user, a reserved one): stop
     SLOW_CONSUMER = 4408  # outbox passed max_outbox_bytes
     RATE_ABUSE = 4429  # kept publishing while rate limited
 
@@ -107,6 +110,11 @@ class AuthError(FerryError):
     """The token is missing, malformed, badly signed or expired (HTTP 401)."""
 
 
+class ReservedUser(AuthError):
+    """A well-formed token (or `?user=`) for a name nobody may connect as: no new token of
+    the same kind helps."""
+
+
 class Closing(ClientFacing):
     """A condition that ends the connection."""
 
@@ -147,6 +155,10 @@ class PeerClosed(Closing):
     pass
 
 
+class TryLater(Closing):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What a client is told: an error frame (`ErrorCode`) or a close (`CloseCode`), with a
@@ -170,6 +182,8 @@ ANSWERS: dict[type[BaseException], Answer] = {
     ),
     LocalError: Answer(ErrorCode.UNAVAILABLE, "the server could not take the message"),
     AuthError: Answer(CloseCode.TOKEN_EXPIRED),
+    ReservedUser: Answer(CloseCode.AUTH_FORBIDDEN),
+    TryLater: Answer(CloseCode.TRY_AGAIN_LATER),
     WrongUser: Answer(CloseCode.AUTH_FORBIDDEN),
     ProtocolViolation: Answer(CloseCode.PROTOCOL_ERROR),
     InvalidText: Answer(CloseCode.INVALID_TEXT),

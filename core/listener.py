@@ -3,7 +3,11 @@
 core/accept.py reads the request head and calls `upgrade()` for `/ws`, which checks the
 Origin, the connection limits (HTTP 503 overall, 429 per user and per client address) and
 the token (HTTP 401/403 before the upgrade), picks the subprotocol, and returns a
-`Connection`.
+`Connection`. Under jwt a request with no token at all is upgraded too: its session
+waits for an `auth` first frame (first-frame auth), and the per-user limit is checked
+then (`Connection._admit`; close 1013). Until then the connection counts toward
+`max_connections` and is closed at shutdown, but the connect hooks (events, the guard's
+per-user and per-address counts) run only once it is in.
 
 `Connection` is glue only: it turns each picows frame into a call on the connection's
 `WebSocket` (core/websocket.py: reassembly, UTF-8, the close echo, pings and keepalive
@@ -31,8 +35,8 @@ from picows import (
 )
 
 from common.durability import Encoding
-from core.auth import Grant, token_from_request
-from core.errors import AuthError, SlowConsumer
+from core.auth import Grant, Principal, token_from_request
+from core.errors import AuthError, SlowConsumer, TryLater
 from core.outbox import Outbox
 from core.protocol import SUBPROTOCOL_NAMES, SUBPROTOCOLS
 from core.session import Session
@@ -109,14 +113,17 @@ def _upgrade(
     if refusal is not None:
         return _refuse(hub, refusal, 429, "too many connections from this address")
     token, query = token_from_request(raw_path, headers)
-    try:
-        grant = hub.auth.authenticate(token, query)
-    except AuthError as exc:
-        hub.metrics_rejected("auth")
-        return WSUpgradeResponseWithListener(_http_error(401, str(exc)), None)
-    refusal = guard.refuse_user(grant.principal.user)
-    if refusal is not None:
-        return _refuse(hub, refusal, 429, "too many connections for this user")
+    grant: Grant | None = None
+    if token is not None or not hub.auth.enabled:
+        try:
+            grant = hub.auth.authenticate(token, query)
+        except AuthError as exc:
+            hub.metrics_rejected("auth")
+            return WSUpgradeResponseWithListener(_http_error(401, str(exc)), None)
+        refusal = guard.refuse_user(grant.principal.user)
+        if refusal is not None:
+            return _refuse(hub, refusal, 429, "too many connections for this user")
+    # else: no token at all, under jwt: first-frame auth (the session waits for `auth`)
     encoding = _pick_subprotocol(headers.get("Sec-WebSocket-Protocol"))
     if encoding is None:
         hub.metrics_rejected("subprotocol")
@@ -126,23 +133,34 @@ def _upgrade(
     extra = {}
     if headers.get("Sec-WebSocket-Protocol"):
         extra["Sec-WebSocket-Protocol"] = SUBPROTOCOL_NAMES[encoding]
-    conn = Connection(hub, grant, encoding, remote, address)
+    conn = Connection(hub, grant, encoding, remote, address, guard)
     return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), conn)
+
+
+# Who a connection is until its first-frame `auth` is accepted: allowed nothing.
+UNAUTHENTICATED = Principal(user="", pub_patterns=(), sub_patterns=())
 
 
 class Connection(WSListener):
     __slots__ = (
-        "_cutoff", "address", "conn_id", "connected_at", "encoding", "grant", "hub", "outbox",
-        "principal", "remote", "session", "transport", "ws",
+        "_cutoff", "address", "conn_id", "connected_at", "encoding", "grant", "guard", "hub",
+        "outbox", "principal", "remote", "session", "transport", "ws",
     )  # fmt: skip
 
     def __init__(
-        self, hub: RelayState, grant: Grant, encoding: Encoding, remote: str, address: str = ""
+        self,
+        hub: RelayState,
+        grant: Grant | None,
+        encoding: Encoding,
+        remote: str,
+        address: str = "",
+        guard: Guard | None = None,
     ) -> None:
         super().__init__()
         self.hub = hub
-        self.grant = grant
-        self.principal = grant.principal
+        self.grant = grant  # None: first-frame auth has not happened yet
+        self.guard = guard
+        self.principal = grant.principal if grant is not None else UNAUTHENTICATED
         self.encoding = encoding
         self.remote = remote  # for ferry_events: the forwarded address, else "ip:port"
         self.address = address  # what the per-address limit counts (core.guard)
@@ -183,13 +201,17 @@ class Connection(WSListener):
             hub.config.node_id,
             self._request_close,
             hub.errors,
-            expires_at=self.grant.expires_at,
+            expires_at=self.grant.expires_at if self.grant is not None else None,
             schedule=hub.loop.call_later,
             authenticate=hub.auth.refresh,
         )
         self.ws = WebSocket(self.session, self.outbox, hub.config.max_frame_bytes, hub)
-        hub.connected(self)
-        self.session.start()
+        if self.grant is None:
+            hub.waiting(self)
+            self.session.start_unauthenticated(hub.config.auth_timeout, self._admit)
+        else:
+            hub.connected(self)
+            self.session.start()
         transport.request.headers = None  # type: ignore[assignment]
         transport.response.headers = None  # type: ignore[assignment]
 
@@ -211,10 +233,24 @@ class Connection(WSListener):
         elif msg_type is _CLOSE and ws.receive_close(transport.is_close_frame_sent):
             transport.disconnect(graceful=True)  # the answer to our close: done
 
+    def _admit(self, grant: Grant) -> BaseException | None:
+        """First-frame auth accepted `grant`: the per-user limit, then the connect hooks."""
+        guard = self.guard
+        if guard is not None and guard.refuse_user(grant.principal.user) is not None:
+            self.hub.metrics_rejected("max_connections_per_user")
+            return TryLater("too many connections for this user; try again later")
+        self.grant = grant
+        self.principal = grant.principal
+        self.hub.connected(self)
+        return None
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self.session is not None:
             self.session.closed()
-            self.hub.disconnected(self)
+            if self.grant is None:
+                self.hub.stopped_waiting(self)  # never got in: no hooks ran for it
+            else:
+                self.hub.disconnected(self)
         if self._cutoff is not None:
             self._cutoff.cancel()  # type: ignore[attr-defined]
 

@@ -103,6 +103,14 @@ class RelayState:
     def next_conn_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
 
+    def waiting(self, conn: Connection) -> None:
+        """A connection waiting for its first-frame `auth`: counted and closed at
+        shutdown like any other, but the connect hooks wait until it is in."""
+        self.connections[conn] = None
+
+    def stopped_waiting(self, conn: Connection) -> None:
+        self.connections.pop(conn, None)
+
     def connected(self, conn: Connection) -> None:
         self.connections[conn] = None
         self.connections_total += 1

@@ -4,8 +4,12 @@ ferry do is decided here, and can be tested with a fake writer and no socket.
 
 Connection states, all in one table:
 
-    OPEN ──close(code)──▶ CLOSING ──closed()──▶ CLOSED
-      └──────────────────closed()──────────────────┘
+    AUTH ──auth frame──▶ OPEN ──close(code)──▶ CLOSING ──closed()──▶ CLOSED
+      │                    └──────────────────closed()──────────────────┘
+      └── another frame, a bad token, the timeout: close 4401 (4403, 1013) ──▶ CLOSING
+
+A connection that came without a token starts in AUTH (first-frame auth: browsers cannot
+read an HTTP 401): its first frame must be `auth`, and only then is it greeted.
 
 `close(code)` leaves OPEN at once (no more input is read, no more messages are delivered)
 but asks the transport to close only once every publish it accepted has its `ack` (or
@@ -71,12 +75,14 @@ from core.scheduling import Cancellable, Clock, Later
 
 
 class State(enum.Enum):
+    AUTH = "auth"  # waiting for the first frame's token
     OPEN = "open"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
+    State.AUTH: frozenset({State.OPEN, State.CLOSING, State.CLOSED}),
     State.OPEN: frozenset({State.CLOSING, State.CLOSED}),
     State.CLOSING: frozenset({State.CLOSED}),
     State.CLOSED: frozenset(),
@@ -92,6 +98,9 @@ CLOSE_ACK_GRACE_S = 5.0
 
 
 Authenticate = Callable[[str], Grant]
+# First-frame auth: the transport's say on an authenticated grant (its connection limits):
+# None admits it, an exception refuses it (answered as `core.errors.ANSWERS` says).
+Admit = Callable[[Grant], BaseException | None]
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -139,7 +148,7 @@ class Session:
 
     # slots: an idle connection's memory is mostly these objects (docs/benchmarks.md)
     __slots__ = (
-        "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
+        "_admit", "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
         "_errors", "_expiry", "_pending_close", "_replays", "_request_close", "_schedule",
         "_strikes", "_tokens", "_tokens_at", "_wall", "close_code", "conn_id", "encoding",
         "expires_at", "inflight", "limits", "node_id", "outbox", "principal", "router",
@@ -192,6 +201,7 @@ class Session:
         self._close_timer: Cancellable | None = None
         self.expires_at = expires_at  # Unix seconds the token expires at (None: never)
         self._expiry: Cancellable | None = None
+        self._admit: Admit | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -219,6 +229,47 @@ class Session:
         )
         self._arm_expiry()
 
+    def start_unauthenticated(self, timeout: float, admit: Admit) -> None:
+        """First-frame auth: wait up to `timeout` seconds for `{"op":"auth"}`; `start()`
+        follows once its token is good and `admit` lets the grant in."""
+        if self.state is not State.OPEN or self.subscriptions:
+            raise RuntimeError(f"session {self.conn_id} has started already")
+        self.state = State.AUTH  # its initial state, instead of OPEN
+        self._admit = admit
+        if self._schedule is not None:
+            self._expiry = self._schedule(timeout, self._auth_timed_out)
+
+    def _auth_timed_out(self) -> None:
+        self._expiry = None
+        self.fail(AuthError("no auth frame came in time: send it first"))
+
+    def _first_frame(self, payload: bytes, is_text: bool) -> None:
+        try:
+            frame = self._decoder.decode(payload) if is_text == self._encoding_is_json else None
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            frame = None
+        if not isinstance(frame, Auth) or self._authenticate is None:
+            self.fail(AuthError('authenticate first: the first frame must be {"op":"auth"}'))
+            return
+        try:
+            grant = self._authenticate(frame.token)
+        except AuthError as exc:
+            self.fail(exc)
+            return
+        admit = self._admit
+        refusal = admit(grant) if admit is not None else None
+        if refusal is not None:
+            self.fail(refusal)
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.principal = grant.principal
+        self.user = grant.principal.user
+        self.expires_at = grant.expires_at
+        self._move(State.OPEN)
+        self.start()
+
     def _arm_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
@@ -243,7 +294,7 @@ class Session:
     def close(self, code: int, reason: str) -> None:
         """Stop reading and delivering, then ask the transport to close with `code` once
         the acks this connection is owed are queued. Idempotent."""
-        if self.state is not State.OPEN:
+        if self.state is not State.OPEN and self.state is not State.AUTH:
             return
         self._move(State.CLOSING)
         self.close_code = code
@@ -328,6 +379,8 @@ class Session:
     def receive(self, payload: bytes, is_text: bool) -> None:
         """Handle one complete client message."""
         if self.state is not State.OPEN:
+            if self.state is State.AUTH:
+                self._first_frame(payload, is_text)
             return
         if is_text != self._encoding_is_json:
             expected = "text" if self._encoding_is_json else "binary"

@@ -100,8 +100,8 @@ const client = new RelayClient({
         kind: "refused",
         title: tokenInUse ? "Admin token rejected." : "Token required.",
         text:
-          "The relay answers HTTP but refused the WebSocket upgrade, which it does for a " +
-          "missing, bad or expired token (HTTP 401).",
+          "The relay answers HTTP but refused the connection, which it does for a " +
+          "missing, bad or expired token (HTTP 401 at the upgrade, or close 4401).",
       };
     } else if (authProblem?.kind === "refused" && (s.state === "open" || (s.state === "waiting" && !s.refused))) {
       authProblem = null; // it got through after all, or the relay is simply down now

@@ -177,6 +177,7 @@ export class RelayClient {
     }
     this.ws = ws;
     let opened = false;
+    let welcomed = false;
     this.go("connecting", { url: target.displayUrl, idleReason: "" });
 
     ws.onopen = () => {
@@ -184,6 +185,9 @@ export class RelayClient {
       opened = true;
       this.lastRx = this.lastTx = Date.now();
       this.go("open", { refused: false });
+      // Without a token a relay that requires one waits for a first-frame `auth`; any other
+      // first frame gets close 4401 at once (with auth off: a pong after the welcome).
+      if (target.protocols.length === 0) this.send(PING_FRAME);
     };
     ws.onmessage = (ev: MessageEvent) => {
       if (this.ws !== ws) return;
@@ -191,7 +195,10 @@ export class RelayClient {
       if (typeof ev.data !== "string") return; // binary = msgpack; we asked for JSON
       const frame = parseServerFrame(ev.data);
       if (!frame) return;
-      if (frame.op === "welcome") this.onWelcome();
+      if (frame.op === "welcome") {
+        welcomed = true;
+        this.onWelcome();
+      }
       this.on.frame(frame);
     };
     ws.onclose = (ev: CloseEvent) => {
@@ -200,7 +207,8 @@ export class RelayClient {
       this.stopKeepAlive();
       const name = CLOSE_NAMES[ev.code] ?? "closed";
       const why = `${ev.code} ${name}${ev.reason ? `: ${ev.reason}` : ""}`;
-      this.scheduleRetry(why, opened);
+      // 4401 before any welcome: refused for its token, like an HTTP 401 at the upgrade
+      this.scheduleRetry(why, opened && (welcomed || ev.code !== 4401));
     };
     // onerror carries no detail in browsers; onclose always follows it.
     ws.onerror = () => undefined;

@@ -3,6 +3,8 @@ reconnecting, secrets long enough, reserved names, inboxes out of wildcards' rea
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from dataclasses import replace
 
@@ -131,3 +133,109 @@ async def test_token_expiry_closes_a_real_connection_with_4401(start_relay) -> N
     with pytest.raises(websockets.ConnectionClosed) as closed:
         await doomed.recv(timeout=UNIT)  # nothing arrives until the token expires
     assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.TOKEN_EXPIRED
+
+
+# --- first-frame auth: connect without a token, send `auth` first ---------------------
+
+
+def _admit_all(grant: Grant) -> BaseException | None:
+    return None
+
+
+def test_first_frame_auth_greets_only_after_a_good_auth_frame() -> None:
+    world = World()
+    world.grants["good"] = Grant(Principal(user="alice", sub_patterns=("room.*",)), None)
+    admitted: list[str] = []
+
+    def admit(grant: Grant) -> BaseException | None:
+        admitted.append(grant.principal.user)
+        return None
+
+    peer = world.connect("", first_frame_auth=admit)
+    world.tick()
+    assert peer.frames() == [] and peer.session.subscriptions == set()  # nothing before auth
+    peer.send({"op": "auth", "token": "good"})
+    world.tick()
+    welcome = peer.frames()[0]
+    assert welcome["op"] == "welcome" and welcome["user"] == "alice" and admitted == ["alice"]
+    assert welcome["inbox"] == {"ch": "@alice", "seq": 0}
+    peer.send({"op": "sub", "ch": "room.1"})
+    peer.send({"op": "sub", "ch": "news"})
+    world.tick()
+    assert [f["op"] for f in peer.frames()[1:]] == ["subscribed", "error"]  # its rights apply
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [
+        ({"op": "sub", "ch": "room.1"}, CloseCode.TOKEN_EXPIRED),  # another frame first
+        ({"op": "auth", "token": "nonsense"}, CloseCode.TOKEN_EXPIRED),  # a bad token
+        (b"{not json", CloseCode.TOKEN_EXPIRED),
+    ],
+)
+def test_first_frame_auth_refusals_close_4401(first: dict[str, object] | bytes, code: int) -> None:
+    world = World()
+    peer = world.connect("", first_frame_auth=_admit_all)
+    peer.send(first)
+    world.tick()
+    assert peer.closes and peer.closes[0][0] == code
+    assert [f for f in peer.frames() if f["op"] == "welcome"] == []
+    peer.send({"op": "pub", "ch": "room.1", "data": 1})  # read and dropped after the close
+    assert world.router.counters.msgs_in == 0
+
+
+def test_first_frame_auth_times_out_with_4401() -> None:
+    world = World()
+    peer = world.connect("", first_frame_auth=_admit_all)
+    world.loop.advance(9.0)
+    assert peer.closes == []
+    world.loop.advance(1.5)
+    assert peer.closes[0][0] == CloseCode.TOKEN_EXPIRED and "in time" in peer.closes[0][1]
+
+
+def test_first_frame_auth_past_the_transports_limit_closes_1013() -> None:
+    from core.errors import TryLater
+
+    world = World()
+    world.grants["good"] = Grant(Principal(user="alice"), None)
+    peer = world.connect("", first_frame_auth=lambda grant: TryLater("too many"))
+    peer.send({"op": "auth", "token": "good"})
+    world.tick()
+    assert peer.closes[0][0] == CloseCode.TRY_AGAIN_LATER
+
+
+async def test_first_frame_auth_on_a_real_connection(start_relay) -> None:  # type: ignore[no-untyped-def]
+    relay = await start_relay(
+        auth="jwt", jwt_secret=SECRET, auth_timeout=0.5, max_connections_per_user=1
+    )
+    good = make_token(SECRET, "alice", ["*"], ["*"], ttl_s=600)
+    async with websockets.connect(relay.url, open_timeout=UNIT) as ws:  # upgraded without a token
+        await ws.send(json.dumps({"op": "auth", "token": good}))
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), UNIT))
+        assert welcome["op"] == "welcome" and welcome["user"] == "alice"
+        await ws.send('{"op":"pub","ch":"room.1","data":1,"mid":"m-1"}')
+        ack = json.loads(await asyncio.wait_for(ws.recv(), UNIT))
+        assert ack == {"op": "ack", "ch": "room.1", "seq": 1}
+        # the same user once more is one connection too many: 1013 once its token is known
+        async with websockets.connect(relay.url, open_timeout=UNIT) as again:
+            await again.send(json.dumps({"op": "auth", "token": good}))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(again.recv(), UNIT)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == CloseCode.TRY_AGAIN_LATER
+    reserved = make_token(SECRET, "admin", ["*"], ["*"], ttl_s=600)
+    for first, code in (
+        (json.dumps({"op": "auth", "token": reserved}), CloseCode.AUTH_FORBIDDEN),
+        ('{"op":"ping"}', CloseCode.TOKEN_EXPIRED),
+        (None, CloseCode.TOKEN_EXPIRED),  # nothing at all: FERRY_AUTH_TIMEOUT
+    ):
+        async with websockets.connect(relay.url, open_timeout=UNIT) as ws:
+            if first is not None:
+                await ws.send(first)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), UNIT)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == code, first
+    # a bad token in the query is still refused at the upgrade (clients that read HTTP)
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(relay.url + "?token=nonsense", open_timeout=UNIT)
+    assert refused.value.response.status_code == 401

@@ -30,7 +30,7 @@ from core.dedupe import DedupeIndex
 from core.errors import SlowConsumer
 from core.outbox import Flusher, Outbox
 from core.router import Router
-from core.session import Limits, Session
+from core.session import Admit, Limits, Session
 
 _json = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Decoder()
@@ -255,7 +255,10 @@ class World:
         pub: tuple[str, ...] = ("*",),
         sub: tuple[str, ...] = ("*",),
         expires_at: float | None = None,
+        first_frame_auth: Admit | None = None,
     ) -> Peer:
+        """A connected session; with `first_frame_auth` one that came without a token and
+        waits for `auth` (10 s), `first_frame_auth` standing in for the transport's limits."""
         writer = FakeWriter()
         peer: Peer
         outbox = Outbox(
@@ -289,7 +292,10 @@ class World:
             wall_clock=self.loop.wall,
         )
         peer = Peer(session, writer, outbox)
-        session.start()
+        if first_frame_auth is None:
+            session.start()
+        else:
+            session.start_unauthenticated(10.0, first_frame_auth)
         return peer
 
     def _authenticate(self, token: str) -> Grant:
