@@ -438,11 +438,11 @@ export class Ferry {
 
   // ---- the connection -------------------------------------------------------------------
 
-  private go(ev: Transition, info: Partial<StateInfo> = {}): boolean {
+  private go(ev: Transition, info: Partial<StateInfo> = {}, quiet = false): boolean {
     const next = TRANSITIONS[this.state][ev];
     if (!next) return false;
     this.state = next;
-    this.o.onState?.(next, { attempt: this.attempt, ...info });
+    if (!quiet) this.o.onState?.(next, { attempt: this.attempt, ...info });
     return true;
   }
 
@@ -474,7 +474,10 @@ export class Ferry {
     ws.onopen = () => {
       opened = true;
       this.go("open");
-      if (this.token && (o.auth ?? "frame") === "frame") this.send({ op: "auth", token: this.token, id: "auth" });
+      // The first frame: the token (first-frame auth), or without one a ping, so that a relay
+      // that wants a token says so at once (close 4401) rather than after its auth timeout.
+      if (!this.token) this.send({ op: "ping" });
+      else if ((o.auth ?? "frame") === "frame") this.send({ op: "auth", token: this.token, id: "auth" });
     };
     ws.onmessage = (ev: { data: string | ArrayBuffer }) => {
       if (this.ws !== ws) return;
@@ -609,7 +612,9 @@ export class Ferry {
   }
 
   private onWelcome(w: Welcome): void {
-    if (!this.go("welcome")) return;
+    // ready before the subs and the queue go out, but announced after them (onState sees
+    // `welcome` set and a publish it makes queues behind the resent ones)
+    if (!this.go("welcome", {}, true)) return;
     this.welcome = w;
     this.readyAt = Date.now();
     const l = w.limits ?? {};
@@ -630,6 +635,7 @@ export class Ferry {
     for (const s of this.subs.values()) this.sendSub(s);
     this.flush();
     this.scheduleRefresh(this.token ? tokenExpiry(this.token) : undefined);
+    this.o.onState?.("ready", { attempt: this.attempt });
     this.settle?.[0](w);
   }
 

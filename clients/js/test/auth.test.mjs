@@ -41,7 +41,7 @@ test("token in the query when asked", async (t) => {
   q.ferry.connect();
   assert.equal(q.last().url, "ws://relay/ws?x=1&token=a%20b");
   q.last().open();
-  assert.deepEqual(q.last().sent, []);
+  assert.deepEqual(q.last().sent, [], "the token is in the URL: nothing to send first");
 });
 
 test("token in a ferry.token.* subprotocol when asked", async (t) => {

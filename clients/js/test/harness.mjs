@@ -13,6 +13,7 @@ export class FakeSocket {
     this.readyState = 0;
     this.sent = [];
     this.sentAt = [];
+    this.raw = [];
     this.closedWith = undefined;
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
     FakeSocket.all.push(this);
@@ -21,6 +22,7 @@ export class FakeSocket {
     if (this.readyState !== 1) throw new Error("send on a socket that is not open");
     this.sent.push(typeof data === "string" ? JSON.parse(data) : data);
     this.sentAt.push(Date.now());
+    this.raw.push(data);
   }
   close(code) {
     this.closedWith = code ?? 1005;

@@ -17,7 +17,8 @@ test("the msgpack codec: ferry.v1.msgpack, binary frames both ways", async (t) =
   ws.onmessage({ data: encode({ op: "welcome", client: "c", user: "u", node: "n", version: 1 }).slice().buffer });
   assert.equal(h.ferry.state, "ready");
   const p = h.ferry.publish("room.1", { x: 1 });
-  const sent = ws.sent[0];
+  assert.deepEqual(msgpack.decode(ws.sent[0]), { op: "ping" }, "no token: a ping first");
+  const sent = ws.sent[1];
   assert.ok(sent instanceof Uint8Array);
   const pub = msgpack.decode(sent);
   assert.deepEqual([pub.op, pub.data], ["pub", { x: 1 }]);
