@@ -23,6 +23,8 @@ import argparse
 import sys
 
 from bench import targets
+from bench.http import add_flags as add_http_flags
+from bench.http import run_http
 from bench.report import Result, compare_doc, format_compare, format_run, write_json
 from bench.runner import BenchError
 from bench.scenarios import COMPARABLE, LOAD_SCENARIOS, NeedsWal, default_workers, run_scenario
@@ -35,6 +37,7 @@ HELP = {
     "ingest": "P publishers, no subscribers, durable acks (needs the WAL)",
     "connections": "N idle connections; server RSS per connection",
     "replay": "write a WAL of N records, drain it into --db (needs the replayer)",
+    "http": "publishes through the HTTP API (single or --batch N) over keep-alive connections",
 }
 
 
@@ -154,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--profile", metavar="PREFIX", help="run the replayer under py-spy: PREFIX-*.folded"
     )
+    http = sub.add_parser("http", help=HELP["http"], description=HELP["http"])
+    add_http_flags(http)
     cmp = sub.add_parser("compare", help="run ferry and each peer on one scenario; ratios")
     csub = cmp.add_subparsers(dest="compared", required=True, metavar="SCENARIO")
     for name in COMPARABLE:
@@ -213,7 +218,10 @@ def _best(results: list[Result]) -> Result:
 
 def _run_one(args: argparse.Namespace) -> int:
     scenario = args.scenario
-    if scenario == "replay":
+    result: Result | None
+    if scenario == "http":
+        result = run_http(args)
+    elif scenario == "replay":
         from bench.replay import NEEDS, run_replay
 
         result = run_replay(args)

@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 
 from common.durability import DurableLog, LogUnavailable
 from common.service import Service
+from core.api import Api
+from core.api_server import ApiServer
 from core.config import Config
 from core.listener import Connection
 from core.memory_log import MemoryLog
@@ -67,7 +69,14 @@ def build(config: Config, durable_log: DurableLog | None = None) -> Server:
             server.extensions.append(lambda srv: _replayer(srv, wal))
     if config.webhook_url:
         server.extensions.append(_watch)
+    if config.api_keys:
+        server.extensions.append(_api)
     return server
+
+
+def _api(server: Server) -> Iterable[Service]:
+    """The HTTP API for backends, on its own port, when a key is configured."""
+    return (ApiServer(server.relay, Api(server.relay)),)
 
 
 def _connection_events(server: Server, wal: WalLog) -> Iterable[Service]:

@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -98,6 +99,22 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
+def _api_keys(value: Any) -> str | None:
+    names = set()
+    for item in value:
+        name, sep, secret = item.partition(":")
+        if not sep or not name:
+            return "each key must be name:secret"
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or name in ("admin", "ferry"):
+            return f"key name {name!r} must be 1-64 of A-Z a-z 0-9 _ . - (not admin or ferry)"
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            return f"the secret of key {name!r} must be at least {MIN_SECRET_BYTES} bytes"
+        if name in names:
+            return f"key name {name!r} is given twice"
+        names.add(name)
+    return None
+
+
 def _node_id(value: Any) -> str | None:
     size = len(value.encode())
     return None if 0 < size <= NODE_ID_MAX_BYTES else f"must be 1..{NODE_ID_MAX_BYTES} UTF-8 bytes"
@@ -133,6 +150,28 @@ class Config:
     )
     max_handshakes_per_ip: int = setting(
         32, help="unfinished upgrade requests at once from one address", check=_positive
+    )
+    # HTTP API (core/api.py), on when at least one key is configured
+    api_host: str = setting("127.0.0.1", help="address of the HTTP API listener")
+    api_port: int = setting(8081, help="port of the HTTP API listener", check=_between(0, 65535))
+    api_keys: tuple[str, ...] = setting(
+        (),
+        help="comma-separated name:secret API keys (secrets >= 32 bytes); the name is the "
+        "`from` of what the key publishes; none: the API is off",
+    )
+    api_max_body_bytes: int = setting(
+        8 * 1024 * 1024, help="largest HTTP API request body (413 past it)", check=_at_least(1024)
+    )
+    api_idle_timeout: float = setting(
+        60.0, help="seconds an idle HTTP API keep-alive connection is kept", check=_positive
+    )
+    api_max_connections: int = setting(
+        1024, help="HTTP API connections at once (more are closed at once)", check=_positive
+    )
+    api_rate: float = setting(
+        0.0,
+        help="messages per second per API key (token bucket, burst 2x; 429 past it); 0: no limit",
+        check=_non_negative,
     )
     # storage
     durability: Literal["wal", "memory"] = setting(
@@ -526,6 +565,9 @@ def load(
                 f"{name} ({env_name(name)}) is {len(secret.encode())} bytes; it must be at least "
                 f"{MIN_SECRET_BYTES} bytes: generate one with {GENERATE_SECRET}"
             )
+    problem = _api_keys(config.api_keys)  # checked here: a value error must not echo secrets
+    if problem:
+        raise ConfigError(f"api_keys ({env_name('api_keys')}): {problem}")
     if config.max_data_bytes >= config.max_frame_bytes:
         raise ConfigError(
             f"max_data_bytes ({env_name('max_data_bytes')}) = {config.max_data_bytes} must be "

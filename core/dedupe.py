@@ -22,20 +22,33 @@ the ack does not turn the client's retry into a second message.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 Key = tuple[str, str, str]  # (sender, channel, mid)
-# Who waits for a pending original: the duplicate's ack or failure goes to them.
-Waiter = tuple[Callable[[int], None], Callable[[], None]]
+MsgId = str | int | None
+
+
+class Publisher(Protocol):
+    """Whoever is owed the answer to a publish: a WebSocket session, an HTTP request."""
+
+    def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
+        """The message is durable (`dup`: an earlier publish of its mid was)."""
+        ...
+
+    def unavailable(self, msg_id: MsgId) -> None:
+        """The log could not take it: nothing was accepted."""
+        ...
 
 
 class Seen:
-    __slots__ = ("seq", "ts", "waiters")
+    __slots__ = ("at", "seq", "ts_ms", "waiters")
 
-    def __init__(self, seq: int, ts: float, durable: bool) -> None:
+    def __init__(self, seq: int, ts_ms: int, at: float, durable: bool) -> None:
         self.seq = seq
-        self.ts = ts
+        self.ts_ms = ts_ms  # the original's `ts`
+        self.at = at  # when it was accepted, on the index's clock (the window runs from it)
         # None once durable; while pending, the duplicates waiting for it
-        self.waiters: list[Waiter] | None = None if durable else []
+        self.waiters: list[tuple[Publisher, MsgId]] | None = None if durable else []
 
 
 class DedupeIndex:
@@ -63,16 +76,16 @@ class DedupeIndex:
         seen = self._seen.get(key)
         if seen is None:
             return None
-        if seen.ts < self._clock() - self.window_s:
-            self._expire()
+        if seen.at < self._clock() - self.window_s:
+            self._expire(self._clock())
             return None
         return seen
 
-    def add(self, key: Key, seq: int) -> Seen:
+    def add(self, key: Key, seq: int, ts_ms: int) -> Seen:
         """Remember a new publish (pending until `durable`)."""
         now = self._clock()
         self._expire(now)
-        seen = self._seen[key] = Seen(seq, now, durable=False)
+        seen = self._seen[key] = Seen(seq, ts_ms, now, durable=False)
         if len(self._seen) > self.max_entries:
             self._evict()
         return seen
@@ -83,8 +96,8 @@ class DedupeIndex:
         if seen is None or seen.waiters is None:
             return
         waiters, seen.waiters = seen.waiters, None
-        for ack, _failed in waiters:
-            ack(seen.seq)
+        for publisher, msg_id in waiters:
+            publisher.ack(key[1], seen.seq, seen.ts_ms, msg_id, True)
         if len(self._seen) > self.max_entries:  # pending ones held it over the cap
             self._evict()
 
@@ -93,8 +106,8 @@ class DedupeIndex:
         seen = self._seen.pop(key, None)
         if seen is None or not seen.waiters:
             return
-        for _ack, failed in seen.waiters:
-            failed()
+        for publisher, msg_id in seen.waiters:
+            publisher.unavailable(msg_id)
 
     def restore(self, entries: Iterable[tuple[str, str, str, int, int]]) -> int:
         """Put back recovered (sender, channel, mid, seq, ts_ms), oldest first; the ones
@@ -103,24 +116,24 @@ class DedupeIndex:
         seen = self._seen
         n = 0
         for sender, channel, mid, seq, ts_ms in entries:
-            ts = ts_ms / 1000.0
-            if ts < floor:
+            at = ts_ms / 1000.0
+            if at < floor:
                 continue
             key = (sender, channel, mid)
             seen.pop(key, None)  # keep arrival order: a later record is the newer one
-            seen[key] = Seen(seq, ts, durable=True)
+            seen[key] = Seen(seq, ts_ms, at, durable=True)
             n += 1
         while len(seen) > self.max_entries:
             self._evict()
         return n
 
-    def _expire(self, now: float | None = None) -> None:
-        floor = (self._clock() if now is None else now) - self.window_s
+    def _expire(self, now: float) -> None:
+        floor = now - self.window_s
         seen = self._seen
         while seen:
             key = next(iter(seen))
             entry = seen[key]
-            if entry.ts >= floor or entry.waiters:  # a pending one waits for its answer
+            if entry.at >= floor or entry.waiters:  # a pending one waits for its answer
                 break
             del seen[key]
             self.expired += 1

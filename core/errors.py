@@ -197,6 +197,26 @@ ANSWERS: dict[type[BaseException], Answer] = {
 }
 
 
+# The HTTP API's status for each code (docs/api.md); the codes past the protocol's are the
+# API's own (it raises `core.api.ApiError` with them).
+HTTP_STATUS: dict[str, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    "unauthorized": 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_SUBSCRIBED: 400,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "timeout": 408,
+    ErrorCode.TOO_LARGE: 413,
+    "uri_too_long": 414,
+    "header_too_large": 431,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.LIMIT_EXCEEDED: 429,
+    "internal": 500,
+    ErrorCode.UNAVAILABLE: 503,
+}
+
+
 def answer_for(exc: BaseException) -> tuple[ErrorCode | CloseCode, str]:
     """The code and the public reason a client is given for `exc` (see `ANSWERS`)."""
     # BaseException is in every MRO, and in the table: there is always a nearest class

@@ -98,26 +98,35 @@ class RelayState:
         self.db_status: Callable[[], DbStatus] | None = None
         self.on_disconnect: list[Callable[[Connection], None]] = []
         self._ids = itertools.count(1)
+        self._by_id: dict[str, Connection] = {}
         self._id_prefix = f"{config.node_id}-{int(self.started_at) % 100000:05d}-"
 
     def next_conn_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
 
+    def connection(self, conn_id: str) -> Connection | None:
+        """The connection whose `welcome.client` this is (the HTTP API's `exclude_client`)."""
+        return self._by_id.get(conn_id)
+
     def waiting(self, conn: Connection) -> None:
         """A connection waiting for its first-frame `auth`: counted and closed at
         shutdown like any other, but the connect hooks wait until it is in."""
         self.connections[conn] = None
+        self._by_id[conn.conn_id] = conn
 
     def stopped_waiting(self, conn: Connection) -> None:
         self.connections.pop(conn, None)
+        self._by_id.pop(conn.conn_id, None)
 
     def connected(self, conn: Connection) -> None:
         self.connections[conn] = None
+        self._by_id[conn.conn_id] = conn
         self.connections_total += 1
         for hook in self.on_connect:
             hook(conn)
 
     def disconnected(self, conn: Connection) -> None:
+        self._by_id.pop(conn.conn_id, None)
         if self.connections.pop(conn, 0) is None:
             for hook in self.on_disconnect:
                 hook(conn)

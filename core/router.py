@@ -50,7 +50,7 @@ from common.durability import (
 )
 from common.errors import RecordRefused
 from common.logsetup import Throttle
-from core.dedupe import DedupeIndex, Waiter
+from core.dedupe import DedupeIndex, MsgId, Publisher
 from core.errors import LimitExceeded
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
@@ -65,8 +65,9 @@ SERVER_USER = "ferry"
 # that it passes are moved to the recent end, so the front stays mostly idle ones.
 FORGET_SCAN = 64
 
-# Entry.origin as the router sets it: who published, their message id, when it arrived.
-Origin = tuple["Session | None", "str | int | None", float]
+# Entry.origin as the router sets it: who is owed the answer, their correlation id, when it
+# arrived, and the connection the fan-out skips (an HTTP publish's `exclude_client`).
+Origin = tuple["Publisher | None", MsgId, float, "Outbox | None"]
 
 
 class Channel:
@@ -526,14 +527,15 @@ class Router:
 
     def publish(
         self,
-        session: Session | None,
+        session: Publisher | None,
         name: str,
         data: bytes,
         encoding: Encoding,
-        msg_id: str | int | None,
+        msg_id: MsgId,
         sender: str,
         owner: str | None = None,
         mid: str | None = None,
+        exclude: Outbox | None = None,
     ) -> None:
         """Hand a publish to the log; ack + fan-out follow in `on_durable`.
 
@@ -547,7 +549,12 @@ class Router:
             key = (sender, name, mid)
             seen = dedupe.lookup(key)
             if seen is not None:
-                self._duplicate(session, name, msg_id, seen.seq, seen.waiters)
+                self.counters.duplicates += 1
+                if session is not None:
+                    if seen.waiters is None:  # the original is durable
+                        session.ack(name, seen.seq, seen.ts_ms, msg_id, True)
+                    else:
+                        seen.waiters.append((session, msg_id))
                 return
         ch = self.open_channel(name, owner)
         ch.last_seq += 1
@@ -559,7 +566,7 @@ class Router:
             None if msg_id is None else str(msg_id),
             encoding,
             data,
-            (session, msg_id, time.perf_counter()),
+            (session, msg_id, time.perf_counter(), exclude),
             mid=mid,
         )
         try:
@@ -575,28 +582,7 @@ class Router:
             raise
         self.counters.msgs_in += 1
         if mid is not None and dedupe.enabled:
-            dedupe.add((sender, name, mid), ch.last_seq)
-
-    def _duplicate(
-        self,
-        session: Session | None,
-        name: str,
-        msg_id: str | int | None,
-        seq: int,
-        waiters: list[Waiter] | None,
-    ) -> None:
-        self.counters.duplicates += 1
-        if session is None:
-            return
-        if waiters is None:  # the original is durable
-            session.ack(name, seq, msg_id, True)
-        else:
-            waiters.append(
-                (
-                    lambda seq: session.ack(name, seq, msg_id, True),
-                    lambda: session.unavailable(msg_id),
-                )
-            )
+            dedupe.add((sender, name, mid), ch.last_seq, entry.ts_ms)
 
     def publish_ephemeral(self, name: str, data_json: bytes) -> None:
         """Deliver a server message ($sys.*) without logging it: it is state, not history."""
@@ -622,16 +608,21 @@ class Router:
         observe = self._ack_observer
         acks = 0
         dedupe = self.dedupe
+        excluded: dict[Entry, Outbox] | None = None
         for entry in entries:
             if entry.mid is not None:
                 dedupe.durable((entry.sender, entry.channel, entry.mid))
             origin = entry.origin
             if origin is not None:
-                session, msg_id, t0 = cast(Origin, origin)
+                session, msg_id, t0, exclude = cast(Origin, origin)
                 entry.origin = None
+                if exclude is not None:
+                    if excluded is None:
+                        excluded = {}
+                    excluded[entry] = exclude
                 if session is not None:
                     try:
-                        session.ack(entry.channel, entry.seq, msg_id)
+                        session.ack(entry.channel, entry.seq, entry.ts_ms, msg_id)
                     except Exception:
                         self._fault(entry.channel)
                     acks += 1
@@ -656,7 +647,10 @@ class Router:
                 ch.msg_count += len(group)
                 self._active[ch] = None
                 self._remember(ch, group)
-                self._deliver(ch, group)
+                if excluded is None:
+                    self._deliver(ch, group)
+                else:
+                    self._deliver_excluding(ch, group, excluded)
             except Exception:
                 self._fault(name)
         self._trim_history()
@@ -677,7 +671,7 @@ class Router:
             origin = entry.origin
             entry.origin = None
             if origin is not None:
-                session, msg_id, _ = cast(Origin, origin)
+                session, msg_id, _, _ = cast(Origin, origin)
                 if session is not None:
                     session.unavailable(msg_id)
             ch = self.channels.get(entry.channel)
@@ -701,3 +695,30 @@ class Router:
                 outbox.push(frames)
             delivered += len(subs)
         self.counters.deliveries += delivered * len(entries)
+
+    def _deliver_excluding(
+        self, ch: Channel, entries: list[Entry], excluded: dict[Entry, Outbox]
+    ) -> None:
+        """A batch holding messages published with `exclude_client`: each of those goes to
+        every subscriber but that one connection, the rest as usual (in seq order)."""
+        run: list[Entry] = []
+        for entry in entries:
+            skip = excluded.get(entry)
+            if skip is None:
+                run.append(entry)
+                continue
+            if run:
+                self._deliver(ch, run)
+                run = []
+            delivered = 0
+            for encoding in (Encoding.JSON, Encoding.MSGPACK):
+                subs = ch.subs[encoding]
+                if subs:
+                    frame = frame_for(entry, encoding)
+                    for outbox in subs:
+                        if outbox is not skip:
+                            outbox.push(frame)
+                            delivered += 1
+            self.counters.deliveries += delivered
+        if run:
+            self._deliver(ch, run)

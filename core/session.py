@@ -349,7 +349,7 @@ class Session:
         self._errors.add(code)
         self.send(Error(code=code, reason=reason, id=msg_id))
 
-    def ack(self, channel: str, seq: int, msg_id: MsgId, dup: bool = False) -> None:
+    def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
         if self.state is State.CLOSED:
             return
         self.outbox.push(encode_frame(self.encoding, Ack(ch=channel, seq=seq, id=msg_id, dup=dup)))

@@ -207,3 +207,14 @@ def test_repeat_keeps_the_best_run_and_every_figure() -> None:
     for r in rooms:
         r.scenario = "rooms"
     assert cli._best(rooms).latency == {"what": "publish->deliver", "p99_ms": 4.0}
+
+
+@pytest.mark.parametrize("batch", ["0", "50"])
+def test_http_single_and_batched(tmp_path: Path, batch: str) -> None:
+    out = tmp_path / "http.json"
+    argv = ["http", "--seconds", "1", "-C", "4", "--batch", batch, "--json", str(out)]
+    assert cli.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["scenario"] == "http" and doc["throughput"] > 0
+    assert doc["counts"]["requests_ok"] > 0 and doc["counts"]["requests_failed"] == 0
+    assert doc["ack_latency"]["p50_ms"] > 0 and doc["params"]["batch"] == int(batch)

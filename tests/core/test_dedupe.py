@@ -124,11 +124,11 @@ def test_past_the_entry_cap_the_oldest_mid_is_evicted_and_counted() -> None:
 
 def test_pending_mids_are_not_evicted_by_the_cap() -> None:
     index = DedupeIndex(120.0, 1, lambda: 1000.0)
-    index.add(("u", "c", "a"), 1)
-    index.add(("u", "c", "b"), 2)  # over the cap, but "a" is still pending
+    index.add(("u", "c", "a"), 1, 1_000_000)
+    index.add(("u", "c", "b"), 2, 1_000_000)  # over the cap, but "a" is still pending
     assert len(index) == 2 and index.evictions == 0
     index.durable(("u", "c", "a"))
-    index.add(("u", "c", "d"), 3)
+    index.add(("u", "c", "d"), 3, 1_000_000)
     assert index.lookup(("u", "c", "a")) is None and index.evictions == 1
 
 

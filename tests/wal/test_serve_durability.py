@@ -14,9 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import websockets
 
-from tests.helpers import UNIT, Client, ServeProcess, http_get, wait_for, wait_for_sync
+from tests.helpers import (
+    UNIT,
+    Client,
+    ServeProcess,
+    free_port,
+    http_get,
+    wait_for,
+    wait_for_sync,
+)
 from tests.load import Acked, run_load
 from tests.wal.faults import fdatasync_fault_env
 
@@ -262,3 +271,90 @@ async def test_a_retried_mid_after_a_crash_is_one_message_with_one_seq(tmp_path:
         assert logged() == [(1, "c-0"), (2, "m-1"), (3, "m-2")]
     finally:
         restarted.kill()
+
+
+API_KEY = "svc-secret-that-is-long-enough-0123456789"
+
+
+async def test_http_publishers_through_sigkills_lose_and_repeat_nothing(tmp_path: Path) -> None:
+    """HTTP publishers under SIGKILL: every message answered 200 is in the WAL and in the
+    database exactly once after the restarts, and a retried Idempotency-Key whose answer
+    was lost with the process is the same message and seq."""
+    api_port = free_port()
+    env = _env(tmp_path, FERRY_API_KEYS=f"svc:{API_KEY}", FERRY_API_PORT=str(api_port))
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    acked: dict[str, int] = {}  # payload id -> seq
+    rng = random.Random(7)
+    port = free_port()
+    for round_no in range(3):
+        server = ServeProcess({**env, "FERRY_PORT": str(port)}).start(tmp_path / f"{round_no}.log")
+        try:
+            await asyncio.to_thread(server.wait_healthy)
+            base = f"http://127.0.0.1:{api_port}"
+            async with httpx.AsyncClient(base_url=base, headers=headers, timeout=UNIT) as http:
+                stop = asyncio.Event()
+
+                async def publisher(
+                    n: int, round_no: int = round_no, stop: asyncio.Event = stop
+                ) -> None:
+                    i = 0
+                    while not stop.is_set():
+                        key = f"r{round_no}-p{n}-{i}"
+                        try:
+                            response = await http.post(
+                                "/api/v1/publish",
+                                json={"ch": "room.http", "data": {"k": key}},
+                                headers={"Idempotency-Key": key},
+                            )
+                        except httpx.HTTPError:
+                            return  # the server went away mid-request: outcome unknown
+                        if response.status_code == 200:
+                            acked[key] = response.json()["seq"]
+                        i += 1
+
+                tasks = [asyncio.create_task(publisher(n)) for n in range(4)]
+                before = len(acked)
+                await wait_for(lambda b=before: len(acked) > b + 30, UNIT * 2, "200s")
+                await asyncio.sleep(rng.uniform(0.0, 0.3))  # a random moment under load
+                server.signal(signal.SIGKILL)
+                assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
+                stop.set()
+                await asyncio.wait_for(asyncio.gather(*tasks), UNIT * 2)
+        finally:
+            server.kill()
+    final = ServeProcess({**env, "FERRY_PORT": str(port)}).start(tmp_path / "final.log")
+    try:
+        await asyncio.to_thread(final.wait_healthy)
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{api_port}", headers=headers, timeout=UNIT
+        ) as http:
+            # a retry of an answered key, as a client would after losing the answer
+            key, seq = next(iter(acked.items()))
+            retry = await http.post(
+                "/api/v1/publish",
+                json={"ch": "room.http", "data": {"k": key}},
+                headers={"Idempotency-Key": key},
+            )
+            assert retry.json()["seq"] == seq and retry.json()["dup"] is True
+        history = await _history(final.url, "room.http")
+        keys = [json.loads(data)["k"] for data in history.values()]
+        assert len(keys) == len(set(keys)), "a message was logged twice"
+        missing = set(acked) - set(keys)
+        assert not missing, f"{len(missing)} acknowledged messages lost"
+        assert all(json.loads(history[s])["k"] == k for k, s in acked.items())
+        db = tmp_path / "ferry.db"
+
+        def rows() -> list[tuple[int, str]]:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                return conn.execute(
+                    "SELECT seq, client_msg_id FROM ferry_messages WHERE channel = 'room.http'"
+                ).fetchall()
+
+        await asyncio.to_thread(
+            wait_for_sync, lambda: len(rows()) == len(history), UNIT * 4, "the database to catch up"
+        )
+        logged = rows()
+        assert sorted(seq for seq, _ in logged) == sorted(history)
+        assert {mid for _, mid in logged} >= set(acked)  # the Idempotency-Key is the row's id
+    finally:
+        final.kill()

@@ -1,0 +1,550 @@
+"""The HTTP API for backends (docs/api.md, docs/openapi.json): publish, batches,
+broadcasts, channel state, history, disconnects.
+
+Requests come from `core.api_server` (the HTTP/1.1 transport) as `Request`s; each is
+answered with a `Response`, or with a future of one for publishes, which answer after
+the fsync. Publishing goes through the same router as a WebSocket `pub`: the same channel
+and value checks, the same seqs, the same dedupe index (`mid`, or the `Idempotency-Key`
+header), the same durable ack. The key's name is the message's `from`.
+
+Errors are `{"error":{"code","reason"}}` with the WebSocket protocol's code strings, and
+a status per code (`core.errors.HTTP_STATUS`). Nothing here does I/O of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import parse_qs, unquote
+
+import msgspec
+
+from common.durability import Encoding, LogUnavailable
+from common.errors import RecordRefused
+from core.auth import ADMIN_USER
+from core.dedupe import MsgId
+from core.errors import (
+    HTTP_STATUS,
+    BadRequest,
+    Forbidden,
+    LocalError,
+    PeerError,
+    RateLimited,
+    TooLarge,
+    answer_for,
+)
+from core.protocol import (
+    SERVER_CHANNELS,
+    SYS_PREFIX,
+    Mid,
+    check_value,
+    transcode,
+    valid_channel,
+)
+
+if TYPE_CHECKING:
+    from core.outbox import Outbox
+    from core.relay_state import RelayState
+
+MAX_ITEMS = 1000  # per batch, per broadcast
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+RETRY_AFTER_S = "5"  # when the WAL cannot take writes
+
+
+class Request(msgspec.Struct):
+    method: str
+    path: str  # without the query
+    query: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+class Response(msgspec.Struct):
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class ApiError(Exception):
+    """An HTTP-level refusal with one of the API's own codes (core.errors.HTTP_STATUS);
+    the protocol's refusals are raised as its exceptions (BadRequest, Forbidden, ...)."""
+
+    def __init__(self, code: str, reason: str, *headers: tuple[str, str]) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.headers = headers
+
+
+class Throttled(RateLimited):
+    """Over the key's `FERRY_API_RATE`: a `rate_limited` with a `Retry-After`."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+# --- bodies ---------------------------------------------------------------------------
+
+
+class PublishItem(msgspec.Struct):
+    ch: str
+    data: msgspec.Raw
+    mid: Mid = None
+    exclude_client: str | None = None
+
+
+class PublishBatch(msgspec.Struct):
+    items: Annotated[list[PublishItem], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
+
+
+class Broadcast(msgspec.Struct):
+    channels: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_ITEMS)]
+    data: msgspec.Raw
+    mid: Mid = None
+    exclude_client: str | None = None
+
+
+class Disconnect(msgspec.Struct):
+    user: str | None = None
+    client: str | None = None
+    code: Annotated[int, msgspec.Meta(ge=4000, le=4999)] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=120)] = "disconnected by the server"
+
+
+class Published(msgspec.Struct):
+    ch: str
+    seq: int
+    ts: int
+    epoch: str
+    dup: bool
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    reason: str
+
+
+class Failed(msgspec.Struct):
+    ch: str
+    error: ErrorBody
+
+
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {
+    kind: msgspec.json.Decoder(kind) for kind in (PublishItem, PublishBatch, Broadcast, Disconnect)
+}
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(status: int, doc: object, *headers: tuple[str, str]) -> Response:
+    return Response(status, _encode(doc), headers)
+
+
+def error_response(code: str, reason: str, *headers: tuple[str, str]) -> Response:
+    status = HTTP_STATUS.get(code, 400)
+    if status == 503 and not headers:
+        headers = (("Retry-After", RETRY_AFTER_S),)
+    return json_response(status, {"error": {"code": code, "reason": reason}}, *headers)
+
+
+def refusal(exc: BaseException) -> tuple[str, str]:
+    """The code and reason a refused item answers with (core.errors.ANSWERS decides)."""
+    code, reason = answer_for(exc)
+    return str(code), reason
+
+
+class Waiting:
+    """The `core.dedupe.Publisher` of one request's items: `msg_id` is the item's index.
+    Resolves `future` with the response once every item is answered."""
+
+    __slots__ = ("build", "channels", "future", "left", "results")
+
+    def __init__(
+        self,
+        channels: list[str],
+        future: asyncio.Future[Response],
+        build: Callable[[list[Published | Failed | None]], Response],
+    ) -> None:
+        self.channels = channels
+        results: list[Published | Failed | None] = [None] * len(channels)
+        self.results = results
+        self.left = sum(1 for r in results if r is None)
+        self.future = future
+        self.build = build
+
+    def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
+        assert isinstance(msg_id, int)
+        self.results[msg_id] = Published(channel, seq, ts_ms, "", dup)
+        self._answered()
+
+    def unavailable(self, msg_id: MsgId) -> None:
+        assert isinstance(msg_id, int)
+        self.results[msg_id] = Failed(self.channels[msg_id], ErrorBody(*refusal(LogUnavailable())))
+        self._answered()
+
+    def _answered(self) -> None:
+        self.left -= 1
+        if not self.left and not self.future.done():
+            self.future.set_result(self.build(self.results))
+
+
+class Key(msgspec.Struct):
+    name: str
+    admin: bool
+    tokens: float
+    at: float
+
+
+class Api:
+    """Routes and handlers over the relay state; `handle` never raises."""
+
+    def __init__(self, hub: RelayState, clock: Callable[[], float] = time.monotonic) -> None:
+        self.hub = hub
+        self.config = hub.config
+        self._clock = clock
+        # sha256(secret) -> key: a dict lookup reveals nothing about a secret's bytes
+        self._keys: dict[bytes, Key] = {}
+        for item in self.config.api_keys:
+            name, _, secret = item.partition(":")
+            self._keys[_digest(secret)] = Key(name, False, 0.0, 0.0)
+        if self.config.admin_token:
+            self._keys[_digest(self.config.admin_token)] = Key(ADMIN_USER, True, 0.0, 0.0)
+        self.requests = 0
+        self.by_status: dict[int, int] = {}
+
+    # --- entry ---------------------------------------------------------------------------
+
+    def handle(self, request: Request) -> Response | asyncio.Future[Response]:
+        self.requests += 1
+        try:
+            return self._route(request)
+        except ApiError as exc:
+            return error_response(exc.code, exc.reason, *exc.headers)
+        except Throttled as exc:
+            return error_response(*refusal(exc), ("Retry-After", str(exc.retry_after)))
+        except (PeerError, LocalError) as exc:
+            return error_response(*refusal(exc))
+
+    def _route(self, request: Request) -> Response | asyncio.Future[Response]:
+        path = request.path
+        if not path.startswith("/api/v1/"):
+            raise ApiError("not_found", "no such endpoint")
+        key = self._authenticate(request)
+        parts = path[len("/api/v1/") :].split("/")
+        method = request.method
+        if parts == ["publish"]:
+            _method(method, "POST")
+            return self._publish(key, request)
+        if parts == ["publish", "batch"]:
+            _method(method, "POST")
+            return self._batch(key, request)
+        if parts == ["broadcast"]:
+            _method(method, "POST")
+            return self._broadcast(key, request)
+        if parts == ["disconnect"]:
+            _method(method, "POST")
+            return self._disconnect(key, request)
+        if parts == ["channels"]:
+            _method(method, "GET")
+            return self._channels(key, request)
+        if len(parts) == 2 and parts[0] == "channels":
+            _method(method, "GET")
+            return self._channel(key, unquote(parts[1]))
+        if len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages":
+            _method(method, "GET")
+            return self._messages(key, unquote(parts[1]), request)
+        raise ApiError("not_found", "no such endpoint")
+
+    def _authenticate(self, request: Request) -> Key:
+        header = request.headers.get("authorization", "")
+        if header[:7].lower() != "bearer ":
+            raise ApiError("unauthorized", "missing API key (Authorization: Bearer <secret>)")
+        secret = header[7:].strip()
+        key = self._keys.get(_digest(secret))
+        if key is None:
+            raise ApiError("unauthorized", "unknown API key")
+        return key
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if not self.hub.log.writable:
+            raise LogUnavailable()
+
+    def _take(self, key: Key, n: int) -> None:
+        rate = self.config.api_rate
+        if not rate:
+            return
+        now = self._clock()
+        burst = 2.0 * rate
+        key.tokens = min(burst, key.tokens + (now - key.at) * rate) if key.at else burst
+        key.at = now
+        if key.tokens < n:
+            wait = max(1, int((n - key.tokens) / rate + 0.999))
+            raise Throttled(f"over this key's rate of {rate:g} messages/s", wait)
+        key.tokens -= n
+
+    def _publish(self, key: Key, request: Request) -> Response | asyncio.Future[Response]:
+        item = _decode(PublishItem, request.body)
+        idempotency = request.headers.get("idempotency-key")
+        if idempotency is not None:
+            if not 0 < len(idempotency) <= 128:
+                raise BadRequest("Idempotency-Key must be 1-128 characters")
+            item.mid = idempotency
+        self._writable()
+        self._take(key, 1)
+        epoch = self.hub.router.epoch_of(item.ch)
+
+        def build(done: list[Published | Failed | None]) -> Response:
+            result = done[0]
+            if isinstance(result, Failed):
+                return error_response(result.error.code, result.error.reason)
+            assert result is not None
+            result.epoch = epoch
+            return json_response(200, result)
+
+        future: asyncio.Future[Response] = self.hub.loop.create_future()
+        waiting = Waiting([item.ch], future, build)
+        self._one(key, waiting, 0, item.ch, item.data, item.mid, item.exclude_client, single=True)
+        return future
+
+    def _batch(self, key: Key, request: Request) -> asyncio.Future[Response]:
+        batch = _decode(PublishBatch, request.body)
+        self._writable()
+        self._take(key, len(batch.items))
+        return self._many(key, [(i.ch, i.data, i.mid, i.exclude_client) for i in batch.items])
+
+    def _broadcast(self, key: Key, request: Request) -> asyncio.Future[Response]:
+        doc = _decode(Broadcast, request.body)
+        self._writable()
+        self._take(key, len(doc.channels))
+        return self._many(key, [(ch, doc.data, doc.mid, doc.exclude_client) for ch in doc.channels])
+
+    def _many(
+        self, key: Key, items: list[tuple[str, msgspec.Raw, str | None, str | None]]
+    ) -> asyncio.Future[Response]:
+        """Publish each item on its own (one that fails fails alone), all in this loop
+        iteration: one WAL batch, one fsync; per channel in item order."""
+        router = self.hub.router
+
+        def build(done: list[Published | Failed | None]) -> Response:
+            for result in done:
+                if isinstance(result, Published):
+                    result.epoch = router.epoch_of(result.ch)
+            return json_response(200, {"results": done})
+
+        future: asyncio.Future[Response] = self.hub.loop.create_future()
+        waiting = Waiting([item[0] for item in items], future, build)
+        results = waiting.results
+        for index, (ch, data, mid, exclude) in enumerate(items):
+            self._one(key, waiting, index, ch, data, mid, exclude)
+        if not waiting.left and not future.done():  # every item failed at once
+            future.set_result(build(results))
+        return future
+
+    def _one(
+        self,
+        key: Key,
+        waiting: Waiting,
+        index: int,
+        ch: str,
+        raw: msgspec.Raw,
+        mid: str | None,
+        exclude_client: str | None,
+        single: bool = False,
+    ) -> None:
+        """Hand one item to the router; a refusal is its result (raised for `single`)."""
+        try:
+            self._check(key, ch)
+            data = bytes(raw)
+            if len(data) > self.hub.limits.max_data_bytes:
+                raise TooLarge(f"data is larger than {self.hub.limits.max_data_bytes} bytes")
+            check_value(data, Encoding.JSON, self.hub.limits.max_data_depth)
+            exclude = self._outbox_of(exclude_client)
+            owner = None if key.admin or ch[0] in "@$" else key.name
+            self.hub.router.publish(
+                waiting, ch, data, Encoding.JSON, index, key.name, owner, mid, exclude
+            )
+        except (PeerError, LocalError, RecordRefused) as exc:
+            if single:
+                raise
+            waiting.results[index] = Failed(ch, ErrorBody(*refusal(exc)))
+            waiting.left -= 1
+
+    def _check(self, key: Key, ch: str) -> None:
+        if not valid_channel(ch):
+            raise BadRequest("channel must be 1-200 characters of A-Z a-z 0-9 _ . : @ $ -")
+        if ch in SERVER_CHANNELS:
+            raise Forbidden(f"{ch} is written by the server only")
+        if ch.startswith(SYS_PREFIX) and not key.admin:
+            raise Forbidden(f"{ch} needs the admin token")
+
+    def _outbox_of(self, client: str | None) -> Outbox | None:
+        if client is None:
+            return None
+        conn = self.hub.connection(client)
+        return conn.outbox if conn is not None else None
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _channel(self, key: Key, name: str) -> Response:
+        self._readable(key, name)
+        router = self.hub.router
+        ch = router.get(name)
+        if ch is None:
+            head = self.hub.log.head_of(name)
+            if not head:
+                raise ApiError("not_found", f"no channel {name}")
+            return json_response(
+                200,
+                {
+                    "ch": name, "seq": head, "epoch": router.epoch_of(name),
+                    "subscribers": 0, "users": 0, "history": None,
+                },
+            )  # fmt: skip
+        users = {s.user for subs in ch.subs for s in subs.values()}
+        history = ch.history
+        return json_response(
+            200,
+            {
+                "ch": name,
+                "seq": ch.durable_seq,
+                "epoch": router.epoch_of(name),
+                "subscribers": ch.subscriber_count,
+                "users": len(users),
+                "history": {"first": history[0].seq, "last": history[-1].seq} if history else None,
+            },
+        )
+
+    def _channels(self, key: Key, request: Request) -> Response:
+        prefix = request.query.get("prefix", "")
+        after = request.query.get("after", "")
+        limit = _int(request.query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        names = sorted(
+            name
+            for name in self.hub.router.channels
+            if name.startswith(prefix)
+            and name > after
+            and (key.admin or not name.startswith(SYS_PREFIX))
+        )
+        page = names[:limit]
+        router = self.hub.router
+        out = []
+        for name in page:
+            ch = router.channels[name]
+            out.append({"ch": name, "seq": ch.durable_seq, "subscribers": ch.subscriber_count})
+        more = len(names) > limit
+        return json_response(200, {"channels": out, "next": page[-1] if more and page else None})
+
+    def _messages(self, key: Key, name: str, request: Request) -> Response:
+        self._readable(key, name)
+        since = _int(request.query, "since", 0, 0, 2**63)
+        limit = _int(request.query, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+        router = self.hub.router
+        ch = router.get(name)
+        head = ch.durable_seq if ch is not None else self.hub.log.head_of(name)
+        history = ch.history if ch is not None else ()
+        first = history[0].seq if history else head + 1
+        messages = []
+        if history:
+            start = max(since + 1, first)
+            if start <= head:
+                index = ch.first_index(start) if ch is not None else 0
+                for entry in itertools.islice(history, index, index + limit):
+                    messages.append(
+                        {
+                            "seq": entry.seq,
+                            "ts": entry.ts_ms,
+                            "from": entry.sender,
+                            "data": _as_json(entry.data, entry.encoding),
+                        }
+                    )
+        last = messages[-1]["seq"] if messages else since
+        return json_response(
+            200,
+            {
+                "ch": name,
+                "epoch": router.epoch_of(name),
+                "head": head,
+                "messages": messages,
+                # the page starts right after `since`: nothing below the ring was dropped
+                "complete": since + 1 >= first or since >= head,
+                "next": last if isinstance(last, int) and last < head and messages else None,
+            },
+        )
+
+    def _readable(self, key: Key, name: str) -> None:
+        if not valid_channel(name):
+            raise BadRequest("not a channel name")
+        if name.startswith(SYS_PREFIX) and not key.admin:
+            raise Forbidden(f"{name} needs the admin token")
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _disconnect(self, key: Key, request: Request) -> Response:
+        if not key.admin:
+            raise Forbidden("disconnect needs the admin token")
+        doc = _decode(Disconnect, request.body)
+        if doc.user is None and doc.client is None:
+            raise BadRequest("give a user or a client")
+        code = doc.code if doc.code is not None else 4000
+        closed = 0
+        for conn in list(self.hub.connections):
+            session = conn.session
+            if session is None or not session.is_open:
+                continue
+            if conn.conn_id == doc.client or (doc.user is not None and session.user == doc.user):
+                session.close(code, doc.reason)
+                closed += 1
+        return json_response(200, {"closed": closed})
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def _method(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise ApiError("method_not_allowed", f"use {allowed}", ("Allow", allowed))
+
+
+def _decode(kind: type[Any], body: bytes) -> Any:
+    try:
+        return _decoders[kind].decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid body: {exc}") from None
+    except msgspec.DecodeError:
+        raise BadRequest("body is not valid JSON") from None
+
+
+def _int(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be {low}..{high}")
+    return value
+
+
+def _as_json(data: bytes, encoding: int) -> msgspec.Raw | None:
+    if encoding == Encoding.JSON:
+        return msgspec.Raw(data)
+    try:
+        return msgspec.Raw(transcode(data, Encoding.MSGPACK, Encoding.JSON))
+    except (msgspec.MsgspecError, TypeError, ValueError, UnicodeError):
+        return None
+
+
+def parse_target(target: str) -> tuple[str, dict[str, str]]:
+    path, _, query = target.partition("?")
+    params = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+    return path, params
