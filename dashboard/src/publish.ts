@@ -1,25 +1,23 @@
 /**
- * The "publish a test message" box: validates channel and JSON locally, sends a `pub`
- * with a `dash-N` id, and shows the matching `ack` (seq) or `error` frame.
+ * The "publish a test message" box: validates channel and JSON locally, publishes the JSON
+ * text verbatim through the client and shows the durable ack (seq) or the error.
  */
 
+import { FerryError } from "ferry-client";
 import { setAttr, setText } from "./dom";
-import { CHANNEL_RE, pubFrame, validateJson } from "./protocol";
-
-const ANSWER_TIMEOUT_MS = 10_000;
+import { CHANNEL_RE, validateJson } from "./protocol";
 
 type ResultState = "ok" | "error" | "pending" | "";
 
 export class PublishBox {
   private nextId = 1;
   private pendingId = "";
-  private timer = 0;
 
   constructor(
     private readonly channel: HTMLInputElement,
     private readonly data: HTMLTextAreaElement,
     private readonly result: HTMLElement,
-    private readonly send: (frame: string) => boolean,
+    private readonly publish: (ch: string, jsonText: string) => Promise<{ seq: number; dup: boolean }>,
   ) {}
 
   submit(): void {
@@ -34,46 +32,23 @@ export class PublishBox {
       return;
     }
     const id = `dash-${this.nextId++}`;
-    if (!this.send(pubFrame(ch, this.data.value, id))) {
-      this.show("error", "Not connected to the relay.");
-      return;
-    }
     this.pendingId = id;
     this.show("pending", `Sent ${id}, waiting for the ack…`);
-    window.clearTimeout(this.timer);
-    this.timer = window.setTimeout(() => {
-      if (this.pendingId === id) this.show("error", `No answer for ${id} after ${ANSWER_TIMEOUT_MS / 1000} s.`);
-    }, ANSWER_TIMEOUT_MS);
-  }
-
-  /** True when this id is one of ours (so the frame is a publish result). */
-  owns(id: string | null | undefined): boolean {
-    return typeof id === "string" && id.startsWith("dash-");
-  }
-
-  ack(id: string, ch: string, seq: number): void {
-    if (id !== this.pendingId) return;
-    this.done();
-    this.show("ok", `Acked: ${ch} seq ${seq}`);
-    setAttr(this.result, "data-seq", String(seq));
-  }
-
-  error(id: string, code: string, reason: string): void {
-    if (id !== this.pendingId) return;
-    this.done();
-    this.show("error", `Error ${code}${reason ? `: ${reason}` : ""}`);
-  }
-
-  /** The socket went away with a publish in flight: its fate is unknown. */
-  disconnected(): void {
-    if (!this.pendingId) return;
-    this.show("error", `Connection lost before ${this.pendingId} was acknowledged.`);
-    this.done();
-  }
-
-  private done(): void {
-    this.pendingId = "";
-    window.clearTimeout(this.timer);
+    // While the relay is unreachable the client queues it (10 s deadline) and resends it
+    // with the same mid after a reconnect: one message, whatever happened to the socket.
+    this.publish(ch, this.data.value).then(
+      ({ seq }) => {
+        if (id !== this.pendingId) return;
+        this.show("ok", `Acked: ${ch} seq ${seq}`);
+        setAttr(this.result, "data-seq", String(seq));
+      },
+      (e: unknown) => {
+        if (id !== this.pendingId) return;
+        if (e instanceof FerryError && e.code === "timeout") this.show("error", `No answer for ${id} after 10 s.`);
+        else if (e instanceof FerryError) this.show("error", `Error ${e.code}${e.message && e.message !== e.code ? `: ${e.message}` : ""}`);
+        else this.show("error", String(e));
+      },
+    );
   }
 
   private show(state: ResultState, text: string): void {

@@ -1,44 +1,26 @@
 /**
- * The dashboard's one WebSocket to the relay: connect, subscribe to `$sys.*`, keep alive,
- * reconnect with capped exponential backoff + jitter.
+ * The dashboard's connection to the relay, on the official client (`ferry-client`): it
+ * keeps the socket up (full-jitter backoff, keep-alive pings, silence detection, the
+ * browser's `online` event, the close-code policy), resubscribes `$sys.*` after a
+ * reconnect and resends unacknowledged publishes with their `mid`. This file only maps
+ * the client's states onto what the page shows and adds the one thing a browser needs on
+ * top: telling "relay down" from "upgrade refused" (HTTP 401), which a browser hides.
  *
- * Connection states and their allowed transitions live in TRANSITIONS below (one table,
- * one place); `go()` refuses anything else, so a stray socket event can't corrupt state.
+ * The client's states (see its README for the table) shown as the page's:
  *
- *   idle ──start──▶ connecting ──open──▶ open ──welcome──▶ ready
- *     ▲                 │                 │                  │
- *     └──── stop ───────┴──── close ──────┴──────────────────┴──▶ waiting ──timer──▶ connecting
+ *   idle ──configure──▶ connecting ──open──▶ open ──welcome──▶ ready
+ *                           ▲                  │                 │
+ *                           └──── timer ── waiting ◀── close ────┘
+ *   a terminal close (4401 without a token, 4403, 1009…) or no relay URL ──▶ idle
  */
 
-import {
-  PING_FRAME,
-  STATS_CHANNEL,
-  SUBPROTOCOL,
-  TAIL_CHANNEL,
-  parseServerFrame,
-  subFrame,
-  type ServerFrame,
-} from "./protocol";
+import { Ferry, FerryError, type Message, type State, type StateInfo, type Subscription } from "ferry-client";
+import { STATS_CHANNEL, TAIL_CHANNEL, type ServerFrame } from "./protocol";
 
 export type ConnState = "idle" | "connecting" | "open" | "ready" | "waiting";
 
-const TRANSITIONS: Record<ConnState, readonly ConnState[]> = {
-  idle: ["connecting"],
-  connecting: ["open", "waiting", "idle", "connecting"],
-  open: ["ready", "waiting", "idle", "connecting"],
-  ready: ["waiting", "idle", "connecting"],
-  waiting: ["connecting", "idle"],
-};
-
-/** Backoff: 0.5 s doubling per failed attempt, capped at 10 s, with 50–100 % jitter. */
-export const BACKOFF_BASE_MS = 500;
-export const BACKOFF_CAP_MS = 10_000;
-
-export function backoffDelay(attempt: number, rand: number = Math.random()): number {
-  const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 16));
-  return Math.round(ceiling * (0.5 + 0.5 * rand));
-}
-
+/** Backoff windows: from 0.5 s doubling per failed attempt, capped at 10 s (full jitter). */
+export const BACKOFF = { baseMs: 500, capMs: 10_000, goingAwayMs: 5_000 };
 /** Stats come every second: this long without any frame means the link is dead. */
 const SILENCE_LIMIT_MS = 20_000;
 /** Keep-alive ping, so idle proxies don't cut the socket. */
@@ -58,8 +40,8 @@ export interface ConnStatus {
   /** Why the last socket closed ("" if it hasn't). */
   lastClose: string;
   /**
-   * The last attempt never opened although the relay answered HTTP: it refused the
-   * upgrade, which for ferry means HTTP 401 (bad or expired token).
+   * The relay refused this token: the last attempt never opened although the relay
+   * answers HTTP (an HTTP 401 at the upgrade), or it closed 4401 before any welcome.
    */
   refused: boolean;
   /** Why there's no connection to make, when `idle` (e.g. no relay URL). */
@@ -70,8 +52,8 @@ export interface RelayTarget {
   url: string;
   displayUrl: string;
   healthUrl: string;
-  /** Offered next to ferry.v1.json: the `ferry.token.*` entry when a token is set. */
-  protocols: string[];
+  /** The admin token ("" for none), sent as a `ferry.token.*` subprotocol. */
+  token: string;
   /** Subscribe to $sys.* once welcomed (only an admin token may: don't ask without one). */
   subscribe: boolean;
 }
@@ -87,20 +69,18 @@ const CLOSE_NAMES: Record<number, string> = {
   1006: "connection lost",
   1009: "frame too large",
   1011: "server error",
-  4401: "token expired",
+  1013: "try again later",
+  4000: "no traffic",
+  4401: "token expired or missing",
   4403: "token refused",
   4408: "slow consumer",
   4429: "rate limited",
 };
 
 export class RelayClient {
-  private ws: WebSocket | null = null;
+  private ferry: Ferry | null = null;
   private target: RelayTarget | null = null;
-  private retryTimer = 0;
-  private keepAliveTimer = 0;
-  private lastRx = 0;
-  private lastTx = 0;
-  private readySince = 0;
+  private welcomed = false;
   private status: ConnStatus = {
     state: "idle",
     url: "",
@@ -111,12 +91,7 @@ export class RelayClient {
     idleReason: "",
   };
 
-  constructor(private readonly on: RelayEvents) {
-    // The network coming back is a better signal than any timer.
-    window.addEventListener("online", () => {
-      if (this.status.state === "waiting") this.retryNow();
-    });
-  }
+  constructor(private readonly on: RelayEvents) {}
 
   get state(): ConnState {
     return this.status.state;
@@ -125,125 +100,117 @@ export class RelayClient {
   /** (Re)connect to `target` now, or go idle with `idleReason` when target is null. */
   configure(target: RelayTarget | null, idleReason = ""): void {
     this.target = target;
-    this.teardown();
-    this.status.attempt = 0;
-    this.status.refused = false;
-    this.status.lastClose = "";
+    void this.ferry?.close();
+    this.ferry = null;
+    this.update({ attempt: 0, refused: false, lastClose: "" });
     if (!target) {
-      this.go("idle", { idleReason, url: "" });
+      this.update({ state: "idle", idleReason, url: "" });
       return;
     }
-    this.connect();
+    let ferry: Ferry;
+    try {
+      new URL(target.url); // only a malformed URL fails here, and retrying won't fix it
+      ferry = new Ferry(target.url, {
+        token: target.token || undefined,
+        auth: "protocol",
+        backoff: BACKOFF,
+        pingIntervalMs: PING_EVERY_MS,
+        silenceMs: SILENCE_LIMIT_MS,
+        stableMs: STABLE_AFTER_MS,
+        publishTimeoutMs: 10_000,
+        onState: (s, info) => {
+          if (this.ferry === ferry) this.onState(ferry, s, info);
+        },
+        onError: (e) => console.warn("ferry:", e),
+      });
+    } catch (e) {
+      this.update({ state: "idle", idleReason: `bad relay URL: ${e instanceof Error ? e.message : e}` });
+      return;
+    }
+    this.ferry = ferry;
+    this.update({ url: target.displayUrl, idleReason: "" });
+    if (target.subscribe) {
+      for (const ch of [STATS_CHANNEL, TAIL_CHANNEL]) this.watch(ferry, ch);
+    }
+    void ferry.connect().catch(() => undefined); // a terminal close is shown through onState
   }
 
   retryNow(): void {
-    if (this.target && (this.status.state === "waiting" || this.status.state === "idle")) {
-      this.connect();
-    }
+    this.ferry?.retryNow();
   }
 
-  /** Send one text frame; false when the socket isn't open. */
-  send(text: string): boolean {
-    const ws = this.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(text);
-    this.lastTx = Date.now();
-    return true;
+  /** The relay's durable ack of a publish of JSON text (spliced verbatim). */
+  publish(ch: string, jsonText: string): Promise<{ seq: number; dup: boolean }> {
+    if (!this.ferry) return Promise.reject(new FerryError("closed", "no relay to publish to"));
+    return this.ferry.publish(ch, jsonText, { json: true });
   }
 
   // ---- internals ----------------------------------------------------------------------
 
-  private go(state: ConnState, patch: Partial<ConnStatus> = {}): void {
-    const from = this.status.state;
-    if (from !== state && !TRANSITIONS[from].includes(state)) {
-      console.warn(`ferry dashboard: ignoring transition ${from} → ${state}`);
-      return;
-    }
-    this.status = { ...this.status, ...patch, state };
-    this.on.status({ ...this.status });
-  }
-
-  private connect(): void {
-    const target = this.target;
-    if (!target) return;
-    this.teardown();
-    let ws: WebSocket;
-    try {
-      ws = new WebSocket(target.url, [SUBPROTOCOL, ...target.protocols]);
-    } catch (e) {
-      // Only a malformed URL throws here; retrying won't fix it.
-      this.go("idle", { idleReason: `bad relay URL: ${e instanceof Error ? e.message : e}` });
-      return;
-    }
-    this.ws = ws;
-    let opened = false;
-    let welcomed = false;
-    this.go("connecting", { url: target.displayUrl, idleReason: "" });
-
-    ws.onopen = () => {
-      if (this.ws !== ws) return;
-      opened = true;
-      this.lastRx = this.lastTx = Date.now();
-      this.go("open", { refused: false });
-      // Without a token a relay that requires one waits for a first-frame `auth`; any other
-      // first frame gets close 4401 at once (with auth off: a pong after the welcome).
-      if (target.protocols.length === 0) this.send(PING_FRAME);
-    };
-    ws.onmessage = (ev: MessageEvent) => {
-      if (this.ws !== ws) return;
-      this.lastRx = Date.now();
-      if (typeof ev.data !== "string") return; // binary = msgpack; we asked for JSON
-      const frame = parseServerFrame(ev.data);
-      if (!frame) return;
-      if (frame.op === "welcome") {
-        welcomed = true;
-        this.onWelcome();
-      }
-      this.on.frame(frame);
-    };
-    ws.onclose = (ev: CloseEvent) => {
-      if (this.ws !== ws) return;
-      this.ws = null;
-      this.stopKeepAlive();
-      const name = CLOSE_NAMES[ev.code] ?? "closed";
-      const why = `${ev.code} ${name}${ev.reason ? `: ${ev.reason}` : ""}`;
-      // 4401 before any welcome: refused for its token, like an HTTP 401 at the upgrade
-      this.scheduleRetry(why, opened && (welcomed || ev.code !== 4401));
-    };
-    // onerror carries no detail in browsers; onclose always follows it.
-    ws.onerror = () => undefined;
-  }
-
-  private onWelcome(): void {
-    this.readySince = Date.now();
-    this.go("ready");
-    if (this.target?.subscribe) {
-      this.send(subFrame(STATS_CHANNEL));
-      this.send(subFrame(TAIL_CHANNEL));
-    }
-    this.startKeepAlive();
-  }
-
-  private scheduleRetry(why: string, opened: boolean): void {
-    const wasStable = this.readySince > 0 && Date.now() - this.readySince >= STABLE_AFTER_MS;
-    this.readySince = 0;
-    const attempt = wasStable ? 0 : this.status.attempt;
-    const delay = backoffDelay(attempt);
-    this.retryTimer = window.setTimeout(() => this.connect(), delay);
-    this.go("waiting", {
-      retryAt: Date.now() + delay,
-      attempt: attempt + 1,
-      lastClose: why,
-      refused: opened ? false : this.status.refused,
+  private watch(ferry: Ferry, ch: string): void {
+    const sub: Subscription = ferry.subscribe(ch, {
+      onMessage: (m: Message) => this.on.frame({ op: "msg", ...m }),
+      // a restarted relay's $sys.* is a new stream: nothing to recover, carry on live
+      onGap: () => undefined,
     });
-    if (!opened) void this.probe();
+    sub.ready().then(
+      (s) => this.on.frame({ op: "subscribed", ch, seq: s.seq, recovered: s.recovered }),
+      (e: unknown) => {
+        if (e instanceof FerryError && e.code !== "closed") this.on.frame({ op: "error", code: e.code, reason: e.message });
+      },
+    );
+  }
+
+  private onState(ferry: Ferry, s: State, info: StateInfo): void {
+    const why = info.code === undefined ? "" : `${info.code} ${CLOSE_NAMES[info.code] ?? "closed"}${info.reason ? `: ${info.reason}` : ""}`;
+    // 4401 before any welcome: refused for its token, like an HTTP 401 at the upgrade
+    const refusedNow = info.code === 4401 && !this.welcomed;
+    switch (s) {
+      case "connecting":
+        this.welcomed = false;
+        this.update({ state: "connecting", idleReason: "" });
+        break;
+      case "open":
+        this.update({ state: "open", refused: false });
+        break;
+      case "ready":
+        this.welcomed = true;
+        this.update({ state: "ready", attempt: 0 });
+        if (ferry.welcome) this.on.frame(ferry.welcome);
+        break;
+      case "waiting":
+        this.update({
+          state: "waiting",
+          retryAt: Date.now() + (info.delayMs ?? 0),
+          attempt: info.attempt,
+          lastClose: why,
+          refused: refusedNow || (info.opened ? false : this.status.refused),
+        });
+        if (!info.opened) void this.probe(ferry);
+        break;
+      case "closed":
+        this.update({
+          state: "idle",
+          lastClose: why,
+          refused: refusedNow,
+          idleReason: refusedNow ? "the relay wants a token" : `stopped: ${why || "closed"}`,
+        });
+        break;
+      case "idle":
+        break;
+    }
+  }
+
+  private update(patch: Partial<ConnStatus>): void {
+    this.status = { ...this.status, ...patch };
+    this.on.status({ ...this.status });
   }
 
   /**
    * The socket never opened. Browsers hide why, so ask the relay's /healthz: if HTTP
    * answers, the relay is up and refused the upgrade itself (HTTP 401: bad token).
    */
-  private async probe(): Promise<void> {
+  private async probe(ferry: Ferry): Promise<void> {
     const target = this.target;
     if (!target) return;
     const ctl = new AbortController();
@@ -258,45 +225,8 @@ export class RelayClient {
     } finally {
       window.clearTimeout(timer);
     }
-    if (this.target === target && this.status.state === "waiting" && this.status.refused !== reachable) {
-      this.go("waiting", { refused: reachable });
-    }
-  }
-
-  private startKeepAlive(): void {
-    this.stopKeepAlive();
-    this.keepAliveTimer = window.setInterval(() => {
-      const now = Date.now();
-      if (now - this.lastRx > SILENCE_LIMIT_MS) {
-        // Half-open TCP: close() would wait for a handshake that never comes.
-        const ws = this.ws;
-        this.ws = null;
-        ws?.close(4000, "no traffic");
-        this.stopKeepAlive();
-        this.scheduleRetry(`no frame for ${Math.round(SILENCE_LIMIT_MS / 1000)} s`, true);
-      } else if (now - this.lastTx >= PING_EVERY_MS) {
-        this.send(PING_FRAME);
-      }
-    }, 2_000);
-  }
-
-  private stopKeepAlive(): void {
-    window.clearInterval(this.keepAliveTimer);
-    this.keepAliveTimer = 0;
-  }
-
-  /** Drop the current socket and timers without reporting a close. */
-  private teardown(): void {
-    window.clearTimeout(this.retryTimer);
-    this.retryTimer = 0;
-    this.stopKeepAlive();
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) {
-      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-      if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
-        ws.close(1000, "reconfigured");
-      }
+    if (this.ferry === ferry && this.status.state === "waiting" && this.status.refused !== reachable) {
+      this.update({ refused: reachable });
     }
   }
 }

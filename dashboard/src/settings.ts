@@ -78,19 +78,11 @@ function join(u: URL, leaf: string): string {
 }
 
 /** `<relay>/ws`. Throws on a malformed relay. The token never goes in the URL (URLs reach
- * access logs): it travels in the subprotocol list, see `tokenProtocol`. */
+ * access logs): the client sends it in a `ferry.token.*` subprotocol. */
 export function wsUrl(relay: string, loc: Pick<Location, "protocol">): string {
   const u = relayBase(relay, loc);
   u.pathname = join(u, "ws");
   return u.toString();
-}
-
-/** The `ferry.token.<base64url>` subprotocol that carries `token` to the relay. */
-export function tokenProtocol(token: string): string {
-  const bytes = new TextEncoder().encode(token);
-  let bin = "";
-  for (const b of bytes) bin += String.fromCharCode(b);
-  return `ferry.token.${btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "")}`;
 }
 
 /**
