@@ -51,13 +51,11 @@ async def test_crash_mid_stream(serve: Serve, scenario: Any) -> None:
     for round_no in range(ROUNDS):
         # a random moment in this round's third of the stream
         at = rng.randrange(round_no * N // ROUNDS + 100, (round_no + 1) * N // ROUNDS - 100, 100)
-        await script.wait_for(
-            lambda at=at: any(
-                e.get("count", 0) >= at for e in script.events if e["event"] == "acked"
-            ),
-            f"{at} acks",
-            UNIT * 6,
-        )
+
+        def acked(at: int = at) -> bool:
+            return any(e.get("count", 0) >= at for e in script.events if e["event"] == "acked")
+
+        await script.wait_for(acked, f"{at} acks", UNIT * 6)
         await asyncio.sleep(rng.uniform(0, 0.05))  # not only on an ack boundary
         server.signal(signal.SIGKILL)
         assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
