@@ -4,7 +4,8 @@
     ├── core.errors.PeerError       the client did something wrong (its own subtree)
     ├── core.errors.AuthError       bad or expired token
     ├── core.config.ConfigError     a setting is invalid
-    ├── core.notifier.WebhookError  the webhook refused a notification
+    ├── core.http_post.WebhookError a webhook refused a POST (the operational notifier's
+    │                               or an application webhook's attempt)
     ├── wal.errors.WalError         the write-ahead log (its own subtree)
     ├── RecordRefused               the durable log refuses one record (too large for
     │                               its format); nothing was used up, later appends go on

@@ -51,6 +51,20 @@ class DbStats(msgspec.Struct):
 DB_OFF = DbStats(state="off", last_error=None, url=None)
 
 
+class HooksStats(msgspec.Struct):
+    """The application webhooks (core/hooks.py); the section is left out without
+    FERRY_HOOKS_URL. Counts are events since start, `batches` are accepted POSTs."""
+
+    queued: int
+    held: int  # channel.vacated / user.offline waiting out their hold-back
+    in_flight: int  # events of the batch being sent (or retried)
+    sent: int
+    batches: int
+    failed_attempts: int
+    dropped: dict[str, int]  # by reason: queue_full, gave_up, shutdown
+    last_error: str | None
+
+
 class StageLatency(msgspec.Struct):
     """One stage of the publish path (common.latency.PUBLISH_STAGES) over the last
     interval: quantiles estimated from its histogram's buckets, and how many batches
@@ -93,6 +107,8 @@ class Stats(msgspec.Struct):
     stages: dict[str, StageLatency] = msgspec.field(default_factory=dict)
     # each background service's own health (common.service.Service.stats), by name
     services: dict[str, dict[str, str | float | bool | None]] = msgspec.field(default_factory=dict)
+    # the application webhooks, when FERRY_HOOKS_URL is set
+    hooks: HooksStats | UnsetType = UNSET
 
 
 class TailEntry(msgspec.Struct):

@@ -10,6 +10,8 @@ crosses the seam:
     relay.db_status       <- ReplayService.database_view            (core decides)
     $sys.stats "db"       <- ReplayService.stats_section
     OpsWatch              <- the server (webhook notifications)
+    Hooks                 <- router.occupancy, connect/disconnect hooks (application
+                             webhooks, FERRY_HOOKS_URL); $sys.stats "hooks", /metrics
 
 `core.cli` runs `run()`; tests build servers with `build()`.
 """
@@ -26,7 +28,8 @@ from common.durability import DurableLog, LogUnavailable
 from common.service import Service
 from core.api import Api
 from core.api_server import ApiServer
-from core.config import Config
+from core.config import Config, ConfigError, hooks_problem
+from core.hooks import Hooks, HooksCollector, RetryPolicy
 from core.listener import Connection
 from core.memory_log import MemoryLog
 from core.server import Server
@@ -73,6 +76,11 @@ def build(config: Config, durable_log: DurableLog | None = None) -> Server:
         server.extensions.append(_watch)
     if config.api_keys:
         server.extensions.append(_api)
+    if config.hooks_url:
+        problem = hooks_problem(config.hooks_url, config.hooks_secret)
+        if problem:  # `load()` says so too; a Config built by hand is checked here
+            raise ConfigError(problem)
+        server.extensions.append(_hooks)
     return server
 
 
@@ -147,6 +155,44 @@ def _watch(server: Server) -> Iterable[Service]:
             config.alert_fsync_ms,
         ),
     )
+
+
+def _hooks(server: Server) -> Iterable[Service]:
+    """Application webhooks (docs/webhooks.md). Channel events come from the router's
+    occupancy observer (inboxes and `$sys.*` never report); user events from the connect
+    and disconnect hooks, except the admin's (the dashboard is an operator, not a user of
+    the application). `ferry.started` is queued here, before the listener opens, so it
+    is the first event a receiver gets from this run."""
+    config = server.config
+    relay = server.relay
+    hooks = Hooks(
+        config.hooks_url,
+        config.hooks_secret,
+        config.node_id,
+        hold_s=config.hooks_hold_s,
+        queue_size=config.hooks_queue_size,
+        batch_max=config.hooks_batch_max,
+        timeout_s=config.hooks_timeout_s,
+        retry=RetryPolicy(window_s=config.hooks_retry_s),
+        clock=relay.loop.time,
+        later=relay.loop.call_later,
+    )
+    hooks.started(relay.router.epoch)
+    relay.router.occupancy = hooks.occupancy
+
+    def connected(conn: Connection) -> None:
+        if not conn.principal.admin:
+            hooks.user_connected(conn.principal.user)
+
+    def disconnected(conn: Connection) -> None:
+        if not conn.principal.admin:
+            hooks.user_disconnected(conn.principal.user)
+
+    relay.on_connect.append(connected)
+    relay.on_disconnect.append(disconnected)
+    server.stats_sections.append(hooks.stats_section)
+    server.registry.register(HooksCollector(hooks))
+    return (hooks,)
 
 
 async def run(config: Config, announce_admin_token: str | None = None) -> int:

@@ -11,6 +11,8 @@ source. Renamed settings keep their old names working for a while (`RENAMED`), w
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import logging
@@ -21,6 +23,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints, overload
+from urllib.parse import urlsplit
 
 from common.errors import FerryError
 
@@ -313,6 +316,39 @@ class Config:
     alert_fsync_ms: float = setting(
         500.0, help="notify when the WAL's fsync p99 passes this (ms)", check=_positive
     )
+    # application webhooks (docs/webhooks.md)
+    hooks_url: str = setting(
+        "",
+        help="application webhooks: channel.occupied/vacated, user.online/offline and "
+        "ferry.started are POSTed here in signed batches (docs/webhooks.md)",
+    )
+    hooks_secret: str = setting(
+        "",
+        help="the webhooks' signing key (Standard Webhooks): whsec_<base64 of >= 24 bytes>, "
+        "or a plain secret of >= 32 bytes",
+    )
+    hooks_hold_s: float = setting(
+        5.0,
+        help="seconds channel.vacated and user.offline are held back; a return within "
+        "them cancels the event",
+        check=_non_negative,
+    )
+    hooks_queue_size: int = setting(
+        10_000,
+        help="webhook events waiting to be sent at most (more are dropped and counted)",
+        check=_positive,
+    )
+    hooks_batch_max: int = setting(
+        100, help="webhook events in one POST at most", check=_between(1, 10_000)
+    )
+    hooks_retry_s: float = setting(
+        300.0,
+        help="seconds a webhook batch is retried (exponential backoff) before it is dropped",
+        check=_non_negative,
+    )
+    hooks_timeout_s: float = setting(
+        10.0, help="seconds one webhook POST may take", check=_positive
+    )
     # lifecycle
     shutdown_timeout: float = setting(
         10.0, help="seconds a graceful shutdown may take", check=_positive
@@ -410,6 +446,38 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         return value
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}") from None
+
+
+# A whsec_ key's least length, as the Standard Webhooks spec has it (24 bytes, 192 bits).
+MIN_WHSEC_BYTES = 24
+GENERATE_WHSEC = (
+    "`python3 -c 'import base64, secrets; "
+    'print("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode())\'`'
+)
+
+
+def hooks_problem(url: str, secret: str) -> str | None:
+    """What is wrong with FERRY_HOOKS_URL and FERRY_HOOKS_SECRET together, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"hooks_url ({env_name('hooks_url')}) must be http:// or https:// with a host"
+    where = f"hooks_secret ({env_name('hooks_secret')})"
+    if not secret:
+        return f"hooks_url needs {where} to sign the webhooks: generate one with {GENERATE_WHSEC}"
+    if secret.startswith("whsec_"):
+        try:
+            key = base64.b64decode(secret[len("whsec_") :], validate=True)
+        except binascii.Error:
+            return f"{where} starts with whsec_ but the rest is not base64"
+        if len(key) < MIN_WHSEC_BYTES:
+            return f"{where} holds a {len(key)}-byte key; it must be at least {MIN_WHSEC_BYTES}"
+        return None
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        return (
+            f"{where} is {len(secret.encode())} bytes; it must be at least {MIN_SECRET_BYTES} "
+            f"bytes, or a whsec_ key: generate one with {GENERATE_WHSEC}"
+        )
+    return None
 
 
 def env_name(name: str) -> str:
@@ -568,6 +636,10 @@ def load(
     problem = _api_keys(config.api_keys)  # checked here: a value error must not echo secrets
     if problem:
         raise ConfigError(f"api_keys ({env_name('api_keys')}): {problem}")
+    if config.hooks_url:
+        problem = hooks_problem(config.hooks_url, config.hooks_secret)
+        if problem:
+            raise ConfigError(problem)
     if config.max_data_bytes >= config.max_frame_bytes:
         raise ConfigError(
             f"max_data_bytes ({env_name('max_data_bytes')}) = {config.max_data_bytes} must be "

@@ -8,8 +8,9 @@
 
 A slow or dead webhook costs the background task time, never the event loop's: `notify()`
 only reads a clock, touches two dicts and does `put_nowait`. The POST is plain HTTP/1.1 over
-`asyncio.open_connection` (TLS for https), so it is cancellable at any point and `close()`
-returns promptly even while a request hangs; no thread, no extra dependency.
+`asyncio.open_connection` (TLS for https; core/http_post.py, shared with the application
+webhooks), so it is cancellable at any point and `close()` returns promptly even while a
+request hangs; no thread, no extra dependency.
 
 Events the server sends (`EVENTS`): start, db_down, db_up, wal_unwritable, wal_writable,
 wal_backlog (past a threshold), slow_fsync. Unknown kinds are accepted and shown with a
@@ -38,9 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-from common.errors import FerryError
+from core.http_post import Target, WebhookError, post
 
 log = logging.getLogger("ferry.notifier")
 
@@ -51,8 +51,6 @@ DESCRIPTION_LIMIT = 4096
 # A 429 asks us to wait `Retry-After` seconds; a webhook that asks for longer than this is
 # treated as failed for that message rather than stalling every later one.
 MAX_RETRY_AFTER_S = 30.0
-# Status line + headers we are willing to read from the webhook.
-MAX_RESPONSE_HEAD = 64 * 1024
 
 EVENTS: dict[str, int] = {  # event kind -> embed colour (0xRRGGBB)
     "start": 0x2ECC71,
@@ -93,35 +91,6 @@ class _Item:
     suppressed: int  # same-kind events dropped by the rate limit since the last one sent
 
 
-class WebhookError(FerryError):
-    """The webhook did not accept a message (connection, timeout or HTTP status)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    host: str
-    port: int
-    tls: bool
-    path: str  # path and query, what goes on the request line
-
-    @classmethod
-    def parse(cls, url: str) -> _Target:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook URL must be http:// or https:// with a host, got {url!r}")
-        tls = parts.scheme == "https"
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        return cls(parts.hostname, parts.port or (443 if tls else 80), tls, path)
-
-    @property
-    def host_header(self) -> str:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
-
-
 class Notifier:
     """Posts operational events to a Discord-compatible webhook without slowing the relay.
 
@@ -150,7 +119,7 @@ class Notifier:
             raise ValueError("timeout_s must be > 0")
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
-        self._target = _Target.parse(url)
+        self._target = Target.parse(url)
         self._node_id = node_id
         self._min_interval_s = min_interval_s
         self._timeout_s = timeout_s
@@ -267,54 +236,19 @@ class Notifier:
     async def _post(self, body: bytes) -> tuple[int, float | None]:
         """One HTTP/1.1 POST; returns (status, Retry-After seconds or None)."""
         target = self._target
-        request = (
-            f"POST {target.path} HTTP/1.1\r\n"
-            f"Host: {target.host_header}\r\n"
-            "User-Agent: ferry-notifier\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode("latin-1") + body
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                reader, writer = await asyncio.open_connection(
-                    target.host,
-                    target.port,
-                    ssl=self._tls_context() if target.tls else None,
-                    limit=MAX_RESPONSE_HEAD,
-                )
-                try:
-                    writer.write(request)
-                    await writer.drain()
-                    head = await reader.readuntil(b"\r\n\r\n")
-                finally:
-                    writer.close()
-                    with contextlib.suppress(Exception):
-                        await writer.wait_closed()
-        except TimeoutError:
-            raise WebhookError(f"no answer within {self._timeout_s:g} s") from None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            raise WebhookError(f"{type(exc).__name__}: {exc}") from None
-        return _parse_head(head)
+        response = await post(
+            target,
+            body,
+            timeout_s=self._timeout_s,
+            user_agent="ferry-notifier",
+            ssl_context=self._tls_context() if target.tls else None,
+        )
+        return response.status, response.retry_after
 
     def _tls_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
         return self._ssl
-
-
-def _parse_head(head: bytes) -> tuple[int, float | None]:
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise WebhookError(f"not an HTTP response: {lines[0][:80]!r}")
-    retry_after: float | None = None
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "retry-after":
-            with contextlib.suppress(ValueError):
-                retry_after = max(0.0, float(value.strip()))
-    return int(parts[1]), retry_after
 
 
 def _clip(text: str, limit: int) -> str:

@@ -20,6 +20,15 @@ Bounded state (docs/protocol.md, "Limits"):
   consecutive seqs ending at the channel's durable head, so `since` replay can never
   skip a message inside it.
 
+Occupancy (`Router.occupancy`, the application webhooks' seam, core/hooks.py): called with
+(channel, True) when a channel goes from no subscriber to one and (channel, False) when
+its last one leaves, never in between. A subscriber counts from its `sub` on: attached to
+the live fan-out, or still replaying its `since` history. `$sys.*` channels and `@user`
+inboxes never report (every connection's own inbox subscription would otherwise be a
+channel event per connection; a user's presence is `user.online`/`user.offline`). Only
+idle channels are ever forgotten, so forgetting one is never a transition. Unset (None),
+it costs one attribute check per subscribe and unsubscribe.
+
 Failure isolation: every channel group of a durable batch is fanned out on its own, so
 one failure can't stop the acks, seqs, history or delivery of the others; a value that
 can't be encoded for a subscriber (possible only for messages logged before `pub`
@@ -102,6 +111,11 @@ class Channel:
     @property
     def subscriber_count(self) -> int:
         return len(self.subs[0]) + len(self.subs[1])
+
+    @property
+    def occupants(self) -> int:
+        """Subscribers attached or still replaying (what `Router.occupancy` counts)."""
+        return len(self.subs[0]) + len(self.subs[1]) + self.replayers
 
     @property
     def idle(self) -> bool:
@@ -219,6 +233,9 @@ class Router:
         self._floor = 0
         self._active: dict[Channel, None] = {}  # channels with messages since `take_active`
         self._faults = Throttle(logger, 10.0)
+        # Told (channel, True) on 0 -> 1 occupants and (channel, False) on 1 -> 0; never
+        # for `$sys.*` or `@user` inboxes (see the module's docstring).
+        self.occupancy: Callable[[str, bool], None] | None = None
         log.set_handlers(self.on_durable, self.on_failed)
 
     # --- state -----------------------------------------------------------------------
@@ -473,6 +490,8 @@ class Router:
             self.attach(session, ch)
             return head, False, None
         ch.replayers += 1
+        if self.occupancy is not None and ch.occupants == 1:
+            self._occupancy(ch, True)
         return head, True, Replay(ch, since + 1)
 
     def attach(self, session: Session, ch: Channel) -> None:
@@ -480,6 +499,17 @@ class Router:
         if session.outbox not in subs:
             subs[session.outbox] = session
             self._subscriptions += 1
+            if self.occupancy is not None and ch.occupants == 1:
+                self._occupancy(ch, True)
+
+    def _occupancy(self, ch: Channel, occupied: bool) -> None:
+        observer = self.occupancy
+        if observer is None or ch.name[0] in "$@":
+            return
+        try:
+            observer(ch.name, occupied)
+        except Exception:  # an observer's fault must not cost the subscriber anything
+            self._faults.exception("occupancy observer failed for channel %s", ch.name)
 
     def replay_page(self, session: Session, replay: Replay, budget: int) -> bool | None:
         """Push history from `replay.next_seq` until `budget` bytes are queued in the
@@ -510,14 +540,18 @@ class Router:
         return False
 
     def _finish_replay(self, session: Session, replay: Replay) -> None:
-        self.end_replay(replay)
+        # attached before the replay ends: the channel's occupants never pass through 0
         self.attach(session, replay.channel)
+        self.end_replay(replay)
 
     def end_replay(self, replay: Replay) -> None:
         """The session stops replaying (caught up, overrun, unsub or gone)."""
         if not replay.done:
             replay.done = True
-            replay.channel.replayers -= 1
+            ch = replay.channel
+            ch.replayers -= 1
+            if self.occupancy is not None and not ch.occupants:
+                self._occupancy(ch, False)
 
     def unsubscribe(self, session: Session, name: str) -> bool:
         ch = self.channels.get(name)
@@ -526,6 +560,8 @@ class Router:
         removed = ch.subs[session.encoding].pop(session.outbox, None) is not None
         if removed:
             self._subscriptions -= 1
+            if self.occupancy is not None and not ch.occupants:
+                self._occupancy(ch, False)
         if not ch.history and ch.idle:
             # Nobody left and no history to keep: forget it now (its head stays in the
             # log). Otherwise every inbox and every name ever subscribed to would stay.

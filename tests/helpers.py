@@ -52,8 +52,16 @@ class ConfigOverrides(TypedDict, total=False):
     allowed_origins: tuple[str, ...]
     trusted_proxies: tuple[str, ...]
     handshake_timeout: float
+    auth_timeout: float
     max_handshakes: int
     max_handshakes_per_ip: int
+    api_host: str
+    api_port: int
+    api_keys: tuple[str, ...]
+    api_max_body_bytes: int
+    api_idle_timeout: float
+    api_max_connections: int
+    api_rate: float
     durability: Literal["wal", "memory"]
     wal_dir: str
     wal_sync: Literal["fsync", "write"]
@@ -65,6 +73,8 @@ class ConfigOverrides(TypedDict, total=False):
     db_url: str
     replayer: bool
     node_id: str
+    dedupe_window_s: float
+    dedupe_max_entries: int
     auth: Literal["none", "jwt"]
     jwt_secret: str
     admin_token: str
@@ -93,6 +103,13 @@ class ConfigOverrides(TypedDict, total=False):
     webhook_url: str
     alert_backlog_records: int
     alert_fsync_ms: float
+    hooks_url: str
+    hooks_secret: str
+    hooks_hold_s: float
+    hooks_queue_size: int
+    hooks_batch_max: int
+    hooks_retry_s: float
+    hooks_timeout_s: float
     shutdown_timeout: float
     build_commit: str
 

@@ -24,6 +24,7 @@ export interface Stats {
   db: DbStats;
   stages?: Record<string, StageLatency>;
   services?: Record<string, Record<string, string | number | boolean | null>>;
+  hooks?: HooksStats;
 }
 
 export interface TopChannel {
@@ -63,6 +64,19 @@ export interface StageLatency {
   p50_ms: number | null;
   p99_ms: number | null;
   count: number;
+}
+
+/** The application webhooks (core/hooks.py); the section is left out without
+FERRY_HOOKS_URL. Counts are events since start, `batches` are accepted POSTs. */
+export interface HooksStats {
+  queued: number;
+  held: number;
+  in_flight: number;
+  sent: number;
+  batches: number;
+  failed_attempts: number;
+  dropped: Record<string, number>;
+  last_error: string | null;
 }
 
 /** One sampled `$sys.tail` message: a durable message's envelope and a JSON preview. */
