@@ -45,7 +45,10 @@ def test_build_wires_the_replayer_only_next_to_a_wal(tmp_path: Path) -> None:
     memory = compose.build(relay_config(tmp_path, replayer=True))
     assert isinstance(memory.log, MemoryLog) and memory.extensions == []
     durable = compose.build(relay_config(tmp_path, durability="wal", replayer=True))
-    assert isinstance(durable.log, WalLog) and len(durable.extensions) == 2
+    # connection events, the replayer, and deep history from the database it fills
+    assert isinstance(durable.log, WalLog) and len(durable.extensions) == 3
+    no_replayer = compose.build(relay_config(tmp_path, durability="wal", replayer=False))
+    assert len(no_replayer.extensions) == 1  # events only: no database to read history from
 
 
 async def test_a_failed_start_leaves_no_lock_and_no_sync_thread(tmp_path: Path) -> None:
