@@ -18,6 +18,7 @@
      ├── NodeIdMismatch .......... the directory was written by another node id
      ├── HeadsStoreError ......... heads.db cannot be opened, read or written
      ├── SinkError ............... the database could not take a batch (`wal.sinks`)
+     ├── HistoryUnavailable ...... deep history could not be read (`wal.history`)
      └── RecordTooLarge .......... (also common.errors.RecordRefused) a payload over the
                                   format's limit
 
@@ -155,6 +156,10 @@ class HeadsStoreError(WalError):
 
 class SinkError(WalError):
     """The database could not take the batch; the text is for logs and the dashboard."""
+
+
+class HistoryUnavailable(WalError):
+    """Deep history could not read the database (down, no answer in time)."""
 
 
 class RecordTooLarge(WalError, RecordRefused):

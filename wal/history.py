@@ -30,6 +30,7 @@ import aiomysql
 import pymysql
 
 from common.durability import Entry
+from wal.errors import HistoryUnavailable
 from wal.reader import iter_records
 from wal.record import MESSAGE, MessagePayload
 from wal.sinks.mysql import parse_mysql_url
@@ -43,10 +44,6 @@ _QUERY = (
 )
 _CHECKPOINT = "SELECT lsn FROM ferry_checkpoints WHERE node = {p}"
 Row = tuple[int, int, str, str | None, int, bytes, int]
-
-
-class HistoryUnavailable(Exception):
-    """The database could not be read (down, no answer in time)."""
 
 
 class DeepHistory:
