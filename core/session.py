@@ -119,15 +119,9 @@ class Limits(msgspec.Struct, frozen=True):
     idle_timeout_s: float = 60.0
 
     def for_client(self) -> ClientLimits:
+        """`welcome.limits`: the fields of `ClientLimits`, which share these names."""
         return ClientLimits(
-            max_frame_bytes=self.max_frame_bytes,
-            max_data_bytes=self.max_data_bytes,
-            publish_rate=self.publish_rate,
-            publish_burst=self.publish_burst,
-            max_subscriptions=self.max_subscriptions,
-            history_size=self.history_size,
-            dedupe_window_s=self.dedupe_window_s,
-            idle_timeout_s=self.idle_timeout_s,
+            **{name: getattr(self, name) for name in ClientLimits.__struct_fields__}
         )
 
 

@@ -129,32 +129,18 @@ def append_record(buf: bytearray, lsn: int, rtype: int, payload: bytes) -> None:
 
 def append_message(buf: bytearray, lsn: int, entry: Entry) -> None:
     """Frame `entry` as a MESSAGE record with `lsn` onto the end of `buf` (the hot path)."""
+    fields = (
+        entry.channel,
+        entry.seq,
+        entry.ts_ms,
+        entry.sender,
+        entry.client_msg_id,
+        entry.encoding,
+        entry.data,
+    )
     mid = entry.mid
-    if mid is None:
-        payload = _encode(
-            (
-                entry.channel,
-                entry.seq,
-                entry.ts_ms,
-                entry.sender,
-                entry.client_msg_id,
-                entry.encoding,
-                entry.data,
-            )
-        )
-    else:
-        payload = _encode(
-            (
-                entry.channel,
-                entry.seq,
-                entry.ts_ms,
-                entry.sender,
-                entry.client_msg_id,
-                entry.encoding,
-                entry.data,
-                mid,
-            )
-        )
+    # the trailing field only when set: a record without a mid is as before (MessagePayload)
+    payload = _encode(fields if mid is None else (*fields, mid))
     append_record(buf, lsn, MESSAGE, payload)
 
 
