@@ -60,8 +60,8 @@ CHANNEL_OCCUPIED = "channel.occupied"
 CHANNEL_VACATED = "channel.vacated"
 USER_ONLINE = "user.online"
 USER_OFFLINE = "user.offline"
-FERRY_STARTED = "ferry.started"
-EVENT_TYPES = (CHANNEL_OCCUPIED, CHANNEL_VACATED, USER_ONLINE, USER_OFFLINE, FERRY_STARTED)
+NODE_STARTED = "ferry.started"
+EVENT_TYPES = (CHANNEL_OCCUPIED, CHANNEL_VACATED, USER_ONLINE, USER_OFFLINE, NODE_STARTED)
 
 # How long the oldest waiting event may wait for others to share its POST.
 LINGER_S = 0.1
@@ -450,7 +450,7 @@ class Hooks:
 
     def started(self, epoch: str) -> None:
         """`ferry.started`: this node (re)started; what a receiver knew of it is void."""
-        self.queue.put(FERRY_STARTED, self._wall(), {"epoch": epoch})
+        self.queue.put(NODE_STARTED, self._wall(), {"epoch": epoch})
 
     # -- Service --------------------------------------------------------------------------
 

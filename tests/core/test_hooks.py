@@ -29,7 +29,7 @@ from core.hooks import (
     CHANNEL_OCCUPIED,
     CHANNEL_VACATED,
     EVENT_TYPES,
-    FERRY_STARTED,
+    NODE_STARTED,
     USER_OFFLINE,
     USER_ONLINE,
     Counters,
@@ -256,7 +256,7 @@ def test_a_batch_is_ready_at_batch_max_or_after_the_linger() -> None:
 def test_a_batch_body_is_a_json_list_of_standard_payloads() -> None:
     queue = EventQueue(10, 10, 0.1, lambda: 0.0, Counters())
     queue.put(CHANNEL_OCCUPIED, 1795959335.357, {"channel": "room.1"})
-    queue.put(FERRY_STARTED, 1795959335.0, {"epoch": "ab12"})
+    queue.put(NODE_STARTED, 1795959335.0, {"epoch": "ab12"})
     body = json.loads(encode_batch(queue.take(), "n1"))
     assert body == [
         {
@@ -567,7 +567,7 @@ async def test_a_relay_posts_presence_with_the_hold_back(
     await wait_for(lambda: hooks.presence.cancelled == 1, what="the held vacated cancelled")
     await wait_for(lambda: len(receiver.events()) == 3, what="started, online, occupied")
     assert receiver.types() == [
-        (FERRY_STARTED, ""),
+        (NODE_STARTED, ""),
         (USER_ONLINE, "alice"),
         (CHANNEL_OCCUPIED, "room.1"),
     ]

@@ -142,7 +142,7 @@ class NodeScript:
 
 def scenario_env(**values: Any) -> dict[str, str]:
     return {
-        f"FERRY_JS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+        f"FERRYTEST_JS_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
         for k, v in values.items()
     }
 

@@ -7,7 +7,7 @@ import WebSocket from "ws";
 import { Ferry } from "ferry-client";
 
 export const env = (name, fallback) => {
-  const raw = process.env[`FERRY_JS_${name.toUpperCase()}`];
+  const raw = process.env[`FERRYTEST_JS_${name.toUpperCase()}`];
   return raw === undefined ? fallback : raw.startsWith("{") || raw.startsWith("[") || /^-?\d/.test(raw) ? JSON.parse(raw) : raw;
 };
 
