@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -158,7 +159,7 @@ def state_of(h: Harness) -> State:
     return h.core.state
 
 
-def seqs(items: list[Message | Gap]) -> list[int]:
+def seqs(items: Sequence[Message | Gap | None]) -> list[int]:
     return [i.seq for i in items if isinstance(i, Message)]
 
 
@@ -580,9 +581,9 @@ def test_overflow_drops_the_tail_and_resubscribes_from_the_last_consumed_seq() -
         h.msg("a", seq)
     assert sub.position == 3 and sub.overflow and sub.dropped_overflow == 4
     assert h.sent() == []  # nothing yet: the application has not drained the queue
-    assert seqs([h.core.take("a"), h.core.take("a")]) == [1, 2]  # type: ignore[list-item]
+    assert seqs([h.core.take("a"), h.core.take("a")]) == [1, 2]
     assert h.sent() == []
-    assert seqs([h.core.take("a")]) == [3]  # type: ignore[list-item]
+    assert seqs([h.core.take("a")]) == [3]
     assert h.sent() == [{"op": "sub", "ch": "a", "since": 3, "epoch": "e1", "id": sub.req_id}]
     h.subscribed("a", 7, epoch="e1", recovered=True)
     for seq in range(4, 8):
@@ -660,8 +661,9 @@ def test_publish_deadlines_and_the_bounded_queue() -> None:
         h.core.publish(h.now, "a", 4)
     h.core.connect_failed(h.core.conn, h.now, None, "refused")
     h.advance(1.0)
-    assert isinstance(h.done()[queued_pid].error, PublishTimeout)
-    assert h.done()[queued_pid].error.sent is False  # type: ignore[union-attr]
+    error = h.done()[queued_pid].error
+    assert isinstance(error, PublishTimeout)
+    assert error.sent is False
     h.advance(4.0)
     err = h.done()[sent_pid].error
     assert isinstance(err, PublishTimeout) and err.sent and err.mid == sent_mid

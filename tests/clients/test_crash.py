@@ -69,7 +69,11 @@ async def _round(server: Server, rng: random.Random, r: int, totals: dict[str, i
         failures = {i: r for i, r in results.items() if not isinstance(r, Ack)}
         assert not failures, f"round {r}: publishes failed: {list(failures.items())[:3]}"
         assert resolved == [1] * MESSAGES, "a publish resolved twice or never"
-        acks: list[Ack] = [results[i] for i in range(MESSAGES)]  # type: ignore[misc]
+        acks: list[Ack] = []
+        for i in range(MESSAGES):
+            result = results[i]
+            assert isinstance(result, Ack)  # no failures, as checked above
+            acks.append(result)
         seqs = [a.seq for a in acks]
         assert seqs == list(range(1, MESSAGES + 1)), f"round {r}: acked seqs are not 1..N in order"
         assert [m.seq for m in got] == list(range(1, MESSAGES + 1))

@@ -7,7 +7,7 @@ import asyncio
 import errno
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,12 @@ import websockets
 from openapi_spec_validator import validate as validate_spec
 
 from core.api_server import ApiServer
-from tests.helpers import UNIT, Client, Relay
+from tests.helpers import UNIT, Client, Relay, StartRelay
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = json.loads((ROOT / "docs" / "openapi.json").read_text())
 KEY = "svc-secret-that-is-long-enough-0123456789"
 ADMIN = "admin-token-that-is-long-enough-0123456789"
-StartRelay = Callable[..., Awaitable[Relay]]
 
 
 def test_the_openapi_document_is_valid() -> None:

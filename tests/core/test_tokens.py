@@ -205,7 +205,7 @@ def test_first_frame_auth_past_the_transports_limit_closes_1013() -> None:
     assert peer.closes[0][0] == CloseCode.TRY_AGAIN_LATER
 
 
-async def test_first_frame_auth_on_a_real_connection(start_relay) -> None:  # type: ignore[no-untyped-def]
+async def test_first_frame_auth_on_a_real_connection(start_relay: StartRelay) -> None:
     relay = await start_relay(
         auth="jwt", jwt_secret=SECRET, auth_timeout=0.5, max_connections_per_user=1
     )

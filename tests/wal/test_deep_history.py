@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from common.durability import Entry
 from core.api_server import ApiServer
-from tests.helpers import UNIT, Client, Relay, wait_for
+from tests.helpers import UNIT, Client, Relay, StartRelay, wait_for
 from tests.wal.conftest import LogFactory, message
 from wal.history import DeepHistory
 from wal.sinks.base import MessageRow, RowBatch
 from wal.sinks.sqlite import SqliteSink
 
 NODE = "node-a"
-StartRelay = Callable[..., Awaitable[Relay]]
 
 
 async def test_rows_from_the_database_then_the_wal_past_its_checkpoint(
@@ -94,7 +95,7 @@ async def test_sub_since_below_the_ring_recovers_from_the_database(
 
 
 async def test_since_whose_messages_are_gone_is_not_recovered(
-    start_relay: StartRelay, tmp_path: Path
+    start_relay: StartRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     relay: Relay = await start_relay(durability="wal", replayer=True, history_size=5)
     writer = await Client.connect(relay.url)
@@ -104,10 +105,10 @@ async def test_since_whose_messages_are_gone_is_not_recovered(
     store = relay.hub.router.deep
     assert store is not None
 
-    async def nothing(channel: str, after: int, before: int, limit: int) -> list[object]:
+    async def nothing(channel: str, after: int, before: int, limit: int) -> list[Entry]:
         return []  # as if the database had been emptied and the WAL retained nothing
 
-    store.read = nothing  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(store, "read", nothing)
     reader = await Client.connect(relay.url)
     subscribed = await reader.sub("room.gone", since=3)
     assert subscribed["recovered"] is False and subscribed["seq"] == 20

@@ -10,6 +10,13 @@ from tests.clients.js.node import CLIENT, node_binary
 from tests.helpers import UNIT
 
 
+def _count(out: str, what: str) -> int:
+    """The `# pass N` / `# fail N` of node's test runner summary."""
+    found = re.search(rf"^# {what} (\d+)$", out, re.M)
+    assert found is not None, out[-3000:]
+    return int(found.group(1))
+
+
 def test_node_unit_tests_pass() -> None:
     node = node_binary()
     tests = sorted(str(p.relative_to(CLIENT)) for p in (CLIENT / "test").glob("*.test.mjs"))
@@ -19,8 +26,7 @@ def test_node_unit_tests_pass() -> None:
     )
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
-    passed = int(re.search(r"^# pass (\d+)$", out, re.M).group(1))  # type: ignore[union-attr]
-    failed = int(re.search(r"^# fail (\d+)$", out, re.M).group(1))  # type: ignore[union-attr]
+    passed, failed = _count(out, "pass"), _count(out, "fail")
     assert failed == 0 and passed >= 45, out[-3000:]
     size = re.search(r"ferry-client core: \d+ B minified, (\d+) B min\+gzip", out)
     assert size is not None and int(size.group(1)) <= 6 * 1024, out[-3000:]
