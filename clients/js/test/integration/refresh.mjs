@@ -30,7 +30,14 @@ run(async () => {
     await new Promise((r) => setTimeout(r, 100));
     if (i > 400) throw new Error("no refresh in 40 s");
   }
+  // getToken runs before the reconnect is ready: wait for the ready that follows each close,
+  // then publish once more so the resumed connection carries a message too.
+  const readies = () => c.log.states.filter((x) => x === "ready").length;
+  await until(() => readies() === c.log.closes.length + 1, "a ready after each close");
+  const closes = [...c.log.closes];
+  const ready = readies();
+  acked.push((await c.ferry.publish(CH, { i: i++ })).seq);
   await until(() => received.length === i, `${i} deliveries`);
   await c.ferry.close();
-  return { calls, received, acked, gaps, closes: c.log.closes, readies: c.log.states.filter((x) => x === "ready").length, errors: c.log.errors };
+  return { calls, received, acked, gaps, closes, readies: ready, errors: c.log.errors };
 });
