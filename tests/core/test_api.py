@@ -126,15 +126,23 @@ async def test_a_batch_is_one_wal_batch_with_contiguous_seqs_in_item_order(
             {"ch": f"room.{i % 3}", "data": {"i": i}} for i in range(1000)
         ]
         items[500] = {"ch": "$sys.x", "data": 0}  # forbidden: fails alone
+        items[600] = {"ch": "", "data": 0}  # not a name: fails alone
+        items[700] = {"ch": "room.0 ", "data": 0}  # nor this, next to a known channel
+        failing = (500, 600, 700)
         response = await client.post("/api/v1/publish/batch", {"items": items})
         doc = conforms("/api/v1/publish/batch", "post", response)
         results = doc["results"]
         assert results[500]["error"]["code"] == "forbidden"
+        assert results[600]["error"]["code"] == results[700]["error"]["code"] == "bad_request"
         assert wal.stats()["batches"] - before == 1  # one write, one fsync
         for ch in ("room.0", "room.1", "room.2"):
-            seqs = [r["seq"] for i, r in enumerate(results) if i != 500 and items[i]["ch"] == ch]
+            seqs = [
+                r["seq"] for i, r in enumerate(results) if i not in failing and items[i]["ch"] == ch
+            ]
             assert seqs == list(range(1, len(seqs) + 1)), ch
-        assert all(r["epoch"] == wal_epoch(relay) for i, r in enumerate(results) if i != 500)
+        assert all(
+            r["epoch"] == wal_epoch(relay) for i, r in enumerate(results) if i not in failing
+        )
     finally:
         await client.client.aclose()
 
@@ -280,3 +288,49 @@ async def test_keep_alive_and_pipelining_answer_in_order(api: Api) -> None:
         assert seqs == list(range(1, 21))
     finally:
         writer.close()
+
+
+async def test_an_idle_connection_is_closed_and_a_slow_request_answered_408(
+    start_relay: StartRelay,
+) -> None:
+    """The deadlines of the one sweep (no timer per request): an idle keep-alive connection
+    is closed after api_idle_timeout, one that stops halfway through a request gets 408
+    after handshake_timeout, and one that keeps publishing is never cut off."""
+    relay = await start_relay(
+        api_keys=(f"svc:{KEY}",), api_port=0, api_idle_timeout=0.4, handshake_timeout=0.4
+    )
+    port = int(Api(relay).base.rsplit(":", 1)[1])
+    body = b'{"ch":"room.t","data":1}'
+    request = (
+        b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+    async def answer(reader: asyncio.StreamReader) -> bytes:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), UNIT)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head
+
+    busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+    idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+    slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        idle_w.write(request)
+        assert (await answer(idle_r)).startswith(b"HTTP/1.1 200")
+        slow_w.write(request[:40])  # half a request head, then nothing
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        # the busy one publishes every 0.1 s, well past both timeouts
+        while loop.time() - started < 1.2:
+            busy_w.write(request)
+            assert (await answer(busy_r)).startswith(b"HTTP/1.1 200")
+            await asyncio.sleep(0.1)
+        assert await asyncio.wait_for(idle_r.read(), UNIT) == b"", "idle: closed, nothing sent"
+        head = await asyncio.wait_for(slow_r.readuntil(b"\r\n\r\n"), UNIT)
+        assert head.startswith(b"HTTP/1.1 408") and b"Connection: close" in head
+    finally:
+        for w in (busy_w, idle_w, slow_w):
+            w.close()
