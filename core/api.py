@@ -2,7 +2,7 @@
 broadcasts, channel state, history, disconnects.
 
 Requests come from `core.api_server` (the HTTP/1.1 transport) as `Request`s; each is
-answered with a `Response`, or with a future of one for publishes, which answer after
+answered with a `Response`, or with a `Pending` one for publishes, which answer after
 the fsync. Publishing goes through the same router as a WebSocket `pub`: the same channel
 and value checks, the same seqs, the same dedupe index (`mid`, or the `Idempotency-Key`
 header), the same durable ack. The key's name is the message's `from`.
@@ -13,7 +13,6 @@ a status per code (`core.errors.HTTP_STATUS`). Nothing here does I/O of its own.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import time
@@ -159,23 +158,44 @@ def refusal(exc: BaseException) -> tuple[str, str]:
     return str(code), reason
 
 
+class Pending:
+    """An answer that comes later: a publish's, after its fsync. `resolve` hands it to the
+    listener (the connection) at once, inside the completion that made it, where a
+    Future would schedule its callback for another loop iteration."""
+
+    __slots__ = ("_listener", "response")
+
+    def __init__(self) -> None:
+        self.response: Response | None = None
+        self._listener: Callable[[], None] | None = None
+
+    def resolve(self, response: Response) -> None:
+        if self.response is None:
+            self.response = response
+            if self._listener is not None:
+                self._listener()
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        self._listener = listener
+
+
 class Waiting:
     """The `core.dedupe.Publisher` of one request's items: `msg_id` is the item's index.
-    Resolves `future` with the response once every item is answered."""
+    Resolves `pending` with the response once every item is answered."""
 
-    __slots__ = ("build", "channels", "future", "left", "results")
+    __slots__ = ("build", "channels", "left", "pending", "results")
 
     def __init__(
         self,
         channels: list[str],
-        future: asyncio.Future[Response],
+        pending: Pending,
         build: Callable[[list[Published | Failed | None]], Response],
     ) -> None:
         self.channels = channels
         results: list[Published | Failed | None] = [None] * len(channels)
         self.results = results
         self.left = sum(1 for r in results if r is None)
-        self.future = future
+        self.pending = pending
         self.build = build
 
     def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
@@ -190,8 +210,8 @@ class Waiting:
 
     def _answered(self) -> None:
         self.left -= 1
-        if not self.left and not self.future.done():
-            self.future.set_result(self.build(self.results))
+        if not self.left:
+            self.pending.resolve(self.build(self.results))
 
 
 class Key(msgspec.Struct):
@@ -220,7 +240,7 @@ class Api:
 
     # --- entry ---------------------------------------------------------------------------
 
-    def handle(self, request: Request) -> Response | asyncio.Future[Response]:
+    def handle(self, request: Request) -> Response | Pending:
         self.requests += 1
         try:
             return self._route(request)
@@ -231,7 +251,7 @@ class Api:
         except (PeerError, LocalError) as exc:
             return error_response(*refusal(exc))
 
-    def _route(self, request: Request) -> Response | asyncio.Future[Response]:
+    def _route(self, request: Request) -> Response | Pending:
         path = request.path
         if not path.startswith("/api/v1/"):
             raise ApiError("not_found", "no such endpoint")
@@ -290,7 +310,7 @@ class Api:
             raise Throttled(f"over this key's rate of {rate:g} messages/s", wait)
         key.tokens -= n
 
-    def _publish(self, key: Key, request: Request) -> Response | asyncio.Future[Response]:
+    def _publish(self, key: Key, request: Request) -> Response | Pending:
         item = _decode(PublishItem, request.body)
         idempotency = request.headers.get("idempotency-key")
         if idempotency is not None:
@@ -309,18 +329,18 @@ class Api:
             result.epoch = epoch
             return json_response(200, result)
 
-        future: asyncio.Future[Response] = self.hub.loop.create_future()
-        waiting = Waiting([item.ch], future, build)
+        pending = Pending()
+        waiting = Waiting([item.ch], pending, build)
         self._one(key, waiting, 0, item.ch, item.data, item.mid, item.exclude_client, single=True)
-        return future
+        return pending
 
-    def _batch(self, key: Key, request: Request) -> asyncio.Future[Response]:
+    def _batch(self, key: Key, request: Request) -> Pending:
         batch = _decode(PublishBatch, request.body)
         self._writable()
         self._take(key, len(batch.items))
         return self._many(key, [(i.ch, i.data, i.mid, i.exclude_client) for i in batch.items])
 
-    def _broadcast(self, key: Key, request: Request) -> asyncio.Future[Response]:
+    def _broadcast(self, key: Key, request: Request) -> Pending:
         doc = _decode(Broadcast, request.body)
         self._writable()
         self._take(key, len(doc.channels))
@@ -328,7 +348,7 @@ class Api:
 
     def _many(
         self, key: Key, items: list[tuple[str, msgspec.Raw, str | None, str | None]]
-    ) -> asyncio.Future[Response]:
+    ) -> Pending:
         """Publish each item on its own (one that fails fails alone), all in this loop
         iteration: one WAL batch, one fsync; per channel in item order."""
         router = self.hub.router
@@ -339,14 +359,14 @@ class Api:
                     result.epoch = router.epoch_of(result.ch)
             return json_response(200, {"results": done})
 
-        future: asyncio.Future[Response] = self.hub.loop.create_future()
-        waiting = Waiting([item[0] for item in items], future, build)
+        pending = Pending()
+        waiting = Waiting([item[0] for item in items], pending, build)
         results = waiting.results
         for index, (ch, data, mid, exclude) in enumerate(items):
             self._one(key, waiting, index, ch, data, mid, exclude)
-        if not waiting.left and not future.done():  # every item failed at once
-            future.set_result(build(results))
-        return future
+        if not waiting.left:  # every item failed at once
+            pending.resolve(build(results))
+        return pending
 
     def _one(
         self,
@@ -444,9 +464,7 @@ class Api:
         more = len(names) > limit
         return json_response(200, {"channels": out, "next": page[-1] if more and page else None})
 
-    def _messages(
-        self, key: Key, name: str, request: Request
-    ) -> Response | asyncio.Future[Response]:
+    def _messages(self, key: Key, name: str, request: Request) -> Response | Pending:
         """A page after `since`: from the ring, or below it from the deep history store
         (the database, then the WAL); `complete` says whether it starts right after
         `since` (false: the messages in between are gone)."""
@@ -466,18 +484,17 @@ class Api:
         deep = router.deep
         if since + 1 >= first or since >= head or deep is None:
             return page.response(ring)
-        future: asyncio.Future[Response] = self.hub.loop.create_future()
+        pending = Pending()
 
         async def below_the_ring() -> None:
             try:
                 older = await deep.read(name, since, first, limit)
             except Exception:
                 older = []  # the database is down: the ring's part, marked incomplete
-            if not future.done():
-                future.set_result(page.response(older + ring))
+            pending.resolve(page.response(older + ring))
 
         self.hub.spawn(below_the_ring())
-        return future
+        return pending
 
     def _readable(self, key: Key, name: str) -> None:
         if not valid_channel(name):

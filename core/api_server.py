@@ -7,7 +7,7 @@
     an idle keep-alive connection closed after api_idle_timeout. Both deadlines are a
     float on the connection that one sweep per server checks a few times a second: no
     timer is armed or cancelled per request (two per request cost ~3% of the loop).
-    -> core.api.Api.handle(request) -> a Response, or a future of one (publishes answer
+    -> core.api.Api.handle(request) -> a Response, or a Pending one (publishes answer
     after the fsync); responses go out in request order.
 
 Why httptools: a real, strict parser (Node's llhttp) at ~6 us a request here; h11, the
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from core.api import Api, Request, Response, error_response, parse_target
+from core.api import Api, Pending, Request, Response, error_response, parse_target
 
 if TYPE_CHECKING:
     from core.relay_state import RelayState
@@ -130,9 +130,7 @@ class ApiProtocol(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._head_bytes = 0
         self._body = bytearray()
-        self._answers: collections.deque[tuple[Response | asyncio.Future[Response], bool]] = (
-            collections.deque()
-        )
+        self._answers: collections.deque[tuple[Response | Pending, bool]] = collections.deque()
         self.deadline = float("inf")  # loop time after which `expire` runs (the sweep)
         self._request_deadline = False  # the deadline is a request's (408), not idleness
         self._closing = False
@@ -219,8 +217,8 @@ class ApiProtocol(asyncio.Protocol):
             log.exception("HTTP API handler failed for %s %s", request.method, path[:200])
             answer = error_response("internal", "internal error")
         self._answers.append((answer, keep_alive))
-        if isinstance(answer, asyncio.Future):
-            answer.add_done_callback(lambda _f: self._write_ready())
+        if isinstance(answer, Pending):
+            answer.listen(self._write_ready)
         self._write_ready()
         if len(self._answers) > MAX_PIPELINED and not self._paused and self.transport:
             self._paused = True
@@ -235,10 +233,10 @@ class ApiProtocol(asyncio.Protocol):
         answers = self._answers
         while answers:
             answer, keep_alive = answers[0]
-            if isinstance(answer, asyncio.Future):
-                if not answer.done():
+            if isinstance(answer, Pending):
+                if answer.response is None:
                     break
-                response = answer.result()
+                response = answer.response
             else:
                 response = answer
             answers.popleft()
