@@ -194,7 +194,7 @@ class Waiting:
         self.channels = channels
         results: list[Published | Failed | None] = [None] * len(channels)
         self.results = results
-        self.left = sum(1 for r in results if r is None)
+        self.left = len(channels)
         self.pending = pending
         self.build = build
 
