@@ -364,3 +364,58 @@ class ServeProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(UNIT)
+
+
+class HttpReceiver:
+    """A one-request-per-connection HTTP/1.1 receiver on 127.0.0.1:0 (webhooks, chat
+    notifiers): it reads each request and hands it to `answer`, which returns the bytes
+    to send back, or None to hang (hold the connection, never answer, until `close`)."""
+
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._release = asyncio.Event()
+
+    async def start(self, tls: Any = None) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=tls)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    def answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> bytes | None:
+        raise NotImplementedError
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, _ = head[0].split(" ", 2)
+            headers = {}
+            for line in head[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            reply = self.answer(method, target, headers, body)
+            if reply is None:
+                await self._release.wait()
+                return
+            writer.write(reply)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self._release.set()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pymysql
 
-from tests.helpers import IN_CI, UNIT, free_port
+from tests.helpers import UNIT, free_port, unavailable
 
 
 def _binary(*names: str) -> str | None:
@@ -126,7 +126,6 @@ class PrivateMariaDB:
 
 def require_mariadb(base: Path, *server_args: str) -> PrivateMariaDB:
     """Start a private server; under CI a missing MariaDB fails the test, it never skips."""
-    import pytest
 
     db = PrivateMariaDB(base, server_args)
     try:
@@ -134,7 +133,5 @@ def require_mariadb(base: Path, *server_args: str) -> PrivateMariaDB:
         db.start()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
         db.stop()
-        if IN_CI:
-            pytest.fail(f"a private MariaDB is required under CI: {exc}")
-        pytest.skip(f"no private MariaDB: {exc}")
+        unavailable(f"a private MariaDB: {exc}")
     return db

@@ -45,7 +45,16 @@ from core.hooks import (
 )
 from core.server import Server
 from tests.core.world import FakeLoop, World
-from tests.helpers import UNIT, Client, Relay, free_port, http_get, relay_config, wait_for
+from tests.helpers import (
+    UNIT,
+    Client,
+    HttpReceiver,
+    Relay,
+    free_port,
+    http_get,
+    relay_config,
+    wait_for,
+)
 
 KEY = bytes(range(32))
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -395,25 +404,19 @@ class Delivery:
         return events
 
 
-class Receiver:
+class Receiver(HttpReceiver):
     """An HTTP/1.1 webhook receiver on 127.0.0.1:0. `statuses` are answered in turn (200
     once they run out); with `hang` it reads the request and never answers."""
 
     def __init__(self, statuses: list[int] | None = None, *, hang: bool = False) -> None:
+        super().__init__()
         self.statuses = list(statuses or [])
         self.hang = hang
         self.deliveries: list[Delivery] = []
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-        self._release = asyncio.Event()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/ferry-hooks"
+        return f"http://127.0.0.1:{self.port}/ferry-hooks"
 
     def events(self) -> list[dict[str, Any]]:
         """Every event accepted (2xx) once, in order: repeated webhook-ids skipped, as a
@@ -437,37 +440,16 @@ class Receiver:
             if e["type"].startswith(prefix)
         ]
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            assert head[0].startswith("POST /ferry-hooks HTTP/1.1"), head[0]
-            headers = {}
-            for line in head[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers["content-length"]))
-            status = 0 if self.hang else (self.statuses.pop(0) if self.statuses else 200)
-            headers[":status"] = str(status)
-            self.deliveries.append(Delivery(headers, body))
-            if self.hang:
-                await self._release.wait()
-                return
-            writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        self._release.set()
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    def answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> bytes | None:
+        assert (method, target) == ("POST", "/ferry-hooks"), (method, target)
+        status = 0 if self.hang else (self.statuses.pop(0) if self.statuses else 200)
+        headers[":status"] = str(status)
+        self.deliveries.append(Delivery(headers, body))
+        if self.hang:
+            return None
+        return f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode()
 
 
 @pytest.fixture

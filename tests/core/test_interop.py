@@ -19,7 +19,7 @@ import websockets
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 from websockets.typing import Subprotocol
 
-from tests.helpers import IN_CI, ROOT, UNIT, Relay
+from tests.helpers import ROOT, UNIT, Relay, unavailable
 
 # Values whose exact bytes must survive: unicode, nesting, numbers past 64 bits, odd spacing.
 JSON_VALUES = [
@@ -224,11 +224,7 @@ def _node() -> tuple[str, str]:
     node = shutil.which("node")
     modules = ROOT / "bench" / "peers" / "node_modules"
     if node is None or not (modules / "ws").is_dir():
-        if IN_CI:
-            pytest.fail(
-                "node and bench/peers/node_modules/ws are required (scripts/bootstrap.sh node)"
-            )
-        pytest.skip("node ws not installed (run scripts/bootstrap.sh node)")
+        unavailable("node and bench/peers/node_modules/ws (scripts/bootstrap.sh node)")
     return node, str(modules)
 
 

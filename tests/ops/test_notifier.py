@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from core.notifier import CONTENT_LIMIT, DESCRIPTION_LIMIT, EVENTS, Notifier
-from tests.helpers import UNIT
+from tests.helpers import UNIT, HttpReceiver
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"
 
@@ -41,61 +41,28 @@ class Request:
         return data
 
 
-class Webhook:
+class Webhook(HttpReceiver):
     """A Discord-like webhook on 127.0.0.1:0 that records POSTs and answers as told."""
 
     def __init__(self, answers: list[bytes] | None = None, *, hang: bool = False) -> None:
+        super().__init__()
         self.answers = list(answers or [])
         self.hang = hang
         self.requests: list[Request] = []
         self.received: asyncio.Queue[Request] = asyncio.Queue()
-        self._release = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._writers: list[asyncio.StreamWriter] = []
-
-    async def start(self, tls: ssl.SSLContext | None = None) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=tls)
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
 
     def url(self, path: str = "/api/webhooks/1/secret?wait=true") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.append(writer)
-        try:
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            method, target, _ = head[0].split(" ", 2)
-            headers = {}
-            for line in head[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            request = Request(method, target, headers, body)
-            self.requests.append(request)
-            self.received.put_nowait(request)
-            if self.hang:
-                await self._release.wait()
-                return
-            writer.write(self.answers.pop(0) if self.answers else NO_CONTENT)
-            await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        self._release.set()
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+    def answer(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> bytes | None:
+        request = Request(method, target, headers, body)
+        self.requests.append(request)
+        self.received.put_nowait(request)
+        if self.hang:
+            return None
+        return self.answers.pop(0) if self.answers else NO_CONTENT
 
 
 @pytest.fixture

@@ -72,6 +72,26 @@ async def _history(url: str, channel: str) -> dict[int, bytes]:
         return got
 
 
+async def _kill_under_load(
+    server: ServeProcess,
+    count: Callable[[], int],
+    more: int,
+    delay: float,
+    stop: asyncio.Event,
+    tasks: list[asyncio.Task[None]],
+) -> None:
+    """Once `count()` (the acks so far) has grown by more than `more`, wait `delay` (a
+    random moment under load), SIGKILL the server, then stop the load and wait for its
+    tasks to end."""
+    upto = count() + more
+    await wait_for(lambda: count() > upto, UNIT * 2, "acks in this round")
+    await asyncio.sleep(delay)
+    server.signal(signal.SIGKILL)
+    assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
+    stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), UNIT * 2)
+
+
 async def test_sigkill_crash_loop_loses_no_acked_message(tmp_path: Path) -> None:
     rng = random.Random(20261129)
     acked = Acked()
@@ -88,18 +108,9 @@ async def test_sigkill_crash_loop_loses_no_acked_message(tmp_path: Path) -> None
                     f"round {round_no}: lost or changed {channel}#{seq}"
                 )
             stop = asyncio.Event()
-            before = acked.count()
             tasks = await run_load(server.url, 3, stop, acked, window=16)
 
-            def acked_more(upto: int = before + 50) -> bool:
-                return acked.count() > upto
-
-            await wait_for(acked_more, UNIT * 2, "acks in this round")
-            await asyncio.sleep(rng.uniform(0.0, 0.4))  # a random moment under load
-            server.signal(signal.SIGKILL)
-            assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), UNIT * 2)
+            await _kill_under_load(server, acked.count, 50, rng.uniform(0.0, 0.4), stop, tasks)
         finally:
             server.kill()
     assert acked.count() > ROUNDS * 50
@@ -317,17 +328,9 @@ async def test_http_publishers_through_sigkills_lose_and_repeat_nothing(tmp_path
                         i += 1
 
                 tasks = [asyncio.create_task(publisher(n)) for n in range(4)]
-                upto = len(acked) + 30
-
-                def answered(upto: int = upto) -> bool:
-                    return len(acked) > upto
-
-                await wait_for(answered, UNIT * 2, "200s")
-                await asyncio.sleep(rng.uniform(0.0, 0.3))  # a random moment under load
-                server.signal(signal.SIGKILL)
-                assert await asyncio.to_thread(server.wait) == -signal.SIGKILL
-                stop.set()
-                await asyncio.wait_for(asyncio.gather(*tasks), UNIT * 2)
+                await _kill_under_load(
+                    server, acked.__len__, 30, rng.uniform(0.0, 0.3), stop, tasks
+                )
         finally:
             server.kill()
     final = ServeProcess({**env, "FERRY_PORT": str(port)}).start(tmp_path / "final.log")
