@@ -61,12 +61,20 @@ def _bodies(a: dict[str, Any], worker: int) -> list[bytes]:
 
 
 async def _connection(
-    port: int, requests: list[bytes], stop_at: float, interval: float, out: dict[str, Any]
+    port: int,
+    requests: list[bytes],
+    stop_at: float,
+    interval: float,
+    phase: float,
+    out: dict[str, Any],
 ) -> None:
+    """One keep-alive connection, one request in flight. Open loop: a request every
+    `interval`, the first after `phase` of it, so the connections' requests are spread
+    over the interval instead of all arriving in the same instant."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     hist = out["hist"]
     i = 0
-    next_at = time.perf_counter()
+    next_at = time.perf_counter() + phase * interval
     try:
         while True:
             now = time.perf_counter()
@@ -105,8 +113,14 @@ def _worker(a: dict[str, Any], worker: int, port: int, pipe: Connection) -> None
         start_at = pipe.recv()
         await asyncio.sleep(max(0.0, start_at - time.time()))
         stop_at = time.perf_counter() + a["seconds"]
+        count = max(1, n)
         await asyncio.gather(
-            *(_connection(port, requests, stop_at, interval, out) for _ in range(max(1, n)))
+            *(
+                _connection(
+                    port, requests, stop_at, interval, (k + worker / a["workers"]) / count, out
+                )
+                for k in range(count)
+            )
         )
         return out
 
