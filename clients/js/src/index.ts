@@ -701,9 +701,11 @@ export class Ferry {
     const p = f.id !== undefined ? this.pubs.get(f.id) : undefined;
     if (p) {
       if (f.code === "rate_limited") {
-        // pacing should prevent this; try again after a token's worth of time
+        // pacing should prevent this; try again after a token's worth of time. Back into
+        // the queue in publish order (`pubs` keeps it): refusals of several in flight must
+        // not come out reversed.
         p.sent = false;
-        this.queue.unshift(p);
+        this.queue = [...this.pubs.values()].filter((x) => !x.sent);
         this.tokens = 0;
         this.tokensAt = Date.now();
         return this.flush();

@@ -146,6 +146,22 @@ test("a rate_limited answer requeues the publish instead of failing it", async (
   assert.deepEqual(await p, { seq: 1, dup: false });
 });
 
+test("several rate_limited answers requeue their publishes in publish order", async (t) => {
+  const limits = { max_frame_bytes: 65536, publish_rate: 10, publish_burst: 4 };
+  const h = ready(t, {}, { limits });
+  const all = [0, 1, 2].map((i) => h.ferry.publish("room.1", i));
+  const first = h.last().ops("pub");
+  assert.equal(first.length, 3);
+  // the relay refuses all three, in the order it got them
+  for (const f of first) h.last().recv({ op: "error", code: "rate_limited", reason: "slow down", id: f.id });
+  tick(1000);
+  const again = h.last().ops("pub").slice(3);
+  assert.deepEqual(again.map((f) => f.data), [0, 1, 2], "resent in the order published");
+  assert.deepEqual(again.map((f) => f.mid), first.map((f) => f.mid), "with the same mids");
+  again.forEach((f, i) => h.last().recv(ack(f, i + 1)));
+  assert.deepEqual((await Promise.all(all)).map((r) => r.seq), [1, 2, 3]);
+});
+
 test("a frame over max_frame_bytes is refused here, not sent (1009 would be terminal)", async (t) => {
   const h = ready(t, {}, { limits: { max_frame_bytes: 200 } });
   await assert.rejects(h.ferry.publish("room.1", "é".repeat(100)), { code: "too_large" });
