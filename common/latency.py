@@ -97,9 +97,9 @@ class RecentQuantiles:
 # The publish path, stage by stage (docs/benchmarks.md, "Where durable latency goes").
 # Each is timed once per batch (a WAL batch, a flush), never per message.
 PUBLISH_STAGES: dict[str, str] = {
-    "queue": "first record of a batch appended -> batch handed to the sync thread "
-    "(includes waiting for the batch before it)",
-    "handoff": "batch handed to the sync thread -> the thread starts writing",
+    "queue": "first record of a batch appended -> the sync thread is free for it (handed "
+    "over, or the batch ahead of it synced: includes waiting for the batches before it)",
+    "handoff": "the sync thread is free for the batch -> it starts writing",
     "write": "write(2) of the batch",
     "fsync": "fdatasync of the batch",
     "wake": "the thread is done -> the event loop runs the batch's completion",

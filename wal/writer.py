@@ -6,12 +6,18 @@
     append(): ...                            ├─ batch k+1 grows while batch k syncs
     append(): ...                           ─┘
                                  submit(batch k) ───▶ [rotate] write(buf) fdatasync(fd)
+                                 submit(batch k+1) ─▶ (queued: written once k is synced)
     _completed(batch k) ◀── call_soon_threadsafe ───┘
-      submit(batch k+1) first, then on_batch(k): acks + fan-out overlap the next fdatasync
+      submit(batch k+2), then on_batch(k): acks + fan-out overlap the next fdatasync
 
-Exactly one batch is in flight. Everything that arrives while it syncs forms the next
-batch (capped at `max_batch_bytes`, so that a torn write can only reach that far back
-from the end of the newest segment: recovery relies on it). The per-record work on the
+Up to two batches are in flight (`MAX_IN_FLIGHT`): one the thread writes and syncs, one
+queued behind it, so the thread goes from one fdatasync straight to the next write
+without waiting for the loop to hand it a batch (that hand-off waited ~1 ms for the GIL
+and a core while the loop was fanning out). The thread writes a batch only after the one
+before it is synced, so at most one batch is written and not yet synced: a torn write
+can only reach one batch (capped at `max_batch_bytes`) back from the end of the newest
+segment, which recovery relies on. Everything that arrives while both are out forms the
+next batch. The per-record work on the
 loop is one msgpack encode, one CRC and three bytearray appends in `append`, and one dict
 store (the entry, as its channel's head, into `HeadsTracker.dirty`) when its batch
 completes; everything
@@ -47,6 +53,8 @@ from wal.segment import create_segment, encode_header, segment_name, write_all
 
 log = logging.getLogger("ferry.wal")
 
+MAX_IN_FLIGHT = 2  # batches handed to the sync thread and not yet back (module docstring)
+
 
 class CommitBatch:
     """Records written and synced together. Handed to `on_batch` once durable.
@@ -66,6 +74,7 @@ class CommitBatch:
         "offset",
         "opened_at",
         "picked_at",
+        "ready_at",
         "rotation",
         "segment_first_lsn",
         "submitted_at",
@@ -90,6 +99,8 @@ class CommitBatch:
         self.rotation: Rotation | None = None
         self.write_s = 0.0
         self.sync_s = 0.0
+        # when the thread was free for it: handed over, or the batch ahead of it synced
+        self.ready_at = 0.0
         # perf_counter stamps of its way through the stages (common.latency.PUBLISH_STAGES)
         self.opened_at = opened_at  # its first record was appended
         self.submitted_at = 0.0  # handed to the sync thread
@@ -167,7 +178,7 @@ class GroupCommitWriter:
         self._buf = bytearray()
         self._entries: list[Entry] = []
         self._sealed: collections.deque[CommitBatch] = collections.deque()
-        self._inflight: CommitBatch | None = None
+        self._inflight: collections.deque[CommitBatch] = collections.deque()  # in order
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._idle: asyncio.Future[None] | None = None
         self.failure: str | None = None
@@ -192,7 +203,7 @@ class GroupCommitWriter:
         try:
             if len(buf) >= self._max_batch_bytes:
                 self._seal()
-            if self._inflight is None and self._timer is None:
+            if len(self._inflight) < MAX_IN_FLIGHT and self._timer is None:
                 self._arm()
         except Exception as exc:  # the entry is taken: it fails with everything pending
             self._die(exc, "append", None, deferred=True)
@@ -208,7 +219,7 @@ class GroupCommitWriter:
         try:
             if len(self._buf) >= self._max_batch_bytes:
                 self._seal()
-            if self._inflight is None and self._timer is None:
+            if len(self._inflight) < MAX_IN_FLIGHT and self._timer is None:
                 self._arm()
         except Exception as exc:
             self._die(exc, "append", None, deferred=True)
@@ -234,7 +245,7 @@ class GroupCommitWriter:
         # Nothing above changed any state: an entry is in `_sealed` or `_entries`, never both.
         self._sealed.append(batch)
         self._buf, self._entries, self._first = buf, entries, self._next_lsn
-        if self._delay > 0 and self._inflight is None and self._timer is not None:
+        if self._delay > 0 and len(self._inflight) < MAX_IN_FLIGHT and self._timer is not None:
             self._timer.cancel()  # a full batch does not wait for the delay
             self._timer = self._loop.call_soon(self._flush)
 
@@ -242,7 +253,7 @@ class GroupCommitWriter:
 
     def _flush(self) -> None:
         self._timer = None
-        if self._inflight is not None or self.failure is not None:
+        if len(self._inflight) >= MAX_IN_FLIGHT or self.failure is not None:
             return
         batch: CommitBatch | None = None
         try:
@@ -264,24 +275,28 @@ class GroupCommitWriter:
             batch.segment_first_lsn = self._seg_first
             batch.offset = self._seg_size
             self._seg_size += size
-            self._inflight = batch
             batch.submitted_at = perf_counter()
             self._thread.submit(batch)
+            self._inflight.append(batch)
         except Exception as exc:
-            if self._inflight is batch:
-                self._inflight = None
             self._die(exc, "batch preparation", batch)
 
     def _completed(self, batch: CommitBatch) -> None:
         """On the loop: the thread is done with `batch`."""
         woke = perf_counter()
-        self._inflight = None
+        assert self._inflight and self._inflight[0] is batch, "completions come in order"
+        self._inflight.popleft()
         if batch.error is not None or self.failure is not None:
             if self.failure is None:
                 assert batch.error is not None
-                self._die(batch.error, batch.failed_op, batch)
+                # the thread stops at its first error: a batch queued behind this one is
+                # never written, so it fails here with the pending ones
+                self._die(batch.error, batch.failed_op, batch, stranded=True)
             else:  # died while the batch was in the thread: it fails like the pending ones
                 self._report(batch.entries)
+                if batch.error is not None:  # and the thread stopped: nothing else comes back
+                    while self._inflight:
+                        self._report(self._inflight.popleft().entries)
         else:
             try:
                 heads = self._heads
@@ -311,8 +326,8 @@ class GroupCommitWriter:
     def _observe(self, batch: CommitBatch, woke: float) -> None:
         """The batch's time in each stage (per batch: a few adds, not per record)."""
         hists = self._stages.hists
-        hists["queue"].observe(batch.submitted_at - batch.opened_at)
-        hists["handoff"].observe(batch.picked_at - batch.submitted_at)
+        hists["queue"].observe(batch.ready_at - batch.opened_at)
+        hists["handoff"].observe(batch.picked_at - batch.ready_at)
         hists["write"].observe(batch.write_s)
         if self._sync:
             hists["fsync"].observe(batch.sync_s)
@@ -326,11 +341,19 @@ class GroupCommitWriter:
             self._die(exc, op, None)
 
     def _die(
-        self, exc: BaseException, op: str, batch: CommitBatch | None, *, deferred: bool = False
+        self,
+        exc: BaseException,
+        op: str,
+        batch: CommitBatch | None,
+        *,
+        deferred: bool = False,
+        stranded: bool = False,
     ) -> None:
         """The writer is dead: `batch` (if any) and everything pending go to `on_failed`.
         `deferred`: from inside `append`, so the callbacks run on the next loop iteration
-        rather than before the caller's append returns."""
+        rather than before the caller's append returns. `stranded`: the thread has stopped,
+        so the batches still in flight will never come back: they fail now too (otherwise
+        each fails when the thread hands it back)."""
         if self.failure is not None:
             if batch is not None:
                 self._report(batch.entries)
@@ -353,6 +376,10 @@ class GroupCommitWriter:
             self._timer.cancel()
             self._timer = None
         pending: list[Entry] = []
+        if stranded:
+            for queued in self._inflight:
+                pending.extend(queued.entries)
+            self._inflight.clear()
         for sealed in self._sealed:
             pending.extend(sealed.entries)
         pending.extend(self._entries)
@@ -386,12 +413,13 @@ class GroupCommitWriter:
 
     async def drain(self) -> None:
         """Wait until every record appended so far is durable or failed."""
-        while self._inflight is not None or (self.failure is None and (self._sealed or self._buf)):
-            if self._inflight is None:
+        while self._inflight or (self.failure is None and (self._sealed or self._buf)):
+            if len(self._inflight) < MAX_IN_FLIGHT and (self._sealed or self._buf):
                 if self._timer is not None:
                     self._timer.cancel()
+                    self._timer = None
                 self._flush()
-                if self._inflight is None:
+                if not self._inflight:
                     continue  # nothing went out (the writer died): the loop condition ends it
             self._idle = self._loop.create_future()
             await self._idle
@@ -434,15 +462,19 @@ class _SyncThread:
         await asyncio.to_thread(self._thread.join)
 
     def _run(self) -> None:
+        free_at = 0.0  # when the thread finished its last batch
         try:
             while True:
                 batch = self._jobs.get()
+                if batch is not None:
+                    batch.ready_at = max(batch.submitted_at, free_at)
                 if batch is None:
                     if not self._sync:  # `write` mode: at least a clean shutdown is durable
                         with contextlib.suppress(OSError):
                             os.fdatasync(self._fd)
                     return
                 self._write(batch)
+                free_at = perf_counter()
                 try:
                     self._loop.call_soon_threadsafe(self._done, batch)
                 except RuntimeError:  # the loop is gone: nobody is waiting any more
