@@ -26,6 +26,7 @@ from collections.abc import Callable
 import msgspec
 
 from common.durability import Encoding, Entry, LogUnavailable
+from core import presence
 from core.auth import Grant, Principal
 from core.errors import (
     AuthError,
@@ -58,6 +59,7 @@ from core.protocol import (
     MsgId,
     Ping,
     Pong,
+    Presence,
     Pub,
     Refreshed,
     ServerFrame,
@@ -407,6 +409,8 @@ class Session:
                     self.send(Pong(id=frame.id))
                 case Auth():
                     self._auth(frame)
+                case Presence():
+                    self._presence(frame)
         except (PeerError, RecordRefused, LocalError) as exc:
             self.fail(exc, frame.id)
 
@@ -441,13 +445,21 @@ class Session:
                 )
         else:
             # Idempotent: a repeated sub answers again (and replays when `since` asks).
+            # Without `since` a live subscription just stays attached: no leave + join.
             self._stop_replay(name)
-            self.router.unsubscribe(self, name)
+            if frame.since is not None:
+                self.router.unsubscribe(self, name)
         router = self.router
         head, recovered, replay = router.subscribe(
             self, name, frame.since, self._owner(name), frame.epoch
         )
         self.subscriptions.add(name)
+        channel = router.get(name)
+        if channel is not None:  # after the attach: a watcher never hears its own join
+            if frame.presence:
+                presence.watch(channel, self.outbox, self.encoding)
+            elif channel.watchers is not None:
+                presence.unwatch(channel, self.outbox)
         if replay is not None and replay.deep:
             # `subscribed` waits for the first page: only then is `recovered` known
             self._replays[name] = replay
@@ -553,6 +565,17 @@ class Session:
             replay.deep = False  # the ring has the rest
         self.outbox.refill = self._replay_more
         self._replay_more()
+
+    def _presence(self, frame: Presence) -> None:
+        """Who is subscribed now; for anyone who may subscribe (subscribed or not)."""
+        name = frame.ch
+        if self.router.get(name) is None:
+            self._check_channel(name)
+        if not self.principal.can_subscribe(name):
+            raise Forbidden(f"not allowed to subscribe to {name}")
+        answer = presence.page(name, self.router.get(name), frame.after, frame.limit)
+        answer.id = frame.id
+        self.send(answer)
 
     def _unsub(self, frame: Unsub) -> None:
         name = frame.ch
