@@ -38,7 +38,8 @@ CHANNEL_RE = re.compile(f"{NAME_CHARS}{{1,{MAX_CHANNEL_CHARS}}}")
 SYS_PREFIX = "$sys."
 STATS_CHANNEL = SYS_PREFIX + "stats"
 TAIL_CHANNEL = SYS_PREFIX + "tail"
-SERVER_CHANNELS = frozenset({STATS_CHANNEL, TAIL_CHANNEL})
+FLOW_CHANNEL = SYS_PREFIX + "flow"
+SERVER_CHANNELS = frozenset({STATS_CHANNEL, TAIL_CHANNEL, FLOW_CHANNEL})
 
 # A client message id is echoed verbatim and logged; bounded so it fits the database column.
 MsgId = Annotated[str, msgspec.Meta(max_length=128)] | int | None

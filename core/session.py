@@ -149,8 +149,8 @@ class Session:
         "_admit", "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
         "_errors", "_expiry", "_pending_close", "_replays", "_request_close", "_schedule",
         "_strikes", "_tokens", "_tokens_at", "_wall", "close_code", "conn_id", "encoding",
-        "expires_at", "inflight", "limits", "node_id", "outbox", "principal", "router",
-        "state", "subscriptions", "user",
+        "errors_sent", "expires_at", "inflight", "limits", "node_id", "outbox", "principal",
+        "published", "router", "state", "subscriptions", "user",
     )  # fmt: skip
 
     def __init__(
@@ -200,6 +200,9 @@ class Session:
         self.expires_at = expires_at  # Unix seconds the token expires at (None: never)
         self._expiry: Cancellable | None = None
         self._admit: Admit | None = None
+        # for the flow view (core/flow.py): publishes handed to the log, error frames sent
+        self.published = 0
+        self.errors_sent = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -345,6 +348,7 @@ class Session:
 
     def error(self, code: str, reason: str, msg_id: MsgId = None) -> None:
         self._errors.add(code)
+        self.errors_sent += 1
         self.send(Error(code=code, reason=reason, id=msg_id))
 
     def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
@@ -613,6 +617,7 @@ class Session:
         except BaseException:
             self.inflight -= 1
             raise
+        self.published += 1
 
     def _auth(self, frame: Auth) -> None:
         """A fresh token for this connection: same user, new rights and expiry."""
