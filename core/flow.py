@@ -253,26 +253,16 @@ def _bisect_lsn(history: Any, lsn: int) -> int:
 
 class FlowService:
     """Publishes the builder's document on `$sys.flow` every `stats_interval` while an
-    admin is subscribed (the counting tap and the disconnect hook idle otherwise)."""
-
-    name = "flow"
+    admin is subscribed (the counting tap and the disconnect hook idle otherwise).
+    `loop` is the `Service` the server starts and stops (next to the stats)."""
 
     def __init__(self, hub: RelayState) -> None:
         self.hub = hub
         self.builder = FlowBuilder(hub.router, hub.config.node_id)
-        self._loop = Loop("ferry-flow", self._round, hub.config.stats_interval)
+        self.loop = Loop("flow", self._round, hub.config.stats_interval)
         self._at = time.monotonic()
         hub.router.add_tap(self._observe)
         hub.on_disconnect.append(self._disconnected)
-
-    async def start(self) -> None:
-        await self._loop.start()
-
-    async def stop(self) -> None:
-        await self._loop.stop()
-
-    def stats(self) -> dict[str, Any]:
-        return self._loop.stats()
 
     def _watched(self) -> bool:
         ch = self.hub.router.get(FLOW_CHANNEL)

@@ -122,8 +122,8 @@ class Server:
         await self.stats.start()
         undo.push_async_callback(self.stats.stop)
         self.flow = FlowService(relay)
-        await self.flow.start()
-        undo.push_async_callback(self.flow.stop)
+        await self.flow.loop.start()
+        undo.push_async_callback(self.flow.loop.stop)
         self.keepalive = Keepalive(relay, config.idle_timeout, config.ping_timeout)
         await self.keepalive.start()
         undo.push_async_callback(self.keepalive.stop)
@@ -154,7 +154,7 @@ class Server:
         for section in self.stats_sections:
             extra.update(section())
         services = {service.name: service.stats() for service in self.services}
-        for own in (self.stats, self.flow, self.keepalive):
+        for own in (self.stats, self.flow.loop if self.flow else None, self.keepalive):
             if own is not None:
                 services[own.name] = own.stats()
         extra["services"] = services
@@ -224,7 +224,7 @@ class Server:
         if self.stats is not None:
             await self.stats.stop()
         if self.flow is not None:
-            await self.flow.stop()
+            await self.flow.loop.stop()
         if self.keepalive is not None:
             await self.keepalive.stop()
         log.info(

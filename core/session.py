@@ -433,12 +433,16 @@ class Session:
             return None
         return self.user
 
-    def _sub(self, frame: Sub) -> None:
-        name = frame.ch
+    def _may_subscribe(self, name: str) -> None:
+        """Raise unless `name` is a channel this connection may subscribe to."""
         if self.router.get(name) is None:
             self._check_channel(name)
         if not self.principal.can_subscribe(name):
             raise Forbidden(f"not allowed to subscribe to {name}")
+
+    def _sub(self, frame: Sub) -> None:
+        name = frame.ch
+        self._may_subscribe(name)
         if frame.since is not None and frame.since < 0:
             raise BadRequest("since must be >= 0")
         new = name not in self.subscriptions
@@ -573,10 +577,7 @@ class Session:
     def _presence(self, frame: Presence) -> None:
         """Who is subscribed now; for anyone who may subscribe (subscribed or not)."""
         name = frame.ch
-        if self.router.get(name) is None:
-            self._check_channel(name)
-        if not self.principal.can_subscribe(name):
-            raise Forbidden(f"not allowed to subscribe to {name}")
+        self._may_subscribe(name)
         answer = presence.page(name, self.router.get(name), frame.after, frame.limit)
         answer.id = frame.id
         self.send(answer)
