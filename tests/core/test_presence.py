@@ -8,6 +8,7 @@ from typing import Any
 
 from common.durability import Encoding
 from tests.core.world import Peer, World
+from tests.helpers import Client, StartRelay
 
 
 def _presence(world: World, peer: Peer, ch: str, **extra: Any) -> dict[str, Any]:
@@ -190,3 +191,19 @@ def test_a_replaying_subscriber_joins_once_it_is_attached() -> None:
     assert [f["seq"] for f in late.ops("msg")] == [1, 2, 3]
     assert _events(watcher) == [("join", "room.1", "late")]
     assert _presence(world, watcher, "room.1")["users"] == 2
+
+
+async def test_join_leave_and_presence_over_a_real_socket(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    watcher = await Client.connect(relay.url, msgpack=True, user="watcher")
+    await watcher.sub("room.live", presence=True)
+    ann = await Client.connect(relay.url, user="ann")
+    await ann.sub("room.live")
+    assert await watcher.recv() == {"op": "join", "ch": "room.live", "user": "ann"}
+    await watcher.send({"op": "presence", "ch": "room.live", "id": 1})
+    answer = await watcher.expect("presence")
+    assert answer["members"] == [{"user": "ann", "conns": 1}, {"user": "watcher", "conns": 1}]
+    await ann.close()  # the socket goes: a leave, once
+    assert await watcher.recv() == {"op": "leave", "ch": "room.live", "user": "ann"}
+    await watcher.assert_silent()
+    await watcher.close()
