@@ -1,4 +1,4 @@
-"""The server's own messages on `$sys.stats` and `$sys.tail`, as msgspec Structs.
+"""The server's own messages on `$sys.stats`, `$sys.tail` and `$sys.flow`, as msgspec Structs.
 
 These are the one declaration of what the dashboard receives: dashboard/src/stats.gen.ts is
 generated from them (`python -m common.stats_doc > dashboard/src/stats.gen.ts`) through their
@@ -112,7 +112,8 @@ class Stats(msgspec.Struct):
 
 
 class TailEntry(msgspec.Struct):
-    """One sampled `$sys.tail` message: a durable message's envelope and a JSON preview."""
+    """One sampled `$sys.tail` message: a durable message's envelope and a JSON preview,
+    and what its life looked like up to the fan-out (its timeline in the flow view)."""
 
     ch: str
     seq: int
@@ -120,6 +121,111 @@ class TailEntry(msgspec.Struct):
     ts: int
     size: int
     preview: str
+    lsn: int = 0  # its WAL record (the database has it once db.checkpoint_lsn >= lsn)
+    # receive (`ts`) -> durable, acked and fanned out, in ms by the wall clock (`ts` is
+    # whole ms, so this is up to 1 ms long)
+    durable_ms: float = 0.0
+    delivered: int = 0  # subscribers it was handed to
+
+
+WireEncoding = Literal["json", "msgpack"]
+# ok; paused: the socket's buffer is full (the outbox holds on); overflowed: past
+# FERRY_MAX_OUTBOX_BYTES, being closed 4408; closing: any other close under way
+OutboxState = Literal["ok", "paused", "overflowed", "closing"]
+
+
+class FlowSubscriber(msgspec.Struct):
+    """One subscriber of a channel in the flow view."""
+
+    client: str  # its `welcome.client`
+    user: str
+    encoding: WireEncoding
+    outbox_bytes: int
+    state: OutboxState
+
+
+class FlowChannel(msgspec.Struct):
+    """A channel among the busiest of the interval, with a bounded view of it."""
+
+    ch: str
+    rate: float  # messages per second
+    head: int  # last durable seq
+    subscribers: int
+    users: int  # distinct subscribed users (presence)
+    shown: list[FlowSubscriber]  # at most flow.SUBSCRIBERS_SHOWN of them
+    history_first: int | None  # the in-memory ring's range (`sub … since` from it)
+    history_last: int | None
+    # the last seq the database log has (from the replayer's checkpoint), null when it
+    # is below the ring or no replayer runs
+    logged_seq: int | None
+
+
+class FlowPublisher(msgspec.Struct):
+    """A publishing user (the messages' `from`) among the busiest of the interval."""
+
+    user: str
+    rate: float
+
+
+class FlowEdge(msgspec.Struct):
+    """Messages per second from `src` to `dst`. Node ids: `p:<user>` a publisher,
+    `c:<channel>` a channel, `s:<client>` a subscribing connection; `p:*`, `c:*` and
+    `s:*<channel>` are the ones folded into "others" (`count` of them)."""
+
+    src: str
+    dst: str
+    rate: float
+    count: int = 1
+
+
+class FlowConnection(msgspec.Struct):
+    """A connection shown in the graph: what the flow view tells about it when clicked."""
+
+    client: str
+    user: str
+    encoding: WireEncoding
+    subscriptions: int
+    channels: list[str]  # the first of them, by name
+    published: int  # publishes accepted since it connected
+    publish_rate: float  # per second over the interval
+    delivery_rate: float  # messages per second of its channels that were active
+    errors: int  # error frames sent to it
+    outbox_bytes: int
+    state: OutboxState
+
+
+class FlowClosed(msgspec.Struct):
+    """A connection that closed in the interval."""
+
+    client: str
+    user: str
+    code: int
+    ts_ms: int
+
+
+class FlowOthers(msgspec.Struct):
+    """What the top-N left out, folded."""
+
+    publishers: int
+    channels: int
+    rate: float  # messages per second of the channels left out
+
+
+class Flow(msgspec.Struct):
+    """One `$sys.flow` message: who published where and who received it, over the last
+    interval, top-N by messages per second (core/flow.py)."""
+
+    node: str
+    ts_ms: int
+    interval_s: float
+    msgs_per_s: float  # every channel but `$sys.*`
+    active_channels: int  # channels that got messages in the interval
+    publishers: list[FlowPublisher]
+    channels: list[FlowChannel]
+    edges: list[FlowEdge]
+    connections: list[FlowConnection]
+    closed: list[FlowClosed]
+    others: FlowOthers
 
 
 class DbStatus(msgspec.Struct):
@@ -136,11 +242,11 @@ class DbStatus(msgspec.Struct):
     rows: int
 
 
-WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (Stats, TailEntry)
+WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (Stats, TailEntry, Flow)
 
 _HEADER = """\
 // Generated from common/stats_doc.py by `python -m common.stats_doc`: do not edit.
-// What the server sends on `$sys.stats` and `$sys.tail`; protocol.ts adds the dashboard's
+// What the server sends on `$sys.stats`, `$sys.tail` and `$sys.flow`; protocol.ts adds the dashboard's
 // defensive view (any field may be null in a message an admin published by hand).
 """
 

@@ -24,6 +24,7 @@ import msgspec
 
 from common.durability import Encoding, Entry, LogUnavailable
 from common.errors import RecordRefused
+from core import presence
 from core.auth import ADMIN_USER
 from core.dedupe import MsgId
 from core.errors import (
@@ -37,6 +38,9 @@ from core.errors import (
     answer_for,
 )
 from core.protocol import (
+    MAX_CHANNEL_CHARS,
+    MAX_PRESENCE_PAGE,
+    PRESENCE_PAGE,
     SERVER_CHANNELS,
     SYS_PREFIX,
     Mid,
@@ -279,6 +283,9 @@ class Api:
         if len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages":
             _method(method, "GET")
             return self._messages(key, unquote(parts[1]), request)
+        if len(parts) == 3 and parts[0] == "channels" and parts[2] == "presence":
+            _method(method, "GET")
+            return self._presence(key, unquote(parts[1]), request)
         raise ApiError("not_found", "no such endpoint")
 
     def _authenticate(self, request: Request) -> Key:
@@ -495,6 +502,25 @@ class Api:
 
         self.hub.spawn(below_the_ring())
         return pending
+
+    def _presence(self, key: Key, name: str, request: Request) -> Response:
+        """Who is subscribed now: the totals and one page of users (core/presence.py)."""
+        self._readable(key, name)
+        after = request.query.get("after") or None
+        if after is not None and len(after) > MAX_CHANNEL_CHARS:
+            raise BadRequest(f"after must be at most {MAX_CHANNEL_CHARS} characters")
+        limit = _int(request.query, "limit", PRESENCE_PAGE, 1, MAX_PRESENCE_PAGE)
+        answer = presence.page(name, self.hub.router.get(name), after, limit)
+        return json_response(
+            200,
+            {
+                "ch": answer.ch,
+                "users": answer.users,
+                "connections": answer.connections,
+                "members": answer.members,
+                "next": answer.next,
+            },
+        )
 
     def _readable(self, key: Key, name: str) -> None:
         if not valid_channel(name):

@@ -38,7 +38,8 @@ CHANNEL_RE = re.compile(f"{NAME_CHARS}{{1,{MAX_CHANNEL_CHARS}}}")
 SYS_PREFIX = "$sys."
 STATS_CHANNEL = SYS_PREFIX + "stats"
 TAIL_CHANNEL = SYS_PREFIX + "tail"
-SERVER_CHANNELS = frozenset({STATS_CHANNEL, TAIL_CHANNEL})
+FLOW_CHANNEL = SYS_PREFIX + "flow"
+SERVER_CHANNELS = frozenset({STATS_CHANNEL, TAIL_CHANNEL, FLOW_CHANNEL})
 
 # A client message id is echoed verbatim and logged; bounded so it fits the database column.
 MsgId = Annotated[str, msgspec.Meta(max_length=128)] | int | None
@@ -56,6 +57,7 @@ class Sub(msgspec.Struct, tag="sub", tag_field="op"):
     since: int | None = None
     id: MsgId = None
     epoch: Epoch = None  # the epoch `since` belongs to
+    presence: bool = False  # also send `join` / `leave` as users come and go
 
 
 class Unsub(msgspec.Struct, tag="unsub", tag_field="op"):
@@ -81,7 +83,22 @@ class Auth(msgspec.Struct, tag="auth", tag_field="op"):
     id: MsgId = None
 
 
-ClientFrame = Sub | Unsub | Pub | Ping | Auth
+# A user id as a presence cursor (`presence.after`): a user id is a channel name minus "@".
+UserCursor = Annotated[str, msgspec.Meta(max_length=MAX_CHANNEL_CHARS)] | None
+PRESENCE_PAGE = 100  # users per `presence` answer unless `limit` says otherwise
+MAX_PRESENCE_PAGE = 1000
+
+
+class Presence(msgspec.Struct, tag="presence", tag_field="op"):
+    """Who is subscribed to `ch` now: a count and one page of users (by user id)."""
+
+    ch: str
+    after: UserCursor = None  # the page starts after this user id (the last `next`)
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PRESENCE_PAGE)] = PRESENCE_PAGE
+    id: MsgId = None
+
+
+ClientFrame = Sub | Unsub | Pub | Ping | Auth | Presence
 
 DECODERS: dict[
     Encoding, msgspec.json.Decoder[ClientFrame] | msgspec.msgpack.Decoder[ClientFrame]
@@ -162,6 +179,42 @@ class Error(msgspec.Struct, tag="error", tag_field="op", omit_defaults=True):
     id: MsgId = None
 
 
+class Member(msgspec.Struct):
+    """One user in a presence page: how many of its connections are subscribed."""
+
+    user: str
+    conns: int
+
+
+class PresencePage(msgspec.Struct, tag="presence", tag_field="op", omit_defaults=True):
+    """The answer to `presence` (and the body of GET /api/v1/channels/{ch}/presence).
+
+    `users` and `connections` count everything; `members` is one page of users in order
+    of user id, and `next` the cursor (`after`) of the page after it (null: the last)."""
+
+    ch: str
+    users: int
+    connections: int
+    members: list[Member]
+    next: str | None
+    id: MsgId = None
+
+
+class Join(msgspec.Struct, tag="join", tag_field="op"):
+    """A user's first connection subscribed to `ch` (to subscribers that asked with
+    `sub … presence: true`)."""
+
+    ch: str
+    user: str
+
+
+class Leave(msgspec.Struct, tag="leave", tag_field="op"):
+    """A user's last connection subscribed to `ch` left it."""
+
+    ch: str
+    user: str
+
+
 class Msg(msgspec.Struct, tag="msg", tag_field="op"):
     ch: str
     seq: int
@@ -183,7 +236,10 @@ class UntranscodableMsg(msgspec.Struct, tag="msg", tag_field="op"):
     error: str = "untranscodable"
 
 
-ServerFrame = Welcome | Subscribed | Unsubscribed | Refreshed | Ack | Pong | Error | Msg
+ServerFrame = (
+    Welcome | Subscribed | Unsubscribed | Refreshed | Ack | Pong | Error | Msg | PresencePage
+    | Join | Leave
+)  # fmt: skip
 
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()

@@ -60,6 +60,7 @@ from common.durability import (
 )
 from common.errors import RecordRefused
 from common.logsetup import Throttle
+from core import presence
 from core.dedupe import DedupeIndex, MsgId, Publisher
 from core.errors import LimitExceeded
 from core.outbox import Outbox
@@ -84,6 +85,7 @@ class Channel:
     __slots__ = (
         "bytes_end", "durable_seq", "forgotten", "history", "history_bytes", "last_seq",
         "msg_count", "name", "owner", "replayers", "stale", "starts", "stats_mark", "subs",
+        "users", "watchers",
     )  # fmt: skip
 
     def __init__(self, name: str, last_seq: int = 0, owner: str | None = None) -> None:
@@ -107,6 +109,11 @@ class Channel:
         self.replayers = 0  # sessions replaying its history (subscribed, not yet attached)
         self.owner = owner  # the user whose pub/sub created it (None: exempt from user limits)
         self.forgotten = False
+        # Presence (core/presence.py): attached subscribers per user, kept on attach and
+        # detach; None until the first (and never for `@user` inboxes: computed on demand).
+        self.users: dict[str, int] | None = None
+        # subscribers that asked for `join` / `leave` (`sub … presence: true`)
+        self.watchers: dict[Outbox, Encoding] | None = None
 
     @property
     def subscriber_count(self) -> int:
@@ -501,6 +508,8 @@ class Router:
             self._subscriptions += 1
             if self.occupancy is not None and ch.occupants == 1:
                 self._occupancy(ch, True)
+            if ch.name[0] != "@":
+                presence.joined(ch, session.user)
 
     def _occupancy(self, ch: Channel, occupied: bool) -> None:
         observer = self.occupancy
@@ -557,9 +566,13 @@ class Router:
         ch = self.channels.get(name)
         if ch is None:
             return False
+        if ch.watchers is not None:
+            presence.unwatch(ch, session.outbox)
         removed = ch.subs[session.encoding].pop(session.outbox, None) is not None
         if removed:
             self._subscriptions -= 1
+            if ch.users is not None:
+                presence.left(ch, session.user)
             if self.occupancy is not None and not ch.occupants:
                 self._occupancy(ch, False)
         if not ch.history and ch.idle:

@@ -1,11 +1,12 @@
 """Server lifecycle in one place: startup -> serve -> shutdown, in a fixed order.
 
     start():    open the log (recovery) -> restore router -> extensions -> listen
-                -> stats, keepalive -> services; a failed step undoes the earlier ones
+                -> stats and flow, keepalive -> services; a failed step undoes the earlier
+                ones
     shutdown(): stop accepting -> close the log (in-flight batches become durable or
                 fail: their acks or `unavailable` are queued) -> close every client with
-                1001 -> wait for them (bounded) -> stop services (newest first) -> stats,
-                keepalive
+                1001 -> wait for them (bounded) -> stop services (newest first) -> stats
+                and flow, keepalive
 A first SIGTERM/SIGINT starts the graceful shutdown; a second one forces exit.
 """
 
@@ -28,6 +29,7 @@ from common.service import Service
 from core.accept import create_server
 from core.config import Config
 from core.errors import ShuttingDown
+from core.flow import FlowService
 from core.guard import Guard
 from core.keepalive import Keepalive
 from core.metrics import register_relay
@@ -62,6 +64,7 @@ class Server:
         self.services: list[Service] = []  # started after the listener, stopped before the log
         self.stats_sections: list[Callable[[], dict[str, Any]]] = []
         self.stats: StatsPublisher | None = None
+        self.flow: FlowService | None = None  # `$sys.flow`, the dashboard's flow view
         self.keepalive: Keepalive | None = None
         self.guard: Guard | None = None
         self.port: int = config.port
@@ -118,6 +121,9 @@ class Server:
         self.stats = StatsPublisher(relay, self._extra_stats)
         await self.stats.start()
         undo.push_async_callback(self.stats.stop)
+        self.flow = FlowService(relay)
+        await self.flow.loop.start()
+        undo.push_async_callback(self.flow.loop.stop)
         self.keepalive = Keepalive(relay, config.idle_timeout, config.ping_timeout)
         await self.keepalive.start()
         undo.push_async_callback(self.keepalive.stop)
@@ -148,7 +154,7 @@ class Server:
         for section in self.stats_sections:
             extra.update(section())
         services = {service.name: service.stats() for service in self.services}
-        for own in (self.stats, self.keepalive):
+        for own in (self.stats, self.flow.loop if self.flow else None, self.keepalive):
             if own is not None:
                 services[own.name] = own.stats()
         extra["services"] = services
@@ -217,6 +223,8 @@ class Server:
                 log.error("%s did not stop in time", service.name)
         if self.stats is not None:
             await self.stats.stop()
+        if self.flow is not None:
+            await self.flow.loop.stop()
         if self.keepalive is not None:
             await self.keepalive.stop()
         log.info(

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import msgspec
 
 from common.durability import Encoding, Entry, LogUnavailable
+from core import presence
 from core.auth import Grant, Principal
 from core.errors import (
     AuthError,
@@ -58,6 +59,7 @@ from core.protocol import (
     MsgId,
     Ping,
     Pong,
+    Presence,
     Pub,
     Refreshed,
     ServerFrame,
@@ -147,8 +149,8 @@ class Session:
         "_admit", "_authenticate", "_clock", "_close_timer", "_decoder", "_encoding_is_json",
         "_errors", "_expiry", "_pending_close", "_replays", "_request_close", "_schedule",
         "_strikes", "_tokens", "_tokens_at", "_wall", "close_code", "conn_id", "encoding",
-        "expires_at", "inflight", "limits", "node_id", "outbox", "principal", "router",
-        "state", "subscriptions", "user",
+        "errors_sent", "expires_at", "inflight", "limits", "node_id", "outbox", "principal",
+        "published", "router", "state", "subscriptions", "user",
     )  # fmt: skip
 
     def __init__(
@@ -198,6 +200,9 @@ class Session:
         self.expires_at = expires_at  # Unix seconds the token expires at (None: never)
         self._expiry: Cancellable | None = None
         self._admit: Admit | None = None
+        # for the flow view (core/flow.py): publishes handed to the log, error frames sent
+        self.published = 0
+        self.errors_sent = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -343,6 +348,7 @@ class Session:
 
     def error(self, code: str, reason: str, msg_id: MsgId = None) -> None:
         self._errors.add(code)
+        self.errors_sent += 1
         self.send(Error(code=code, reason=reason, id=msg_id))
 
     def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
@@ -407,6 +413,8 @@ class Session:
                     self.send(Pong(id=frame.id))
                 case Auth():
                     self._auth(frame)
+                case Presence():
+                    self._presence(frame)
         except (PeerError, RecordRefused, LocalError) as exc:
             self.fail(exc, frame.id)
 
@@ -425,12 +433,16 @@ class Session:
             return None
         return self.user
 
-    def _sub(self, frame: Sub) -> None:
-        name = frame.ch
+    def _may_subscribe(self, name: str) -> None:
+        """Raise unless `name` is a channel this connection may subscribe to."""
         if self.router.get(name) is None:
             self._check_channel(name)
         if not self.principal.can_subscribe(name):
             raise Forbidden(f"not allowed to subscribe to {name}")
+
+    def _sub(self, frame: Sub) -> None:
+        name = frame.ch
+        self._may_subscribe(name)
         if frame.since is not None and frame.since < 0:
             raise BadRequest("since must be >= 0")
         new = name not in self.subscriptions
@@ -441,13 +453,21 @@ class Session:
                 )
         else:
             # Idempotent: a repeated sub answers again (and replays when `since` asks).
+            # Without `since` a live subscription just stays attached: no leave + join.
             self._stop_replay(name)
-            self.router.unsubscribe(self, name)
+            if frame.since is not None:
+                self.router.unsubscribe(self, name)
         router = self.router
         head, recovered, replay = router.subscribe(
             self, name, frame.since, self._owner(name), frame.epoch
         )
         self.subscriptions.add(name)
+        channel = router.get(name)
+        if channel is not None:  # after the attach: a watcher never hears its own join
+            if frame.presence:
+                presence.watch(channel, self.outbox, self.encoding)
+            elif channel.watchers is not None:
+                presence.unwatch(channel, self.outbox)
         if replay is not None and replay.deep:
             # `subscribed` waits for the first page: only then is `recovered` known
             self._replays[name] = replay
@@ -554,6 +574,14 @@ class Session:
         self.outbox.refill = self._replay_more
         self._replay_more()
 
+    def _presence(self, frame: Presence) -> None:
+        """Who is subscribed now; for anyone who may subscribe (subscribed or not)."""
+        name = frame.ch
+        self._may_subscribe(name)
+        answer = presence.page(name, self.router.get(name), frame.after, frame.limit)
+        answer.id = frame.id
+        self.send(answer)
+
     def _unsub(self, frame: Unsub) -> None:
         name = frame.ch
         if name not in self.subscriptions:
@@ -590,6 +618,7 @@ class Session:
         except BaseException:
             self.inflight -= 1
             raise
+        self.published += 1
 
     def _auth(self, frame: Auth) -> None:
         """A fresh token for this connection: same user, new rights and expiry."""

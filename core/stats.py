@@ -1,4 +1,5 @@
-"""`$sys.stats` (aggregates, every `stats_interval`) and `$sys.tail` (a sampled, capped tail).
+"""`$sys.stats` (aggregates, every `stats_interval`) and `$sys.tail` (a sampled, capped tail;
+`$sys.flow` is core/flow.py).
 
 Both are ephemeral server channels: delivered to admin subscribers, never logged. The
 page only ever receives these aggregates and at most `tail_rate` tail items a second,
@@ -19,6 +20,7 @@ from common.service import Loop
 from common.stats_doc import DB_OFF, StageLatency, Stats, TailEntry, TopChannel, WalStats
 from core.protocol import STATS_CHANNEL, SYS_PREFIX, TAIL_CHANNEL, transcode
 from core.relay_state import RelayState
+from core.router import Router
 
 TOP_CHANNELS = 10
 PREVIEW_CHARS = 200
@@ -28,6 +30,11 @@ _json = msgspec.json.Encoder()
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _subscribers(router: Router, name: str) -> int:
+    ch = router.get(name)
+    return ch.subscriber_count if ch is not None else 0
 
 
 class StatsPublisher:
@@ -156,6 +163,7 @@ class StatsPublisher:
         now = time.monotonic()
         self._tail_tokens = min(float(rate), self._tail_tokens + (now - self._tail_at) * rate)
         self._tail_at = now
+        now_ms = time.time() * 1000.0
         for entry in entries:
             if self._tail_tokens < 1.0:
                 return
@@ -177,5 +185,9 @@ class StatsPublisher:
                 ts=entry.ts_ms,
                 size=len(entry.data),
                 preview=text[:PREVIEW_CHARS].decode("utf-8", "replace"),
+                lsn=entry.lsn,
+                # taps run after the batch's acks and fan-out (Router.on_durable)
+                durable_ms=round(max(0.0, now_ms - entry.ts_ms), 3),
+                delivered=_subscribers(router, entry.channel),
             )
             router.publish_ephemeral(TAIL_CHANNEL, _json.encode(item))

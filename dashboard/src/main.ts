@@ -8,11 +8,14 @@
 import "./style.css";
 import { ChartBoard } from "./charts";
 import { byTestId, setAttr, setHidden, setText } from "./dom";
+import { FlowView } from "./flowview";
 import { HeaderView, StatsPanels } from "./panels";
 import {
+  FLOW_CHANNEL,
   PROTOCOL_VERSION,
   STATS_CHANNEL,
   TAIL_CHANNEL,
+  isFlow,
   isStats,
   isTailEntry,
   type ServerFrame,
@@ -49,6 +52,20 @@ const header = new HeaderView();
 const panels = new StatsPanels();
 const charts = new ChartBoard(byTestId("charts"), requestFrame);
 const tail = new TailView(byTestId("tail"), byTestId<HTMLButtonElement>("tail-pause"), byTestId("tail-count"), requestFrame);
+const flowView = new FlowView(
+  byTestId("flow-view"),
+  byTestId<HTMLCanvasElement>("flow-canvas"),
+  {
+    summary: byTestId("flow-summary"),
+    publishers: byTestId("flow-publishers"),
+    channels: byTestId("flow-channels"),
+    subscribers: byTestId("flow-subscribers"),
+    edges: byTestId("flow-edges"),
+    detail: byTestId("detail"),
+    empty: byTestId("detail-empty"),
+  },
+  requestFrame,
+);
 
 const ui = {
   conn: byTestId("conn-state"),
@@ -123,11 +140,15 @@ function onFrame(f: ServerFrame): void {
           chartNode = node;
         }
         charts.push(s, f.ts);
+        flowView.stats(s);
         // Hidden tabs get no animation frames; keep the counter true for tools anyway.
         if (document.hidden) setAttr(document.body, "data-stats-count", String(statsCount));
         requestFrame();
       } else if (f.ch === TAIL_CHANNEL && isTailEntry(f.data)) {
         tail.push(f.data);
+        flowView.tail(f.data);
+      } else if (f.ch === FLOW_CHANNEL && isFlow(f.data)) {
+        flowView.flow(f.data);
       }
       break;
     case "welcome":
@@ -260,6 +281,7 @@ function flush(): void {
   }
   guarded("charts", () => charts.render());
   guarded("tail", () => tail.render());
+  guarded("flow", () => flowView.render());
   renderConnection(Date.now());
   setAttr(document.body, "data-stats-count", String(statsCount));
 }
@@ -268,6 +290,28 @@ function flush(): void {
 window.setInterval(() => {
   if (status && (status.state === "waiting" || status.state === "ready")) requestFrame();
 }, 1_000);
+
+// ---- tabs: #flow is the flow view, anything else the overview -----------------------------
+
+const overview = byTestId("overview-view");
+const tabs = { overview: byTestId("tab-overview"), flow: byTestId("tab-flow") };
+
+function showTab(): void {
+  const flow = location.hash === "#flow";
+  setHidden(overview, flow);
+  flowView.setVisible(flow);
+  client.setFlow(flow); // $sys.flow costs the relay a little: only while it is shown
+  setAttr(tabs.overview, "aria-current", flow ? null : "page");
+  setAttr(tabs.flow, "aria-current", flow ? "page" : null);
+  requestFrame();
+}
+window.addEventListener("hashchange", showTab);
+
+// A test hook: where a graph node is drawn (page coordinates), for clicking it.
+(window as unknown as { ferryFlow: unknown }).ferryFlow = {
+  position: (id: string) => flowView.graph.position(id),
+  settled: () => flowView.graph.settled,
+};
 
 // ---- settings ---------------------------------------------------------------------------
 
@@ -339,3 +383,4 @@ document.addEventListener("visibilitychange", () => {
 
 document.body.dataset.statsCount = "0";
 apply(initial.relay, initial.token);
+showTab();

@@ -11,6 +11,7 @@ import type * as Wire from "./stats.gen";
 export const PROTOCOL_VERSION = 1;
 export const STATS_CHANNEL = "$sys.stats";
 export const TAIL_CHANNEL = "$sys.tail";
+export const FLOW_CHANNEL = "$sys.flow";
 
 /** Channel names: 1–200 chars of [A-Za-z0-9_.:@$-] (docs/design.md §3). */
 export const CHANNEL_RE = /^[A-Za-z0-9_.:@$-]{1,200}$/;
@@ -42,6 +43,19 @@ export type TailEntry = Wire.TailEntry;
  */
 export function isStats(d: unknown): d is Stats {
   return typeof d === "object" && d !== null && !Array.isArray(d) && "connections" in d && "ts_ms" in d;
+}
+
+/** One `$sys.flow` message (per stats interval, while the flow view is open). */
+export type Flow = Wire.Flow;
+export type FlowChannel = Wire.FlowChannel;
+export type FlowConnection = Wire.FlowConnection;
+export type FlowEdge = Wire.FlowEdge;
+export type FlowClosed = Wire.FlowClosed;
+
+export function isFlow(d: unknown): d is Flow {
+  if (typeof d !== "object" || d === null || Array.isArray(d)) return false;
+  const f = d as Flow;
+  return Array.isArray(f.edges) && Array.isArray(f.channels) && Array.isArray(f.connections);
 }
 
 export function isTailEntry(d: unknown): d is TailEntry {

@@ -15,7 +15,7 @@
  */
 
 import { Ferry, FerryError, type Message, type State, type StateInfo, type Subscription } from "ferry-client";
-import { STATS_CHANNEL, TAIL_CHANNEL, type ServerFrame } from "./protocol";
+import { FLOW_CHANNEL, STATS_CHANNEL, TAIL_CHANNEL, type ServerFrame } from "./protocol";
 
 export type ConnState = "idle" | "connecting" | "open" | "ready" | "waiting";
 
@@ -81,6 +81,9 @@ export class RelayClient {
   private ferry: Ferry | null = null;
   private target: RelayTarget | null = null;
   private welcomed = false;
+  /** `$sys.flow` is asked for only while the flow view is shown (it costs the relay). */
+  private flowWanted = false;
+  private flowSub: Subscription | null = null;
   private status: ConnStatus = {
     state: "idle",
     url: "",
@@ -128,11 +131,26 @@ export class RelayClient {
       return;
     }
     this.ferry = ferry;
+    this.flowSub = null;
     this.update({ url: target.displayUrl, idleReason: "" });
     if (target.subscribe) {
       for (const ch of [STATS_CHANNEL, TAIL_CHANNEL]) this.watch(ferry, ch);
+      this.setFlow(this.flowWanted);
     }
     void ferry.connect().catch(() => undefined); // a terminal close is shown through onState
+  }
+
+  /** Subscribe to `$sys.flow` (the flow view is open) or stop (it is hidden). */
+  setFlow(on: boolean): void {
+    this.flowWanted = on;
+    const ferry = this.ferry;
+    if (!ferry || !this.target?.subscribe) return;
+    if (on && !this.flowSub) {
+      this.flowSub = this.watch(ferry, FLOW_CHANNEL);
+    } else if (!on && this.flowSub) {
+      this.flowSub.unsubscribe();
+      this.flowSub = null;
+    }
   }
 
   retryNow(): void {
@@ -147,7 +165,7 @@ export class RelayClient {
 
   // ---- internals ----------------------------------------------------------------------
 
-  private watch(ferry: Ferry, ch: string): void {
+  private watch(ferry: Ferry, ch: string): Subscription {
     const sub: Subscription = ferry.subscribe(ch, {
       onMessage: (m: Message) => this.on.frame({ op: "msg", ...m }),
       // a restarted relay's $sys.* is a new stream: nothing to recover, carry on live
@@ -159,6 +177,7 @@ export class RelayClient {
         if (e instanceof FerryError && e.code !== "closed") this.on.frame({ op: "error", code: e.code, reason: e.message });
       },
     );
+    return sub;
   }
 
   private onState(ferry: Ferry, s: State, info: StateInfo): void {

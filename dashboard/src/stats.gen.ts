@@ -1,5 +1,5 @@
 // Generated from common/stats_doc.py by `python -m common.stats_doc`: do not edit.
-// What the server sends on `$sys.stats` and `$sys.tail`; protocol.ts adds the dashboard's
+// What the server sends on `$sys.stats`, `$sys.tail` and `$sys.flow`; protocol.ts adds the dashboard's
 // defensive view (any field may be null in a message an admin published by hand).
 
 /** One `$sys.stats` message; rates and latencies are over the last interval. */
@@ -79,7 +79,8 @@ export interface HooksStats {
   last_error: string | null;
 }
 
-/** One sampled `$sys.tail` message: a durable message's envelope and a JSON preview. */
+/** One sampled `$sys.tail` message: a durable message's envelope and a JSON preview,
+and what its life looked like up to the fan-out (its timeline in the flow view). */
 export interface TailEntry {
   ch: string;
   seq: number;
@@ -87,4 +88,91 @@ export interface TailEntry {
   ts: number;
   size: number;
   preview: string;
+  lsn?: number;
+  durable_ms?: number;
+  delivered?: number;
+}
+
+/** One `$sys.flow` message: who published where and who received it, over the last
+interval, top-N by messages per second (core/flow.py). */
+export interface Flow {
+  node: string;
+  ts_ms: number;
+  interval_s: number;
+  msgs_per_s: number;
+  active_channels: number;
+  publishers: FlowPublisher[];
+  channels: FlowChannel[];
+  edges: FlowEdge[];
+  connections: FlowConnection[];
+  closed: FlowClosed[];
+  others: FlowOthers;
+}
+
+/** A publishing user (the messages' `from`) among the busiest of the interval. */
+export interface FlowPublisher {
+  user: string;
+  rate: number;
+}
+
+/** A channel among the busiest of the interval, with a bounded view of it. */
+export interface FlowChannel {
+  ch: string;
+  rate: number;
+  head: number;
+  subscribers: number;
+  users: number;
+  shown: FlowSubscriber[];
+  history_first: number | null;
+  history_last: number | null;
+  logged_seq: number | null;
+}
+
+/** One subscriber of a channel in the flow view. */
+export interface FlowSubscriber {
+  client: string;
+  user: string;
+  encoding: "json" | "msgpack";
+  outbox_bytes: number;
+  state: "closing" | "ok" | "overflowed" | "paused";
+}
+
+/** Messages per second from `src` to `dst`. Node ids: `p:<user>` a publisher,
+`c:<channel>` a channel, `s:<client>` a subscribing connection; `p:*`, `c:*` and
+`s:*<channel>` are the ones folded into "others" (`count` of them). */
+export interface FlowEdge {
+  src: string;
+  dst: string;
+  rate: number;
+  count?: number;
+}
+
+/** A connection shown in the graph: what the flow view tells about it when clicked. */
+export interface FlowConnection {
+  client: string;
+  user: string;
+  encoding: "json" | "msgpack";
+  subscriptions: number;
+  channels: string[];
+  published: number;
+  publish_rate: number;
+  delivery_rate: number;
+  errors: number;
+  outbox_bytes: number;
+  state: "closing" | "ok" | "overflowed" | "paused";
+}
+
+/** A connection that closed in the interval. */
+export interface FlowClosed {
+  client: string;
+  user: string;
+  code: number;
+  ts_ms: number;
+}
+
+/** What the top-N left out, folded. */
+export interface FlowOthers {
+  publishers: number;
+  channels: number;
+  rate: number;
 }

@@ -334,3 +334,36 @@ async def test_an_idle_connection_is_closed_and_a_slow_request_answered_408(
     finally:
         for w in (busy_w, idle_w, slow_w):
             w.close()
+
+
+async def test_presence_counts_and_pages_the_subscribers(api: Api) -> None:
+    clients = [await Client.connect(api.relay.url, user=u) for u in ("ann", "ann", "ben", "cy")]
+    try:
+        for client in clients:
+            await client.sub("room.p")
+        page = conforms(
+            "/api/v1/channels/{ch}/presence",
+            "get",
+            await api.get("/api/v1/channels/room.p/presence", params={"limit": 2}),
+        )
+        assert (page["users"], page["connections"]) == (3, 4)
+        assert page["members"] == [{"user": "ann", "conns": 2}, {"user": "ben", "conns": 1}]
+        assert page["next"] == "ben"
+        rest = conforms(
+            "/api/v1/channels/{ch}/presence",
+            "get",
+            await api.get("/api/v1/channels/room.p/presence", params={"after": "ben"}),
+        )
+        assert rest["members"] == [{"user": "cy", "conns": 1}] and rest["next"] is None
+        empty = await api.get("/api/v1/channels/room.nobody/presence")
+        assert conforms("/api/v1/channels/{ch}/presence", "get", empty)["users"] == 0
+        for path, status in (
+            ("/api/v1/channels/$sys.stats/presence", 403),  # not an admin key
+            ("/api/v1/channels/room.p/presence?limit=0", 400),
+        ):
+            refused = await api.get(path)
+            assert refused.status_code == status
+            conforms("/api/v1/channels/{ch}/presence", "get", refused)
+    finally:
+        for client in clients:
+            await client.close()

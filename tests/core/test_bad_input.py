@@ -304,7 +304,7 @@ async def test_rate_limit_then_abuse_close(start_relay: StartRelay, bystander: C
 async def test_nobody_publishes_into_server_channels(start_relay: StartRelay) -> None:
     relay = await start_relay(admin_token=ADMIN_TOKEN)
     admin = await Client.connect(relay.url, token=ADMIN_TOKEN)
-    for channel in ("$sys.stats", "$sys.tail"):
+    for channel in ("$sys.stats", "$sys.tail", "$sys.flow"):
         await admin.pub(channel, {"fake": True}, "x")
         frame = await _error(admin, "forbidden")
         assert frame["id"] == "x"

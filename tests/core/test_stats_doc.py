@@ -99,5 +99,10 @@ async def test_the_replayers_section_replaces_db(start_relay: StartRelay, tmp_pa
 
 
 def test_tail_entries_send_the_sender_as_from() -> None:
-    entry = stats_doc.TailEntry(ch="a", seq=1, sender="u1", ts=5, size=2, preview="{}")
-    assert _wire(entry) == {"ch": "a", "seq": 1, "from": "u1", "ts": 5, "size": 2, "preview": "{}"}
+    entry = stats_doc.TailEntry(
+        ch="a", seq=1, sender="u1", ts=5, size=2, preview="{}", lsn=9, durable_ms=0.5, delivered=3
+    )
+    assert _wire(entry) == {
+        "ch": "a", "seq": 1, "from": "u1", "ts": 5, "size": 2, "preview": "{}",
+        "lsn": 9, "durable_ms": 0.5, "delivered": 3,
+    }  # fmt: skip
