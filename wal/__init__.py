@@ -82,7 +82,9 @@ unwritable, as a write error does.
 ---------------------------------------------
 `append` frames the record on the event loop and gives it the next LSN. Records that
 arrive while one batch is being written and fdatasync'ed form the next batch: one
-`write` + one `fdatasync` per batch, in a dedicated thread, one batch in flight. Only
+`write` + one `fdatasync` per batch, in a dedicated thread, with one more batch queued
+behind it (the thread goes from one sync straight to the next write; it writes a batch
+only once the one before it is synced, so one batch at most is written and unsynced). Only
 then does `on_durable(entries)` run (on the loop, per batch, in LSN order), and only
 then may the relay ack or fan out. `wal_sync=write` skips the fdatasync: a batch is
 "durable" once in the page cache, which survives a crash of ferry but NOT a power loss
@@ -110,7 +112,7 @@ version, CRC, first LSN = name, one node id), then each record (length bounds, C
 continuity within and across segments, decodable payload). The first damage decides:
 
 * in the newest segment, within `tail_window` bytes of its end (`max_batch_bytes` plus
-  one record: as far back as the one batch that may have been in flight at a crash can
+  one record: as far back as the one batch that may have been written and unsynced at a crash can
   reach): a torn tail. The file is copied to `<name>.broken`, truncated to the end of
   the last good record and fdatasync'ed; the log line says how many bytes were dropped.
   Only records that were never acked can be in that stretch (wal_sync=fsync).
