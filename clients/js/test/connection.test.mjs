@@ -103,7 +103,9 @@ test("idle: pings; silent: reconnects", async (t) => {
   assert.equal(ferry.state, "connecting", "silence counts as a lost link");
   assert.equal(states.find(([s]) => s === "waiting")[1].reason, "silence");
   assert.equal(first.closedWith, 4000);
+  assert.equal(first.terminated, true, "the dead socket is dropped, not left closing for 30 s");
   assert.equal(sockets.length, 2);
+  assert.equal(sockets[1].terminated, undefined);
 });
 
 test("a socket that never opens is given up after silenceMs", async (t) => {
@@ -113,6 +115,7 @@ test("a socket that never opens is given up after silenceMs", async (t) => {
   tick(2000);
   assert.equal(sockets.length, 2);
   assert.equal(sockets[0].closedWith, 4000);
+  assert.equal(sockets[0].terminated, true);
 });
 
 test("close(): no reconnect, pending publishes reject, resolves on the socket's close", async (t) => {
