@@ -1,6 +1,7 @@
 """The JS client across what servers do to it, as the Python client's
 tests/clients/test_restarts.py: a graceful restart under many clients loses and repeats
-nothing, and `$sys.stats` starting over after a restart is reported as a new epoch."""
+nothing (also with publishes in flight through it), and `$sys.stats` starting over after a
+restart is reported as a new epoch."""
 
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ from tests.helpers import UNIT
 READERS = int(os.environ.get("FERRYTEST_JS_RESTART_CLIENTS", "200"))
 
 
-async def test_a_graceful_restart_under_many_clients_loses_and_repeats_nothing(
-    serve: Serve, scenario: Any
-) -> None:
+async def restart_under_clients(
+    serve: Serve, scenario: Any, n: int = READERS, **values: Any
+) -> dict[str, Any]:
+    """Run restart.mjs: SIGTERM the relay once every reader has the first message, start it
+    again on the same port and WAL; the report, with what every client saw checked."""
     server = serve(FERRY_SHUTDOWN_TIMEOUT="5")
-    script: NodeScript = scenario(
-        "restart", scenario_env(url=server.url, n=READERS, channel="restart.room")
-    )
+    env = scenario_env(url=server.url, n=n, channel="restart.room", **values)
+    script: NodeScript = scenario("restart", env)
     await script.start()
     await script.event("before", UNIT * 4)
     server.signal(signal.SIGTERM)  # graceful: every client gets 1001
@@ -32,17 +34,47 @@ async def test_a_graceful_restart_under_many_clients_loses_and_repeats_nothing(
     await asyncio.to_thread(serve, server.port)  # same port, same WAL
     script.send("restarted")
     report = await script.finish(UNIT * 6)
-    assert report["n"] == READERS
-    assert report["acks"] == [
-        {"seq": 1, "dup": False},
-        {"seq": 2, "dup": False},
-        {"seq": 3, "dup": False},
-    ]
-    # each reader got 1, 2, 3 once each, in order, without a gap (the report lists the rest)
-    assert report["wrong"] == []
+    assert report["n"] == n
+    # each reader got every acked message once, in seq order, without a gap
+    assert report["wrongCount"] == 0, report["wrong"]
     assert report["restartCloses"] == [1001], "the restart reached every client as 1001"
     assert report["readies"] == [2], "every reader reconnected once"
+    return report
+
+
+async def test_a_graceful_restart_under_many_clients_loses_and_repeats_nothing(
+    serve: Serve, scenario: Any
+) -> None:
+    # as the Python test: one message before the restart, one after, then the marker
+    report = await restart_under_clients(serve, scenario, during=0, after=1)
+    assert report["acks"] == [[1, False], [2, False], [3, False]]
+    assert report["rejected"] == [] and report["errors"] == []
+
+
+async def test_publishes_in_flight_across_a_graceful_restart_are_acked_once_or_refused_whole(
+    serve: Serve, scenario: Any
+) -> None:
+    # One publish at a time from before the SIGTERM until 20 after every client is back.
+    # Some are refused `unavailable`, a server fault (core/ is not this branch's to change):
+    # shutdown() closes the WAL before it closes the connections with 1001, and a publish
+    # arriving in between is answered "not accepted" rather than left unanswered for the
+    # client to resend after the restart (9 runs in 10 here: 1 to 1,000+ refused; the
+    # count is printed). What must hold either way: a refusal is whole — no seq, never
+    # delivered — and every acked publish reaches every reader once, in order.
+    report = await restart_under_clients(serve, scenario, during=1, after=20)
+    acks = report["acks"]
+    # acked in order, each once, 1..M: no seq went to a refused publish (one in flight at
+    # the restart may be answered dup:true with its original seq); and the readers got
+    # exactly the acked ones, so no refused publish was delivered either
+    assert [seq for seq, _ in acks] == list(range(1, len(acks) + 1))
+    assert sum(1 for _, dup in acks if dup) <= 1
+    assert len(acks) >= 1 + 20 + 1
+    assert {code for _, code in report["rejected"]} <= {"unavailable"}, report["rejected"]
     assert report["errors"] == []
+    print(
+        f"graceful restart under {READERS} readers: {len(acks)} acked, "
+        f"{len(report['rejected'])} refused `unavailable` during the shutdown"
+    )
 
 
 async def test_sys_stats_across_a_restart_is_a_new_epoch_not_a_silent_continuation(
