@@ -566,7 +566,7 @@ export class Ferry {
         // A dead link cannot finish a close handshake: `ws` would hold its socket (and the
         // Node process) for its 30 s close timeout. Browsers have no terminate().
         const ws = this.ws as any;
-        this.lost(4000, "silence", true);
+        this.lost(4000, "silence", this.state !== "connecting");
         return ws?.terminate?.();
       }
       if (this.state === "ready" && now - this.lastTx >= ping) this.send({ op: "ping" });
