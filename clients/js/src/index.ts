@@ -562,7 +562,13 @@ export class Ferry {
     const silence = this.o.silenceMs ?? 25_000;
     const tick = () => {
       const now = Date.now();
-      if (now - this.lastRx >= silence) return this.lost(4000, "silence", true);
+      if (now - this.lastRx >= silence) {
+        // A dead link cannot finish a close handshake: `ws` would hold its socket (and the
+        // Node process) for its 30 s close timeout. Browsers have no terminate().
+        const ws = this.ws as any;
+        this.lost(4000, "silence", this.state !== "connecting");
+        return ws?.terminate?.();
+      }
       if (this.state === "ready" && now - this.lastTx >= ping) this.send({ op: "ping" });
       this.timers.ping = setTimeout(tick, Math.min(ping, silence) / 4);
     };

@@ -102,17 +102,23 @@ test("idle: pings; silent: reconnects", async (t) => {
   tick(2001); // no pong: 3 s without a frame (checked every 250 ms)
   assert.equal(ferry.state, "connecting", "silence counts as a lost link");
   assert.equal(states.find(([s]) => s === "waiting")[1].reason, "silence");
+  assert.equal(states.find(([s]) => s === "waiting")[1].opened, true);
   assert.equal(first.closedWith, 4000);
+  assert.equal(first.terminated, true, "the dead socket is dropped, not left closing for 30 s");
   assert.equal(sockets.length, 2);
+  assert.equal(sockets[1].terminated, undefined);
 });
 
 test("a socket that never opens is given up after silenceMs", async (t) => {
   t.mock.method(Math, "random", () => 0);
-  const { ferry, sockets } = setup(t, { ...FAST, silenceMs: 2000 });
+  const { ferry, sockets, states } = setup(t, { ...FAST, silenceMs: 2000 });
   ferry.connect();
   tick(2000);
   assert.equal(sockets.length, 2);
   assert.equal(sockets[0].closedWith, 4000);
+  assert.equal(sockets[0].terminated, true);
+  const [, info] = states.find(([s]) => s === "waiting");
+  assert.deepEqual([info.reason, info.opened], ["silence", false], "it never opened");
 });
 
 test("close(): no reconnect, pending publishes reject, resolves on the socket's close", async (t) => {

@@ -31,6 +31,11 @@ export class FakeSocket {
     // the relay answers the close handshake
     setImmediate(() => this.serverClose(code ?? 1005, ""));
   }
+  /** `ws`'s: drop the connection without a close handshake (no close event from the relay). */
+  terminate() {
+    this.terminated = true;
+    this.readyState = 3;
+  }
   // ---- the server's side ----
   open() {
     this.readyState = 1;
