@@ -218,6 +218,10 @@ class Router:
         # Epochs (docs/protocol.md): the log's incarnation, from `restore`; `$sys.*`
         # channels, whose seq lives in memory only, are this process's own.
         self.boot_epoch = secrets.token_hex(8)
+        # The server is shutting down (Server.shutdown sets it before the log closes): a
+        # WebSocket publish read from now on is left unanswered, not refused, and the
+        # client resends it (same `mid`) to the server that comes next (docs/protocol.md).
+        self.draining = False
         self.epoch = self.boot_epoch
         # Deep history (a `sub … since` below the ring): the store, and how to run its
         # reads (loop.create_task); set by the composition root when there is a database.

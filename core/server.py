@@ -193,6 +193,7 @@ class Server:
         self._closed = True
         relay = self._relay
         relay.closing = True
+        relay.router.draining = True  # later WebSocket publishes wait for the next server
         timeout = self.config.shutdown_timeout
         t0 = time.monotonic()
         if self._server is not None:

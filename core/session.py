@@ -608,6 +608,10 @@ class Session:
         principal = self.principal
         # _owner(name), inlined (a per-publish path)
         owner = None if principal.admin or name == principal.inbox or name[0] == "$" else self.user
+        if self.router.draining:
+            # Shutting down: the log takes nothing more. Not `unavailable` (the publish would
+            # count as refused): left unanswered, so the client resends it after the 1001.
+            return
         # Owed an answer from here on (a duplicate may be acked within publish()).
         # LogUnavailable and RecordRefused propagate to receive(), which answers them.
         self.inflight += 1
