@@ -15,6 +15,7 @@
     │   ├── PingTimeout            1011: our ping went unanswered
     │   ├── WrongUser              4403: a refreshed token for another user
     │   ├── SlowConsumer           4408: the outbox or a history replay overran
+    │   ├── ResyncRequired         4409: a cluster feed gap the owner's history no longer covers
     │   ├── RateAbuse              4429: kept publishing while rate limited
     │   ├── ShuttingDown           1001: graceful shutdown
     │   ├── TryLater               1013: one connection too many for its user (first-frame auth)
@@ -67,6 +68,7 @@ class CloseCode(enum.IntEnum):
     TOKEN_EXPIRED = 4401  # the token expired or a refresh was refused: get a new one
     AUTH_FORBIDDEN = 4403  # the token may not be used here (another user, a reserved one): stop
     SLOW_CONSUMER = 4408  # outbox passed max_outbox_bytes
+    RESYNC_REQUIRED = 4409  # cluster: missed messages the owner no longer has (docs/cluster.md)
     RATE_ABUSE = 4429  # kept publishing while rate limited
 
 
@@ -147,6 +149,10 @@ class RateAbuse(Closing):
     pass
 
 
+class ResyncRequired(Closing):
+    pass
+
+
 class ShuttingDown(Closing):
     pass
 
@@ -191,6 +197,7 @@ ANSWERS: dict[type[BaseException], Answer] = {
     PingTimeout: Answer(CloseCode.INTERNAL_ERROR),
     SlowConsumer: Answer(CloseCode.SLOW_CONSUMER),
     RateAbuse: Answer(CloseCode.RATE_ABUSE),
+    ResyncRequired: Answer(CloseCode.RESYNC_REQUIRED),
     ShuttingDown: Answer(CloseCode.GOING_AWAY),
     PeerClosed: Answer(CloseCode.NORMAL),
     BaseException: Answer(CloseCode.INTERNAL_ERROR, "internal error"),
