@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster import wire
-from cluster.bus import Bus, Unreachable
+from cluster.bus import Unreachable
 from cluster.slots import SLOTS, slot_of
 from common.durability import Entry
 from common.errors import LogUnavailable
@@ -56,8 +56,10 @@ def entry_of(record: wire.Record, lsn: int) -> Entry:
 
 
 class FeedPublisher:
-    def __init__(self, bus: Bus, cluster_id: str, node: str, incarnation: str) -> None:
-        self._bus = bus
+    def __init__(
+        self, publish: Callable[[str, bytes], None], cluster_id: str, node: str, incarnation: str
+    ) -> None:
+        self._publish = publish  # Bus.publish
         self._prefix = f"{cluster_id}.feed."
         self._hb_subject = f"{cluster_id}.hb.{node}"
         self.node = node
@@ -87,11 +89,11 @@ class FeedPublisher:
         self.counters[slot] += 1
         self.published += 1
         feed = wire.Feed(self.incarnation, self.counters[slot], records)
-        self._bus.publish(f"{self._prefix}{slot}", wire.ENCODE(feed))
+        self._publish(f"{self._prefix}{slot}", wire.ENCODE(feed))
 
     def heartbeat(self) -> None:
         hb = wire.Heartbeat(self.node, self.incarnation, self.counters)
-        self._bus.publish(self._hb_subject, wire.ENCODE(hb))
+        self._publish(self._hb_subject, wire.ENCODE(hb))
 
 
 class Phase(enum.Enum):

@@ -75,7 +75,7 @@ class ClusterNode:
             self.follower.epochs,
         )
         self.intake = Intake(router, digest, self._owns)
-        self.feed = FeedPublisher(self.bus, cid, self.node, self.incarnation)
+        self.feed = FeedPublisher(self.bus.publish, cid, self.node, self.incarnation)
         self.answers = Answers(
             router, durable_log, self.feed.counters, self.incarnation, local_history, spawn
         )

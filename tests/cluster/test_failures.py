@@ -1,0 +1,211 @@
+"""The cluster's failure table, as tested (docs/cluster.md): an owner SIGKILLed under load,
+rotating the owner; a node started with another node list."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from cluster.slots import SlotMap
+from tests.cluster.support import Cluster, require_nats
+from tests.helpers import UNIT, Client, ServeProcess, wait_for, wait_for_sync
+
+ROUNDS = int(os.environ.get("FERRYTEST_CLUSTER_KILL_ROUNDS", "3"))
+
+
+def owned_by(slots: SlotMap, node: str, prefix: str) -> str:
+    return next(f"{prefix}{i}" for i in range(10_000) if slots.owner_of(f"{prefix}{i}") == node)
+
+
+@dataclass
+class Load:
+    """One publisher: a `pub` every few ms, each with its own mid; what was acked."""
+
+    url: str
+    channel: str
+    acked: dict[int, int] = field(default_factory=dict)  # seq -> i (the data)
+    unavailable: list[float] = field(default_factory=list)  # when each came
+    sent: int = 0
+    answered: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with websockets.connect(self.url, max_size=None, open_timeout=UNIT) as ws:
+            await ws.recv()
+
+            async def send() -> None:
+                while not stop.is_set():
+                    frame: dict[str, Any] = {"op": "pub", "ch": self.channel}
+                    frame |= {"data": {"i": self.sent}, "id": self.sent}
+                    frame["mid"] = f"{self.channel}-{self.sent}"
+                    await ws.send(json.dumps(frame))
+                    self.sent += 1
+                    await asyncio.sleep(0.003)  # pacing, not a wait for anything
+
+            async def receive() -> None:
+                while not stop.is_set() or self.answered < self.sent:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), UNIT * 2))
+                    self.answered += 1
+                    if frame["op"] == "ack":
+                        assert frame["seq"] not in self.acked, frame
+                        self.acked[frame["seq"]] = frame["id"]
+                    else:
+                        assert frame["op"] == "error" and frame["code"] == "unavailable", frame
+                        self.unavailable.append(time.monotonic())
+
+            await asyncio.gather(send(), receive())
+
+
+@dataclass
+class Follower:
+    """A subscriber on a node that does not own the channel: every seq it got, in order."""
+
+    client: Client
+    channel: str
+    seqs: list[int] = field(default_factory=list)
+
+    async def run(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                frame = await self.client.recv(timeout=3600)
+                assert frame["op"] == "msg" and frame["ch"] == self.channel, frame
+                self.seqs.append(frame["seq"])
+
+
+async def _head(url: str, channel: str) -> int:
+    client = await Client.connect(url)
+    try:
+        return int((await client.sub(channel))["seq"])
+    finally:
+        await client.close()
+
+
+async def _history(url: str, channel: str, head: int) -> dict[int, int]:
+    client = await Client.connect(url)
+    try:
+        subscribed = await client.sub(channel, since=0)
+        assert subscribed["recovered"] is True and subscribed["seq"] >= head, subscribed
+        got: dict[int, int] = {}
+        while len(got) < subscribed["seq"]:
+            frame = await client.expect("msg")
+            got[frame["seq"]] = frame["data"]["i"]
+        assert sorted(got) == list(range(1, subscribed["seq"] + 1))
+        return got
+    finally:
+        await client.close()
+
+
+async def _probe(url: str, channel: str) -> tuple[str, float]:
+    """One publish: its answer's op or code, and how long it took."""
+    client = await Client.connect(url)
+    try:
+        t0 = time.monotonic()
+        await client.pub(channel, "probe", msg_id="probe")
+        frame = await client.recv(UNIT * 2)
+        return frame.get("code", frame["op"]), time.monotonic() - t0
+    finally:
+        await client.close()
+
+
+async def _kill_round(cluster: Cluster, slots: SlotMap, round_no: int) -> float:
+    """One owner SIGKILLed under load and restarted; how long `unavailable` took after it."""
+    victim = cluster.ids[round_no % len(cluster.ids)]
+    ingress, watcher = (node for node in cluster.ids if node != victim)
+    doomed = owned_by(slots, victim, f"kill{round_no}.")
+    spared = owned_by(slots, watcher, f"spared{round_no}.")
+    follower = Follower(await Client.connect(cluster.url(watcher)), doomed)
+    await follower.client.sub(doomed)
+    watching = asyncio.create_task(follower.run())
+    stop = asyncio.Event()
+    load, other = Load(cluster.url(ingress), doomed), Load(cluster.url(ingress), spared)
+    running = asyncio.gather(load.run(stop), other.run(stop))
+    await wait_for(lambda: len(load.acked) >= 100, UNIT * 2, "acks before the kill")
+
+    cluster.nodes[victim].kill()  # SIGKILL
+    code, took = await _probe(cluster.url(ingress), doomed)
+    assert code == "unavailable"
+    code, took = await _probe(cluster.url(ingress), doomed)  # NATS knows it is gone now
+    assert code == "unavailable" and took < 1.0, took  # not the 2 s forward timeout
+    spared_before = len(other.acked)
+    await wait_for(lambda: len(other.acked) >= spared_before + 50, UNIT, "other slots' acks")
+    acked_before = len(load.acked)
+
+    cluster.start(victim).wait_healthy()
+    await wait_for(lambda: len(load.acked) >= acked_before + 100, UNIT * 2, "acks again")
+    stop.set()
+    await asyncio.wait_for(running, UNIT * 2)
+
+    head = await _head(cluster.url(victim), doomed)
+    assert head >= max(load.acked)  # seqs continued from the WAL's head
+    history = await _history(cluster.url(victim), doomed, head)
+    for seq, i in load.acked.items():  # nothing acked lost, each under its seq
+        assert history[seq] == i
+    await wait_for(lambda: len(follower.seqs) >= head, UNIT * 2, "the missed tail")
+    assert follower.seqs == list(range(1, head + 1))  # no gap, nothing twice
+    await follower.client.close()
+    await asyncio.wait_for(watching, UNIT)
+    return took
+
+
+async def test_owner_sigkill_under_load_loses_nothing_acked_and_followers_catch_up(
+    tmp_path: Path,
+) -> None:
+    require_nats()
+    cluster = Cluster(tmp_path).start_all()
+    slots = SlotMap(cluster.ids)
+    try:
+        took = [await _kill_round(cluster, slots, round_no) for round_no in range(ROUNDS)]
+        print(f"unavailable after an owner SIGKILL: {[round(t * 1000, 1) for t in took]} ms")
+    finally:
+        cluster.stop_all()
+
+
+def test_a_changed_node_list_is_refused_naming_the_slots(tmp_path: Path) -> None:
+    require_nats()
+    cluster = Cluster(tmp_path, n=3)
+    first = cluster.start("n1")
+    first.wait_healthy()
+    first.signal()
+    assert first.wait() == 0
+    assert json.loads((tmp_path / "n1" / "wal" / "cluster.json").read_text())["nodes"] == [
+        "n1", "n2", "n3",
+    ]  # fmt: skip
+
+    moved = SlotMap(("n1", "n2", "n3")).moves(SlotMap(("n1", "n2")))
+    refused = cluster.start("n1", FERRY_CLUSTER_NODES="n1,n2")
+    assert refused.wait() != 0
+    out = refused.output()
+    assert f"{len(moved)} slots would move" in out, out
+    slot, (old, new) = next(iter(moved.items()))
+    assert f"{slot} ({old} -> {new})" in out
+    # the same list again: it starts
+    again = cluster.start("n1")
+    again.wait_healthy()
+    again.kill()
+
+
+def test_a_single_node_wal_cannot_join_a_cluster_silently(tmp_path: Path) -> None:
+    require_nats()
+    wal = tmp_path / "wal"
+    single = ServeProcess({"FERRY_WAL_DIR": str(wal), "FERRY_REPLAYER": "false"})
+    single.start(tmp_path / "single.log").wait_healthy()
+    single.signal()
+    assert single.wait() == 0
+    env = {
+        "FERRY_WAL_DIR": str(wal),
+        "FERRY_REPLAYER": "false",
+        "FERRY_NODE_ID": "n1",
+        "FERRY_CLUSTER_NODES": "n1,n2",
+        "FERRY_CLUSTER_ID": "refused",
+    }
+    joined = ServeProcess(env).start(tmp_path / "joined.log")
+    assert joined.wait() != 0
+    wait_for_sync(lambda: "slots would move" in joined.output(), UNIT, "the refusal")
+    assert "was written by a cluster of n1," in joined.output()
