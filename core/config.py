@@ -380,6 +380,16 @@ class Config:
         help="the cluster's NATS subject prefix (clusters sharing a NATS server differ in it)",
         check=_subject_token,
     )
+    workers: int = setting(
+        1,
+        help="processes sharing the ports (SO_REUSEPORT), each a cluster node <node_id>-w<i> "
+        "with its WAL in <wal_dir>/w<i>, talking through NATS; 1: this process serves",
+        check=_between(1, 64),
+    )
+    reuse_port: bool = setting(
+        False,
+        help="share the listening ports with other processes (SO_REUSEPORT; workers > 1 sets it)",
+    )
     # lifecycle
     shutdown_timeout: float = setting(
         10.0, help="seconds a graceful shutdown may take", check=_positive
@@ -671,6 +681,11 @@ def load(
         problem = hooks_problem(config.hooks_url, config.hooks_secret)
         if problem:
             raise ConfigError(problem)
+    if config.workers > 1 and (config.port == 0 or (config.api_keys and config.api_port == 0)):
+        raise ConfigError(
+            f"workers ({env_name('workers')}) = {config.workers} share one port: "
+            "port (and api_port) must not be 0"
+        )
     if config.cluster_nodes and config.node_id not in config.cluster_nodes:
         raise ConfigError(
             f"node_id ({env_name('node_id')}) = {config.node_id!r} is not one of cluster_nodes "

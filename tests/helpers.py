@@ -113,6 +113,8 @@ class ConfigOverrides(TypedDict, total=False):
     cluster_nodes: tuple[str, ...]
     nats_url: str
     cluster_id: str
+    workers: int
+    reuse_port: bool
     shutdown_timeout: float
     build_commit: str
 

@@ -1,0 +1,65 @@
+"""`ferry serve --workers 2`: two processes share the port (SO_REUSEPORT), each a cluster
+node `<node>-w<i>`; connections land on both, a channel's stream is one across them, and
+a changed worker count is refused like any changed node list."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import time
+from pathlib import Path
+
+from cluster.slots import SlotMap
+from tests.cluster.support import NATS_URL, require_nats
+from tests.helpers import UNIT, Client, ServeProcess
+
+
+def _workers(tmp_path: Path, cluster_id: str, n: int, log: str) -> ServeProcess:
+    env = {
+        "FERRY_NODE_ID": "h1",
+        "FERRY_CLUSTER_ID": cluster_id,
+        "FERRY_NATS_URL": NATS_URL,
+        "FERRY_WAL_DIR": str(tmp_path / "wal"),
+        "FERRY_REPLAYER": "false",
+    }
+    return ServeProcess(env, args=["--workers", str(n)]).start(tmp_path / log)
+
+
+async def test_two_workers_share_the_port_and_one_stream(tmp_path: Path) -> None:
+    require_nats()
+    cluster_id = "w" + secrets.token_hex(6)
+    serve = _workers(tmp_path, cluster_id, 2, "serve.log")
+    try:
+        serve.wait_healthy()
+        # the second worker may start listening a moment after the first answers /healthz
+        clients: list[Client] = []
+        by_node: dict[str, list[Client]] = {}
+        deadline = time.monotonic() + UNIT * 4
+        while len(by_node) < 2 or min(len(c) for c in by_node.values()) < 2:
+            assert time.monotonic() < deadline, f"connections only on {set(by_node)}"
+            client = await Client.connect(serve.url)
+            clients.append(client)
+            by_node.setdefault(client.welcome["node"], []).append(client)
+        assert set(by_node) == {"h1-w1", "h1-w2"}
+        slots = SlotMap(("h1-w1", "h1-w2"))
+        channel = next(f"w.{i}" for i in range(100) if slots.owner_of(f"w.{i}") == "h1-w2")
+        publisher = by_node["h1-w1"][0]  # forwarded to the other worker
+        subscribers = [by_node["h1-w1"][1], by_node["h1-w2"][0]]
+        for sub in subscribers:
+            await sub.sub(channel)
+        for i in range(20):
+            await publisher.pub(channel, i, msg_id=str(i))
+        assert [(await publisher.expect("ack"))["seq"] for _ in range(20)] == list(range(1, 21))
+        for sub in subscribers:
+            assert [(await sub.expect("msg"))["seq"] for _ in range(20)] == list(range(1, 21))
+        for client in clients:
+            await client.close()
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(UNIT * 4) == 0
+        assert (tmp_path / "wal" / "w1").is_dir() and (tmp_path / "wal" / "w2").is_dir()
+
+        refused = _workers(tmp_path, cluster_id, 3, "refused.log")
+        assert refused.wait(UNIT * 4) != 0
+        assert "slots would move" in refused.output()
+    finally:
+        serve.kill()
