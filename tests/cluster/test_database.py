@@ -1,0 +1,108 @@
+"""Three nodes, one MariaDB shared by their replayers (the machine's, a database of the
+test's own): the rows are exactly the acked (channel, seq) set, none twice, each written
+by its channel's owner, every channel's seqs contiguous. Publishes come over WebSocket and
+over the HTTP API, both forwarded to the owners."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import pymysql
+
+from cluster.slots import SlotMap
+from tests.cluster.support import Cluster, require_nats
+from tests.helpers import UNIT, Client, free_port, unavailable
+
+SECRET = "s" * 40
+
+
+def _connect(db: str | None = None) -> pymysql.Connection:
+    try:
+        return pymysql.connect(host="127.0.0.1", port=3306, user="root", database=db)
+    except pymysql.err.OperationalError as exc:
+        unavailable(f"MariaDB at 127.0.0.1:3306 ({exc})")
+
+
+async def test_the_database_holds_each_acked_message_once_written_by_its_owner(
+    tmp_path: Path,
+) -> None:
+    require_nats()
+    db = "ferry_cluster_" + secrets.token_hex(4)
+    admin = _connect()
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    api_ports = {f"n{i}": free_port() for i in (1, 2, 3)}
+    cluster = Cluster(
+        tmp_path,
+        FERRY_REPLAYER="true",
+        FERRY_DB_URL=f"mysql://root@127.0.0.1:3306/{db}",
+        FERRY_API_KEYS=f"backend:{SECRET}",
+    )
+    try:
+        for node in cluster.ids:
+            cluster.start(node, FERRY_API_PORT=str(api_ports[node]))
+        for node in cluster.ids:
+            cluster.nodes[node].wait_healthy()
+        slots = SlotMap(cluster.ids)
+        names = [f"db.{i}" for i in range(200)]
+        channels: list[str] = []
+        for node in cluster.ids:  # two owned by each node
+            channels += [ch for ch in names if slots.owner_of(ch) == node][:2]
+        acked: set[tuple[str, int]] = set()
+
+        async def over_websocket(node: str) -> None:
+            client = await Client.connect(cluster.url(node))
+            for i in range(60):
+                await client.pub(channels[i % 6], {"n": node, "i": i}, msg_id=str(i))
+            for _ in range(60):
+                ack = await client.expect("ack")
+                acked.add((ack["ch"], ack["seq"]))
+            await client.close()
+
+        async def over_http(node: str) -> None:
+            url = f"http://127.0.0.1:{api_ports[node]}/api/v1/publish/batch"
+            items = [{"ch": channels[i % 6], "data": {"n": node, "i": i}} for i in range(30)]
+            async with httpx.AsyncClient(timeout=UNIT) as http:
+                reply = await http.post(
+                    url, json={"items": items}, headers={"Authorization": f"Bearer {SECRET}"}
+                )
+            assert reply.status_code == 200, reply.text
+            for result in reply.json()["results"]:
+                assert "seq" in result, result
+                acked.add((result["ch"], result["seq"]))
+
+        await asyncio.gather(
+            *(over_websocket(node) for node in cluster.ids),
+            *(over_http(node) for node in cluster.ids),
+        )
+        assert len(acked) == 3 * 90
+
+        conn = _connect(db)
+        rows: list[tuple[str, str, int]] = []
+        deadline = time.monotonic() + UNIT * 6
+        while len(rows) < len(acked):
+            assert time.monotonic() < deadline, f"{len(rows)} of {len(acked)} rows"
+            await asyncio.sleep(0.1)  # polled: the replayers write on their own schedule
+            conn.commit()  # a fresh snapshot
+            with conn.cursor() as cur:
+                cur.execute("SELECT node, channel, seq FROM ferry_messages")
+                rows = [(str(n), str(c), int(s)) for n, c, s in cur.fetchall()]
+        conn.close()
+        assert len(rows) == len({(c, s) for _, c, s in rows})  # none twice
+        assert {(c, s) for _, c, s in rows} == acked
+        assert all(slots.owner_of(c) == n for n, c, _ in rows)  # a forwarded one: its owner's
+        per_channel: dict[str, list[int]] = defaultdict(list)
+        for _, c, s in rows:
+            per_channel[c].append(s)
+        for seqs in per_channel.values():
+            assert sorted(seqs) == list(range(1, len(seqs) + 1))
+    finally:
+        cluster.stop_all()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {db}")
+        admin.close()
