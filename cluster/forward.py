@@ -23,6 +23,7 @@ from common.durability import Encoding
 from common.errors import LogUnavailable, RecordRefused
 from core.dedupe import MsgId, Publisher
 from core.errors import LimitExceeded
+from core.remote import Forwarded
 from core.router import Router
 
 log = logging.getLogger("ferry.cluster")
@@ -65,17 +66,8 @@ class Forwarder:
         self.no_responders = 0
         self.timeouts = 0
 
-    def publish(
-        self,
-        publisher: Publisher | None,
-        channel: str,
-        data: bytes,
-        encoding: Encoding,
-        msg_id: MsgId,
-        sender: str,
-        owner: str | None,
-        mid: str | None,
-    ) -> None:
+    def publish(self, publisher: Publisher | None, request: Forwarded) -> None:
+        channel, data, encoding, msg_id, sender, owner, mid = request
         node = self._owner_of(channel)
         queue = self._queues.get(node)
         if queue is None:

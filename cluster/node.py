@@ -21,12 +21,12 @@ from cluster.feed import FeedPublisher, Follower
 from cluster.forward import Forwarder, Intake
 from cluster.history import Answers, ClusterHistory
 from cluster.slots import SlotMap, slot_of
-from common.durability import DurableLog, Encoding, HistoryStore
+from common.durability import DurableLog, HistoryStore
 from common.service import Loop
 from core.config import Config
-from core.dedupe import MsgId, Publisher
+from core.dedupe import Publisher
 from core.protocol import SYS_PREFIX
-from core.remote import Ready
+from core.remote import Forwarded, Ready
 from core.router import Router
 
 log = logging.getLogger("ferry.cluster")
@@ -91,18 +91,8 @@ class ClusterNode:
         # `$sys.*` is each node's own (its stats), never forwarded
         return not channel.startswith(SYS_PREFIX) and not self._owns(channel)
 
-    def publish(
-        self,
-        publisher: Publisher | None,
-        channel: str,
-        data: bytes,
-        encoding: Encoding,
-        msg_id: MsgId,
-        sender: str,
-        owner: str | None,
-        mid: str | None,
-    ) -> None:
-        self.forwarder.publish(publisher, channel, data, encoding, msg_id, sender, owner, mid)
+    def publish(self, publisher: Publisher | None, request: Forwarded) -> None:
+        self.forwarder.publish(publisher, request)
 
     def ready(self, channel: str) -> bool:
         return not self.elsewhere(channel) or self.follower.ready(channel)

@@ -18,7 +18,7 @@ Delivery on a following node goes the other way, through `Router.apply_remote` a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from common.durability import Encoding
 from core.dedupe import MsgId, Publisher
@@ -27,22 +27,24 @@ from core.dedupe import MsgId, Publisher
 Ready = Callable[[BaseException | None], None]
 
 
+class Forwarded(NamedTuple):
+    """A publish for a channel owned elsewhere, as the router was given it."""
+
+    channel: str
+    data: bytes
+    encoding: Encoding
+    msg_id: MsgId
+    sender: str
+    owner: str | None  # the user a new channel counts against (None: exempt)
+    mid: str | None
+
+
 class Remote(Protocol):
     def elsewhere(self, channel: str) -> bool:
         """The channel is owned by another node (its publishes are forwarded)."""
         ...
 
-    def publish(
-        self,
-        publisher: Publisher | None,
-        channel: str,
-        data: bytes,
-        encoding: Encoding,
-        msg_id: MsgId,
-        sender: str,
-        owner: str | None,
-        mid: str | None,
-    ) -> None:
+    def publish(self, publisher: Publisher | None, request: Forwarded) -> None:
         """Forward a publish to the channel's owner; `publisher` gets its answer later."""
         ...
 

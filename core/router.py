@@ -64,6 +64,7 @@ from core.dedupe import DedupeIndex, MsgId, Publisher
 from core.errors import LimitExceeded
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
+from core.remote import Forwarded
 
 if TYPE_CHECKING:
     from core.remote import Remote
@@ -608,7 +609,7 @@ class Router:
         remote = self.remote
         if remote is not None and remote.elsewhere(name):
             # the owner assigns the seq, dedupes the mid and answers the publisher
-            remote.publish(session, name, data, encoding, msg_id, sender, owner, mid)
+            remote.publish(session, Forwarded(name, data, encoding, msg_id, sender, owner, mid))
             return
         dedupe = self.dedupe
         if mid is not None and dedupe.enabled:

@@ -50,8 +50,8 @@ class Load:
                     await asyncio.sleep(0.003)  # pacing, not a wait for anything
 
             async def receive() -> None:
-                while not stop.is_set() or self.answered < self.sent:
-                    frame = json.loads(await asyncio.wait_for(ws.recv(), UNIT * 2))
+                while True:
+                    frame = json.loads(await ws.recv())
                     self.answered += 1
                     if frame["op"] == "ack":
                         assert frame["seq"] not in self.acked, frame
@@ -60,7 +60,17 @@ class Load:
                         assert frame["op"] == "error" and frame["code"] == "unavailable", frame
                         self.unavailable.append(time.monotonic())
 
-            await asyncio.gather(send(), receive())
+            receiving = asyncio.create_task(receive())
+            await send()
+            # every publish is answered: an ack or `unavailable`, never nothing
+            await wait_for(
+                lambda: self.answered >= self.sent or receiving.done(), UNIT * 2, "answers"
+            )
+            if receiving.done():
+                receiving.result()  # what it failed with
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving
 
 
 @dataclass

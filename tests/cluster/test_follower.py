@@ -15,9 +15,9 @@ from cluster.bus import NoResponders
 from cluster.feed import FeedPublisher, Follower
 from cluster.history import Answers
 from cluster.slots import SlotMap, slot_of
-from common.durability import Encoding, HistoryLimits
-from core.dedupe import MsgId, Publisher
-from core.remote import Ready
+from common.durability import HistoryLimits
+from core.dedupe import Publisher
+from core.remote import Forwarded, Ready
 from tests.core.world import Peer, World
 from tests.helpers import UNIT, wait_for
 
@@ -62,17 +62,7 @@ class Edge:
     def elsewhere(self, channel: str) -> bool:
         return SLOTS.owner_of(channel) != "b"
 
-    def publish(
-        self,
-        publisher: Publisher | None,
-        channel: str,
-        data: bytes,
-        encoding: Encoding,
-        msg_id: MsgId,
-        sender: str,
-        owner: str | None,
-        mid: str | None,
-    ) -> None:
+    def publish(self, publisher: Publisher | None, request: Forwarded) -> None:
         raise AssertionError("nothing is published on the following node here")
 
     def ready(self, channel: str) -> bool:
