@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import itertools
 import secrets
 from typing import Any
@@ -112,6 +113,8 @@ def _plan(a: argparse.Namespace, urls: dict[str, str], slots: SlotMap) -> Plan:
 def run_cluster(a: argparse.Namespace) -> Result:
     if a.sample_every is None:
         a.sample_every = 1 if a.mode == "latency" else 32
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    load = [round(x, 2) for x in procfs.load_average()]
     ids = [f"c{i + 1}" for i in range(max(2, a.nodes))]
     slots = SlotMap(ids)
     cluster_env = {
@@ -146,6 +149,10 @@ def run_cluster(a: argparse.Namespace) -> Result:
         for target in nodes.values():
             target.check()
     result = build_result(scenario, f"ferry-cluster-{a.mode}", plan, m, [])
+    result.started_at = started
+    result.load_avg = load
+    result.settings = {**cluster_env, "FERRY_WAL_SYNC": a.wal_sync}
+    result.code = procfs.code_version(str(targets.ROOT))
     per_node = m.extras.get("nodes_cpu", {})
     units = m.acked if scenario == "ingest" else m.delivered
     total = sum(per_node.values())
