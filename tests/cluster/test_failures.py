@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,3 +220,83 @@ def test_a_single_node_wal_cannot_join_a_cluster_silently(tmp_path: Path) -> Non
     assert joined.wait() != 0
     wait_for_sync(lambda: "slots would move" in joined.output(), UNIT, "the refusal")
     assert "was written by a cluster of n1," in joined.output()
+
+
+async def _read_seqs(client: Client, channel: str, upto: int) -> list[int]:
+    seqs: list[int] = []
+    while not seqs or seqs[-1] < upto:
+        frame = await client.expect("msg", UNIT * 2)
+        assert frame["ch"] == channel
+        seqs.append(frame["seq"])
+    return seqs
+
+
+async def _publish(client: Client, channel: str, n: int) -> int:
+    for i in range(n):
+        await client.pub(channel, i)
+    seq = 0
+    for _ in range(n):
+        seq = (await client.expect("ack"))["seq"]
+    return int(seq)
+
+
+async def test_non_owner_sigkill_its_clients_recover_elsewhere_with_since(tmp_path: Path) -> None:
+    require_nats()
+    cluster = Cluster(tmp_path).start_all()
+    try:
+        slots = SlotMap(cluster.ids)
+        owner, doomed, spare = cluster.ids
+        channel = owned_by(slots, owner, "moving.")
+        client = await Client.connect(cluster.url(doomed))
+        await client.sub(channel)
+        publisher = await Client.connect(cluster.url(spare))
+        assert await _publish(publisher, channel, 30) == 30
+        seen = await _read_seqs(client, channel, 30)
+        cluster.nodes[doomed].kill()  # SIGKILL: its clients lose the connection
+        head = await _publish(publisher, channel, 30)  # the owner is unaffected
+        assert head == 60
+        moved = await Client.connect(cluster.url(spare))
+        subscribed = await moved.sub(channel, since=seen[-1])
+        assert subscribed["recovered"] is True and subscribed["seq"] == head
+        assert seen + await _read_seqs(moved, channel, head) == list(range(1, head + 1))
+        for c in (moved, publisher):
+            await c.close()
+    finally:
+        cluster.stop_all()
+
+
+async def test_a_stopped_follower_resumes_in_order_or_closes_with_4409(tmp_path: Path) -> None:
+    require_nats()
+    cluster = Cluster(tmp_path, n=2).start_all()
+    try:
+        owner, follower = cluster.ids
+        channel = owned_by(SlotMap(cluster.ids), owner, "stop.")
+        watcher = await Client.connect(cluster.url(follower))
+        await watcher.sub(channel)
+        publisher = await Client.connect(cluster.url(owner))
+        assert await _publish(publisher, channel, 10) == 10
+        assert await _read_seqs(watcher, channel, 10) == list(range(1, 11))
+        process = cluster.nodes[follower]
+        process.signal(signal.SIGSTOP)
+        try:  # stopped for 1.5 s (the fault's length) while the owner acks 200 a batch
+            t0 = time.monotonic()
+            head = 10
+            while time.monotonic() - t0 < 1.5:
+                head = await _publish(publisher, channel, 200)  # the owner does not wait
+            took = time.monotonic() - t0
+        finally:
+            process.signal(signal.SIGCONT)
+        assert head > 10 and (head - 10) % 200 == 0
+        got: list[int] = []
+        try:
+            got = await _read_seqs(watcher, channel, head)
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 4409, closed
+        assert got == list(range(11, 11 + len(got)))  # in order, never twice
+        print(
+            f"{head - 10} acks in {took:.2f}s with the follower stopped; it then delivered {len(got)}"
+        )
+        for c in (watcher, publisher):
+            await c.close()
+    finally:
+        cluster.stop_all()
