@@ -34,6 +34,31 @@ _os.fdatasync = _fdatasync
 '''
 
 
+# For the owner: the process dies right after an fdatasync once DIE exists (durable, and
+# nobody was answered).
+_DIE_AFTER_SYNC = """\"\"\"Test-only (tests/cluster/test_outages.py): die right after an fdatasync.\"\"\"
+import os as _os
+
+_real = _os.fdatasync
+
+
+def _fdatasync(fd):
+    _real(fd)
+    if _os.path.exists({die!r}):
+        _os._exit(9)
+
+
+_os.fdatasync = _fdatasync
+"""
+
+
+def _site_env(site: Path, text: str) -> dict[str, str]:
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(text)
+    paths = [str(site), str(REPO), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
 def _owned_by(slots: SlotMap, node: str) -> str:
     return next(f"dur.{i}" for i in range(10_000) if slots.owner_of(f"dur.{i}") == node)
 
@@ -43,17 +68,11 @@ async def test_no_remote_delivery_before_the_owners_fsync_nor_of_a_failed_write(
 ) -> None:
     require_nats()
     hold, fail = tmp_path / "hold", tmp_path / "fail"
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(_SITE.format(hold=str(hold), fail=str(fail)))
+    faults = _site_env(tmp_path / "site", _SITE.format(hold=str(hold), fail=str(fail)))
     cluster = Cluster(tmp_path)
     owner = cluster.ids[0]
     for node in cluster.ids:
-        extra = {}
-        if node == owner:
-            paths = [str(site), str(REPO), os.environ.get("PYTHONPATH", "")]
-            extra["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        cluster.start(node, **extra)
+        cluster.start(node, **(faults if node == owner else {}))
     try:
         for node in cluster.ids:
             cluster.nodes[node].wait_healthy()
@@ -143,3 +162,42 @@ async def test_nats_down_local_channels_keep_working_and_all_converges_after(
     finally:
         cluster.stop_all()
         nats.stop()
+
+
+async def test_outcome_unknown_then_a_retry_with_the_same_mid_gets_the_original_seq(
+    tmp_path: Path,
+) -> None:
+    """The owner dies after the fdatasync, before it answers: the forward times out
+    (`unavailable`, outcome unknown); after the restart the retry is a duplicate."""
+    require_nats()
+    die = tmp_path / "die"
+    faults = _site_env(tmp_path / "site", _DIE_AFTER_SYNC.format(die=str(die)))
+    cluster = Cluster(tmp_path, n=2)
+    owner, ingress = cluster.ids
+    try:
+        cluster.start(owner, **faults)
+        cluster.start(ingress)
+        for node in cluster.ids:
+            cluster.nodes[node].wait_healthy()
+        channel = _owned_by(SlotMap(cluster.ids), owner)
+        client = await Client.connect(cluster.url(ingress))
+        await client.send({"op": "pub", "ch": channel, "data": "first", "mid": "m1", "id": 1})
+        assert (await client.expect("ack"))["seq"] == 1
+        die.touch()
+        await client.send({"op": "pub", "ch": channel, "data": "once", "mid": "m2", "id": 2})
+        error = await client.expect("error", UNIT * 2)
+        assert error["code"] == "unavailable" and error["id"] == 2
+        assert cluster.nodes[owner].wait() == 9  # it died after making it durable
+        die.unlink()
+        cluster.start(owner, **faults).wait_healthy()
+        await client.send({"op": "pub", "ch": channel, "data": "once", "mid": "m2", "id": 3})
+        retry = await client.expect("ack", UNIT * 2)
+        assert retry["seq"] == 2 and retry.get("dup") is True
+        reader = await Client.connect(cluster.url(owner))
+        subscribed = await reader.sub(channel, since=0)
+        assert subscribed["seq"] == 2  # one copy
+        assert [(await reader.expect("msg"))["data"] for _ in range(2)] == ["first", "once"]
+        for c in (client, reader):
+            await c.close()
+    finally:
+        cluster.stop_all()
