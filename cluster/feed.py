@@ -246,9 +246,6 @@ class Follower:
         attempt = 0
         while True:
             owner = self._owner_of_slot(state.slot)
-            if not state.subscribed:
-                await self._subscribe_feed(state.slot)  # before the sync: nothing is missed
-                state.subscribed = True
             state.phase = Phase.SYNCING
             state.buffer = []
             joining, state.joining = state.joining, {}
@@ -257,6 +254,9 @@ class Follower:
             names = held + [name for name in joining if name not in state.channels]
             self.resyncs += 1
             try:
+                if not state.subscribed:
+                    await self._subscribe_feed(state.slot)  # before the sync: nothing missed
+                    state.subscribed = True
                 reply = wire.SYNC_REPLY.decode(
                     await self._control(owner, wire.ENCODE(wire.Sync(state.slot, names)))
                 )

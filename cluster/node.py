@@ -81,6 +81,7 @@ class ClusterNode:
         )
         self.history = ClusterHistory(self.slots, self.node, local_history, self._control)
         self._heartbeat = Loop("cluster heartbeat", self._beat, HEARTBEAT_S)
+        self._joined = False
 
     # --- core.remote.Remote ------------------------------------------------------------
 
@@ -123,6 +124,11 @@ class ClusterNode:
         if hb.node != self.node:
             self.follower.on_heartbeat(hb)
 
+    def not_ready(self) -> str | None:
+        """/readyz: red until this node has joined the cluster (NATS connected, its
+        subjects served). A NATS outage later leaves it green: its own channels still work."""
+        return None if self._joined else "cluster: not joined yet (connecting to NATS)"
+
     def _beat(self) -> None:
         if self.bus.connected:
             self.feed.heartbeat()
@@ -139,6 +145,7 @@ class ClusterNode:
             await self._control(node, wire.ENCODE(wire.Sync(0, [])))
             self._router.add_tap(self.feed.tap)
             await self._heartbeat.start()
+            self._joined = True
         except BaseException:
             await self.bus.close()
             raise

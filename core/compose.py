@@ -111,6 +111,7 @@ def _cluster(server: Server, wal: WalLog | None) -> Iterable[Service]:
         router.deep,
     )
     router.remote = node
+    relay.readiness.append(node.not_ready)
     router.deep = node.history
     router.spawn = relay.spawn
     return (node,)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import UNIT, ServeProcess, free_port, unavailable, wait_for_sync
+from tests.helpers import UNIT, ServeProcess, free_port, http_get, unavailable, wait_for_sync
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -63,8 +63,19 @@ class Cluster:
         for node in self.ids:
             self.start(node)
         for node in self.ids:
-            self.nodes[node].wait_healthy()
+            self.wait_ready(node)
         return self
+
+    def wait_ready(self, node: str) -> None:
+        """Healthy, then /readyz green: it has joined the cluster (its NATS subjects are
+        served), so a forward to it finds a responder."""
+        proc = self.nodes[node]
+        proc.wait_healthy()
+        wait_for_sync(
+            lambda: http_get(proc.http + "/readyz", timeout=1)[0] == 200,
+            UNIT * 2,
+            f"{node} to join the cluster",
+        )
 
     def url(self, node: str) -> str:
         return self.nodes[node].url

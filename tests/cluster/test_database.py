@@ -47,7 +47,7 @@ async def test_the_database_holds_each_acked_message_once_written_by_its_owner(
         for node in cluster.ids:
             cluster.start(node, FERRY_API_PORT=str(api_ports[node]))
         for node in cluster.ids:
-            cluster.nodes[node].wait_healthy()
+            cluster.wait_ready(node)
         slots = SlotMap(cluster.ids)
         names = [f"db.{i}" for i in range(200)]
         channels: list[str] = []

@@ -148,7 +148,8 @@ async def _kill_round(cluster: Cluster, slots: SlotMap, round_no: int) -> float:
     await wait_for(lambda: len(other.acked) >= spared_before + 50, UNIT, "other slots' acks")
     acked_before = len(load.acked)
 
-    cluster.start(victim).wait_healthy()
+    cluster.start(victim)
+    cluster.wait_ready(victim)
     await wait_for(lambda: len(load.acked) >= acked_before + 100, UNIT * 2, "acks again")
     stop.set()
     await asyncio.wait_for(running, UNIT * 2)

@@ -75,7 +75,7 @@ async def test_no_remote_delivery_before_the_owners_fsync_nor_of_a_failed_write(
         cluster.start(node, **(faults if node == owner else {}))
     try:
         for node in cluster.ids:
-            cluster.nodes[node].wait_healthy()
+            cluster.wait_ready(node)
         channel = _owned_by(SlotMap(cluster.ids), owner)
         watchers = [await Client.connect(cluster.url(node)) for node in cluster.ids[1:]]
         for watcher in watchers:
@@ -178,7 +178,7 @@ async def test_outcome_unknown_then_a_retry_with_the_same_mid_gets_the_original_
         cluster.start(owner, **faults)
         cluster.start(ingress)
         for node in cluster.ids:
-            cluster.nodes[node].wait_healthy()
+            cluster.wait_ready(node)
         channel = _owned_by(SlotMap(cluster.ids), owner)
         client = await Client.connect(cluster.url(ingress))
         await client.send({"op": "pub", "ch": channel, "data": "first", "mid": "m1", "id": 1})
@@ -189,7 +189,8 @@ async def test_outcome_unknown_then_a_retry_with_the_same_mid_gets_the_original_
         assert error["code"] == "unavailable" and error["id"] == 2
         assert cluster.nodes[owner].wait() == 9  # it died after making it durable
         die.unlink()
-        cluster.start(owner, **faults).wait_healthy()
+        cluster.start(owner, **faults)
+        cluster.wait_ready(owner)
         await client.send({"op": "pub", "ch": channel, "data": "once", "mid": "m2", "id": 3})
         retry = await client.expect("ack", UNIT * 2)
         assert retry["seq"] == 2 and retry.get("dup") is True
