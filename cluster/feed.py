@@ -29,8 +29,7 @@ from cluster import wire
 from cluster.bus import Unreachable
 from cluster.slots import SLOTS, slot_of
 from common.durability import Entry
-from common.errors import LogUnavailable
-from core.errors import ResyncRequired
+from core.errors import OwnerUnreachable, ResyncRequired
 from core.remote import Ready
 from core.router import Router
 
@@ -267,7 +266,7 @@ class Follower:
                     log.exception("cluster: slot %d: sync failed", state.slot)
                 for waiters in joining.values():
                     for then in waiters:
-                        then(LogUnavailable("the channel's owner cannot be reached"))
+                        then(OwnerUnreachable("the channel's owner cannot be reached"))
                 if not state.channels and not state.joining:
                     state.phase = Phase.IDLE
                     return

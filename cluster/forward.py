@@ -17,12 +17,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from cluster import wire
-from cluster.bus import Bus, NoResponders, Unreachable
+from cluster.bus import Bus, Timeout, Unreachable
 from common.durability import Encoding
 from common.errors import LogUnavailable, RecordRefused
 from core.dedupe import MsgId, Publisher
-from core.errors import LimitExceeded
+from core.errors import LimitExceeded, LocalError, OutcomeUnknown, OwnerUnreachable
 from core.remote import Forwarded
 from core.router import Router
 
@@ -101,12 +103,21 @@ class Forwarder:
             reply = wire.FORWARD_REPLY.decode(
                 await self._bus.request(self._subject_of(node), payload, self.timeout)
             )
-        except Unreachable as exc:
-            if isinstance(exc, NoResponders):
+        except (Unreachable, msgspec.MsgspecError) as exc:
+            error: LocalError
+            if isinstance(exc, Unreachable) and not isinstance(exc, Timeout):
                 self.no_responders += 1
-            else:
+                error = OwnerUnreachable(str(exc))
+            else:  # no answer in time, or one nobody can read: it may have been stored
                 self.timeouts += 1
-            results: list[wire.Done | str] = [wire.UNAVAILABLE] * len(batch)
+                error = OutcomeUnknown(str(exc))
+            for _, publisher, msg_id in batch:
+                if publisher is not None:
+                    try:
+                        publisher.unavailable(msg_id, error)
+                    except Exception:
+                        log.exception("cluster: answering a forwarded publish failed")
+            return
         else:
             self._epochs[node] = reply.epoch
             results = reply.results
@@ -119,6 +130,8 @@ class Forwarder:
             try:
                 if isinstance(result, wire.Done):
                     publisher.ack(item.channel, result.seq, result.ts_ms, msg_id, result.dup)
+                elif result == wire.NOT_OWNER:
+                    publisher.unavailable(msg_id, OwnerUnreachable(result))
                 else:
                     publisher.unavailable(msg_id)
             except Exception:
@@ -163,7 +176,7 @@ class _Answer:
     def ack(self, channel: str, seq: int, ts_ms: int, msg_id: MsgId, dup: bool = False) -> None:
         self.batch.settle(self.index, wire.Done(seq, ts_ms, dup))
 
-    def unavailable(self, msg_id: MsgId) -> None:
+    def unavailable(self, msg_id: MsgId, error: BaseException | None = None) -> None:
         self.batch.settle(self.index, wire.UNAVAILABLE)
 
 

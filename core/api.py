@@ -182,9 +182,10 @@ class Waiting:
         self.results[msg_id] = Published(channel, seq, ts_ms, "", dup)
         self._answered()
 
-    def unavailable(self, msg_id: MsgId) -> None:
+    def unavailable(self, msg_id: MsgId, error: BaseException | None = None) -> None:
         assert isinstance(msg_id, int)
-        self.results[msg_id] = Failed(self.channels[msg_id], ErrorBody(*refusal(LogUnavailable())))
+        refused = refusal(error if error is not None else LogUnavailable())
+        self.results[msg_id] = Failed(self.channels[msg_id], ErrorBody(*refused))
         self._answered()
 
     def _answered(self) -> None:

@@ -24,7 +24,9 @@
     │   └── ReservedUser           a token for a user who may not connect: 401, 4403 after it
     ├── RecordRefused              too_large: the log's format cannot hold it (common.errors)
     └── LocalError                 our side failed; the client only learns the code
-        └── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
+        ├── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
+        ├── OwnerUnreachable       unavailable: the channel's node (cluster) cannot be reached
+        └── OutcomeUnknown         unavailable: a forwarded publish got no answer in time
 
 What a client sees for each error is decided in one table, `ANSWERS`, and looked up by
 `answer_for` (the nearest class in the exception's MRO). An `Answer` is either an error
@@ -108,6 +110,15 @@ class LimitExceeded(PeerError):
     pass
 
 
+class OwnerUnreachable(LocalError):
+    """Cluster (docs/cluster.md): the node that owns the channel cannot be reached; a
+    publish was not accepted, a `sub` has no copy to answer from."""
+
+
+class OutcomeUnknown(LocalError):
+    """Cluster: a forwarded publish got no answer in time; the owner may have stored it."""
+
+
 class AuthError(FerryError):
     """The token is missing, malformed, badly signed or expired (HTTP 401)."""
 
@@ -187,6 +198,15 @@ ANSWERS: dict[type[BaseException], Answer] = {
         ErrorCode.UNAVAILABLE, "the log cannot accept writes; the message was not accepted"
     ),
     LocalError: Answer(ErrorCode.UNAVAILABLE, "the server could not take the message"),
+    OwnerUnreachable: Answer(
+        ErrorCode.UNAVAILABLE,
+        "the node that owns this channel cannot be reached; nothing was accepted",
+    ),
+    OutcomeUnknown: Answer(
+        ErrorCode.UNAVAILABLE,
+        "no answer in time from the node that owns this channel: the message may have been "
+        "stored; retry with the same mid",
+    ),
     AuthError: Answer(CloseCode.TOKEN_EXPIRED),
     ReservedUser: Answer(CloseCode.AUTH_FORBIDDEN),
     TryLater: Answer(CloseCode.TRY_AGAIN_LATER),

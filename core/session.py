@@ -355,10 +355,10 @@ class Session:
         if self._pending_close is not None and not self.inflight:
             self._settled()
 
-    def unavailable(self, msg_id: MsgId) -> None:
+    def unavailable(self, msg_id: MsgId, error: BaseException | None = None) -> None:
         if self.state is State.CLOSED:
             return
-        self.fail(LogUnavailable(), msg_id)
+        self.fail(error if error is not None else LogUnavailable(), msg_id)
         self._settled(answered=True)
 
     def _settled(self, answered: bool = False) -> None:

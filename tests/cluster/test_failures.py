@@ -183,7 +183,7 @@ def test_a_changed_node_list_is_refused_naming_the_slots(tmp_path: Path) -> None
     require_nats()
     cluster = Cluster(tmp_path, n=3)
     first = cluster.start("n1")
-    first.wait_healthy()
+    cluster.wait_ready("n1")  # started (a SIGTERM before the handlers are in kills it)
     first.signal()
     assert first.wait() == 0
     assert json.loads((tmp_path / "n1" / "wal" / "cluster.json").read_text())["nodes"] == [

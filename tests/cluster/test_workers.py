@@ -8,10 +8,23 @@ import secrets
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from cluster.slots import SlotMap
 from tests.cluster.support import NATS_URL, require_nats
 from tests.helpers import UNIT, Client, ServeProcess
+
+
+async def _until(client: Client, frame: dict[str, Any], op: str) -> dict[str, Any]:
+    """Send `frame` until it is answered with `op`: a worker that has not joined the cluster
+    yet answers `unavailable` (its owner has no responders: nothing was accepted)."""
+    deadline = time.monotonic() + UNIT * 2
+    while True:
+        await client.send(frame)
+        answer = await client.recv()
+        if answer["op"] == op:
+            return answer
+        assert answer.get("code") == "unavailable" and time.monotonic() < deadline, answer
 
 
 def _workers(tmp_path: Path, cluster_id: str, n: int, log: str) -> ServeProcess:
@@ -45,18 +58,10 @@ async def test_two_workers_share_the_port_and_one_stream(tmp_path: Path) -> None
         channel = next(f"w.{i}" for i in range(100) if slots.owner_of(f"w.{i}") == "h1-w2")
         publisher = by_node["h1-w1"][0]  # forwarded to the other worker
         subscribers = [by_node["h1-w1"][1], by_node["h1-w2"][0]]
-        for sub in subscribers:
-            await sub.sub(channel)
-        # the owner may not have joined the cluster yet: the first publish is retried with
-        # its mid until it is acked (`unavailable` meanwhile: no responders, not accepted)
-        deadline = time.monotonic() + UNIT * 2
-        while True:
-            await publisher.send({"op": "pub", "ch": channel, "data": 0, "mid": "0", "id": "0"})
-            answer = await publisher.recv()
-            if answer["op"] == "ack":
-                break
-            assert answer.get("code") == "unavailable" and time.monotonic() < deadline, answer
-        assert answer["seq"] == 1
+        for sub in subscribers:  # (a worker may not have joined yet: unavailable, retried)
+            await _until(sub, {"op": "sub", "ch": channel}, "subscribed")
+        first = {"op": "pub", "ch": channel, "data": 0, "mid": "0", "id": "0"}  # its mid: safe
+        assert (await _until(publisher, first, "ack"))["seq"] == 1
         for i in range(1, 20):
             await publisher.pub(channel, i, msg_id=str(i))
         assert [(await publisher.expect("ack"))["seq"] for _ in range(19)] == list(range(2, 21))
