@@ -120,7 +120,10 @@ async def _probe(url: str, channel: str) -> tuple[str, float]:
         t0 = time.monotonic()
         await client.pub(channel, "probe", msg_id="probe")
         frame = await client.recv(UNIT * 2)
-        return frame.get("code", frame["op"]), time.monotonic() - t0
+        took = time.monotonic() - t0
+        if frame["op"] == "error":  # says which: not accepted (no responders)
+            assert "cannot be reached; nothing was accepted" in frame["reason"], frame
+        return frame.get("code", frame["op"]), took
     finally:
         await client.close()
 

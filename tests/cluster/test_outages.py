@@ -187,6 +187,7 @@ async def test_outcome_unknown_then_a_retry_with_the_same_mid_gets_the_original_
         await client.send({"op": "pub", "ch": channel, "data": "once", "mid": "m2", "id": 2})
         error = await client.expect("error", UNIT * 2)
         assert error["code"] == "unavailable" and error["id"] == 2
+        assert "may have been stored; retry with the same mid" in error["reason"]
         assert cluster.nodes[owner].wait() == 9  # it died after making it durable
         die.unlink()
         cluster.start(owner, **faults)

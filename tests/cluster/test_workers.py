@@ -4,6 +4,7 @@ a changed worker count is refused like any changed node list."""
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.slots import SlotMap
+from core.workers import STARTUP_S
 from tests.cluster.support import NATS_URL, require_nats
-from tests.helpers import UNIT, Client, ServeProcess
+from tests.helpers import UNIT, Client, ServeProcess, wait_for_sync
 
 
 async def _until(client: Client, frame: dict[str, Any], op: str) -> dict[str, Any]:
@@ -78,3 +80,45 @@ async def test_two_workers_share_the_port_and_one_stream(tmp_path: Path) -> None
         assert "slots would move" in refused.output()
     finally:
         serve.kill()
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def test_a_killed_worker_is_started_again(tmp_path: Path) -> None:
+    require_nats()
+    serve = _workers(tmp_path, "w" + secrets.token_hex(6), 2, "serve.log")
+    try:
+        serve.wait_healthy()
+        assert serve.proc is not None
+        supervisor = serve.proc.pid
+        wait_for_sync(lambda: len(_children(supervisor)) == 2, UNIT, "two workers")
+        # past the start-up grace: a worker ending now is restarted, not the end of all
+        wait_for_sync(
+            lambda: time.monotonic() - _started(supervisor) > STARTUP_S + 1, UNIT * 2, "grace"
+        )
+        victim = _children(supervisor)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for_sync(
+            lambda: len(kids := _children(supervisor)) == 2 and victim not in kids,
+            UNIT * 2,
+            "the worker started again",
+        )
+        assert serve.proc.poll() is None
+        wait_for_sync(  # serving again (a SIGTERM before its handlers are in would kill it)
+            lambda: serve.output().count("ferry serving") == 3, UNIT * 2, "the new worker"
+        )
+        serve.signal(signal.SIGTERM)
+        assert serve.wait(UNIT * 4) == 0
+    finally:
+        serve.kill()
+
+
+def _started(pid: int) -> float:
+    """How long ago (monotonic) the process started, from /proc (field 22, clock ticks)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.monotonic() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
