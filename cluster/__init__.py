@@ -9,6 +9,7 @@
     feed.py         per-slot feeds out of the owner; following, resync, 4409
     history.py      the owner's answers (sync, history); `ClusterHistory` for `since`
     node.py         `ClusterNode`: all of it as one service, the relay's `core.remote.Remote`
+    metrics.py      `ferry_cluster_*` in /metrics
 
 Errors:
 

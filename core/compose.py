@@ -97,6 +97,7 @@ def _cluster(server: Server, wal: WalLog | None) -> Iterable[Service]:
     """This node's part of a cluster (docs/cluster.md): remote channels' publishes go to
     their owners, their deliveries come from the owners' feeds, `since` reads reach the
     owner's history."""
+    from cluster.metrics import ClusterCollector
     from cluster.node import ClusterNode  # nats-py is loaded only by a cluster node
 
     relay = server.relay
@@ -114,6 +115,7 @@ def _cluster(server: Server, wal: WalLog | None) -> Iterable[Service]:
     relay.readiness.append(node.not_ready)
     router.deep = node.history
     router.spawn = relay.spawn
+    server.registry.register(ClusterCollector(node))
     return (node,)
 
 

@@ -19,7 +19,7 @@ import websockets
 
 from cluster.slots import SLOTS, SlotMap, slot_of
 from tests.cluster.support import Cluster, require_nats
-from tests.helpers import ROOT, UNIT, Client
+from tests.helpers import ROOT, UNIT, Client, http_get
 
 PUBS = int(os.environ.get("FERRYTEST_CLUSTER_PUBS", "5000"))  # per publisher (9 of them)
 HISTORY = 1000  # FERRY_HISTORY_SIZE of the nodes
@@ -228,3 +228,24 @@ def test_the_wal_of_each_node_holds_only_its_own_channels(cluster: Cluster) -> N
         assert all(slots.owner_of(ch) == node for ch in channels), (node, channels)
         seen |= channels
     assert "busy.1" in seen  # the test above ran first: 45,000 forwarded publishes
+
+
+def _metric(text: str, name: str) -> float:
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_metrics_count_what_crossed_nodes(cluster: Cluster) -> None:
+    """After the nine publishers above (this module runs in order, on one cluster)."""
+    owner = SlotMap(cluster.ids).owner_of("busy.1")  # 45,000 publishes, 30,000 forwarded
+    forwarded = intake = 0.0
+    for node in cluster.ids:
+        status, body = http_get(cluster.nodes[node].http + "/metrics")
+        assert status == 200
+        text = body.decode()
+        assert _metric(text, "ferry_cluster_nats_connected") == 1
+        forwarded += _metric(text, "ferry_cluster_forwarded_total")
+        if node == owner:
+            intake = _metric(text, "ferry_cluster_intake_total")
+        else:
+            assert _metric(text, "ferry_cluster_feed_applied_total") >= 9 * PUBS
+    assert forwarded >= 6 * PUBS and intake >= 6 * PUBS
