@@ -27,30 +27,14 @@ class ClusterCollector(Collector):
             ("nats_disconnects", "Times the NATS connection was lost", bus.disconnects),
             ("forwarded", "Publishes forwarded to their channel's owner", forwarder.forwarded),
             ("forward_requests", "Forward requests (one per owner per tick)", forwarder.requests),
-            (
-                "forward_no_responders",
-                "Forward requests whose owner was down (publishers got unavailable)",
-                forwarder.no_responders,
-            ),
-            (
-                "forward_timeouts",
-                "Forward requests with no answer in time (outcome unknown)",
-                forwarder.timeouts,
-            ),
+            ("forward_no_responders", "Forwards to a node that was down", forwarder.no_responders),
+            ("forward_timeouts", "Forwards with no answer in time (unknown)", forwarder.timeouts),
             ("intake", "Forwarded publishes this node took as the owner", node.intake.received),
             ("feeds_published", "Feed messages this node published", node.feed.published),
             ("feed_applied", "Messages delivered from other nodes' feeds", follower.applied),
             ("backfilled", "Messages fetched from an owner to fill a gap", follower.backfilled),
-            (
-                "resyncs",
-                "Slot syncs with an owner (first follow, gaps, restarts)",
-                follower.resyncs,
-            ),
-            (
-                "resync_closes",
-                "Subscriptions closed with 4409 (a gap the owner no longer held)",
-                follower.resync_closes,
-            ),
+            ("resyncs", "Slot syncs with an owner (follow, gap, restart)", follower.resyncs),
+            ("resync_closes", "Subscriptions closed with 4409", follower.resync_closes),
             ("send_failures", "NATS sends that failed", bus.send_failures),
         )
         for name, help_text, value in counters:

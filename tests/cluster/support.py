@@ -3,13 +3,29 @@ nats-server), each test under its own FERRY_CLUSTER_ID."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import secrets
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import UNIT, ServeProcess, free_port, http_get, unavailable, wait_for_sync
+import websockets
+
+from tests.helpers import (
+    UNIT,
+    ServeProcess,
+    free_port,
+    http_get,
+    unavailable,
+    wait_for,
+    wait_for_sync,
+)
 
 NATS_URL = "nats://127.0.0.1:4222"
 
@@ -119,3 +135,51 @@ class PrivateNats:
             self.proc.kill()
             self.proc.wait(UNIT)
         self.proc = None
+
+
+@dataclass
+class Load:
+    """One publisher: a `pub` every few ms, each with its own mid; what was acked."""
+
+    url: str
+    channel: str
+    acked: dict[int, int] = field(default_factory=dict)  # seq -> i (the data)
+    unavailable: list[float] = field(default_factory=list)  # when each came
+    sent: int = 0
+    answered: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with websockets.connect(self.url, max_size=None, open_timeout=UNIT) as ws:
+            await ws.recv()
+
+            async def send() -> None:
+                while not stop.is_set():
+                    frame: dict[str, Any] = {"op": "pub", "ch": self.channel}
+                    frame |= {"data": {"i": self.sent}, "id": self.sent}
+                    frame["mid"] = f"{self.channel}-{self.sent}"
+                    await ws.send(json.dumps(frame))
+                    self.sent += 1
+                    await asyncio.sleep(0.003)  # pacing, not a wait for anything
+
+            async def receive() -> None:
+                while True:
+                    frame = json.loads(await ws.recv())
+                    self.answered += 1
+                    if frame["op"] == "ack":
+                        assert frame["seq"] not in self.acked, frame
+                        self.acked[frame["seq"]] = frame["id"]
+                    else:
+                        assert frame["op"] == "error" and frame["code"] == "unavailable", frame
+                        self.unavailable.append(time.monotonic())
+
+            receiving = asyncio.create_task(receive())
+            await send()
+            # every publish is answered: an ack or `unavailable`, never nothing
+            await wait_for(
+                lambda: self.answered >= self.sent or receiving.done(), UNIT * 2, "answers"
+            )
+            if receiving.done():
+                receiving.result()  # what it failed with
+            receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiving

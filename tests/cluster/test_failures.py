@@ -11,12 +11,11 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import websockets
 
 from cluster.slots import SlotMap
-from tests.cluster.support import Cluster, require_nats
+from tests.cluster.support import Cluster, Load, require_nats
 from tests.helpers import UNIT, Client, ServeProcess, wait_for, wait_for_sync
 
 ROUNDS = int(os.environ.get("FERRYTEST_CLUSTER_KILL_ROUNDS", "3"))
@@ -24,54 +23,6 @@ ROUNDS = int(os.environ.get("FERRYTEST_CLUSTER_KILL_ROUNDS", "3"))
 
 def owned_by(slots: SlotMap, node: str, prefix: str) -> str:
     return next(f"{prefix}{i}" for i in range(10_000) if slots.owner_of(f"{prefix}{i}") == node)
-
-
-@dataclass
-class Load:
-    """One publisher: a `pub` every few ms, each with its own mid; what was acked."""
-
-    url: str
-    channel: str
-    acked: dict[int, int] = field(default_factory=dict)  # seq -> i (the data)
-    unavailable: list[float] = field(default_factory=list)  # when each came
-    sent: int = 0
-    answered: int = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        async with websockets.connect(self.url, max_size=None, open_timeout=UNIT) as ws:
-            await ws.recv()
-
-            async def send() -> None:
-                while not stop.is_set():
-                    frame: dict[str, Any] = {"op": "pub", "ch": self.channel}
-                    frame |= {"data": {"i": self.sent}, "id": self.sent}
-                    frame["mid"] = f"{self.channel}-{self.sent}"
-                    await ws.send(json.dumps(frame))
-                    self.sent += 1
-                    await asyncio.sleep(0.003)  # pacing, not a wait for anything
-
-            async def receive() -> None:
-                while True:
-                    frame = json.loads(await ws.recv())
-                    self.answered += 1
-                    if frame["op"] == "ack":
-                        assert frame["seq"] not in self.acked, frame
-                        self.acked[frame["seq"]] = frame["id"]
-                    else:
-                        assert frame["op"] == "error" and frame["code"] == "unavailable", frame
-                        self.unavailable.append(time.monotonic())
-
-            receiving = asyncio.create_task(receive())
-            await send()
-            # every publish is answered: an ack or `unavailable`, never nothing
-            await wait_for(
-                lambda: self.answered >= self.sent or receiving.done(), UNIT * 2, "answers"
-            )
-            if receiving.done():
-                receiving.result()  # what it failed with
-            receiving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await receiving
 
 
 @dataclass
