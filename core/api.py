@@ -255,11 +255,43 @@ class Api:
             return self._channels(key, request)
         if len(parts) == 2 and parts[0] == "channels":
             _method(method, "GET")
-            return self._channel(key, unquote(parts[1]))
+            name = unquote(parts[1])
+            return self._followed(key, name, lambda: self._channel(key, name))
         if len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages":
             _method(method, "GET")
-            return self._messages(key, unquote(parts[1]), request)
+            name = unquote(parts[1])
+            return self._followed(key, name, lambda: self._messages(key, name, request))
         raise ApiError("not_found", "no such endpoint")
+
+    def _followed(
+        self, key: Key, name: str, answer: Callable[[], Response | asyncio.Future[Response]]
+    ) -> Response | asyncio.Future[Response]:
+        """A read of a channel another node of a cluster owns (core/remote.py) waits until
+        this node follows it: its head comes from the owner, its history through it."""
+        remote = self.hub.router.remote
+        if remote is None or remote.ready(name):
+            return answer()
+        self._readable(key, name)
+        future: asyncio.Future[Response] = self.hub.loop.create_future()
+
+        def settle(result: Response | asyncio.Future[Response]) -> None:
+            if isinstance(result, asyncio.Future):
+                result.add_done_callback(lambda done: settle(done.result()))
+            elif not future.done():
+                future.set_result(result)
+
+        def ready(error: BaseException | None) -> None:
+            try:
+                if error is not None:
+                    raise error
+                settle(answer())
+            except ApiError as exc:
+                settle(error_response(exc.code, exc.reason, *exc.headers))
+            except (PeerError, LocalError) as exc:
+                settle(error_response(*refusal(exc)))
+
+        remote.follow(name, ready)
+        return future
 
     def _authenticate(self, request: Request) -> Key:
         header = request.headers.get("authorization", "")

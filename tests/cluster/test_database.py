@@ -84,6 +84,19 @@ async def test_the_database_holds_each_acked_message_once_written_by_its_owner(
         )
         assert len(acked) == 3 * 90
 
+        # the API's reads on a node that does not own the channel: through the owner
+        channel = channels[0]
+        reader = next(node for node in cluster.ids if node != slots.owner_of(channel))
+        head = max(seq for ch, seq in acked if ch == channel)
+        base = f"http://127.0.0.1:{api_ports[reader]}/api/v1/channels/{channel}"
+        auth = {"Authorization": f"Bearer {SECRET}"}
+        async with httpx.AsyncClient(timeout=UNIT) as http:
+            state = (await http.get(base, headers=auth)).json()
+            page = (await http.get(base + "/messages?since=0&limit=1000", headers=auth)).json()
+        assert state["seq"] == head, state
+        assert page["complete"] is True and page["head"] == head, page
+        assert [m["seq"] for m in page["messages"]] == list(range(1, head + 1))
+
         conn = _connect(db)
         rows: list[tuple[str, str, int]] = []
         deadline = time.monotonic() + UNIT * 6
