@@ -4,6 +4,7 @@ a changed worker count is refused like any changed node list."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
@@ -122,3 +123,62 @@ def _started(pid: int) -> float:
     ticks = int(stat[stat.rindex(")") + 2 :].split()[19])
     uptime = float(Path("/proc/uptime").read_text().split()[0])
     return time.monotonic() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+async def _on(url: str, node: str) -> Client:
+    """A connection that landed on worker `node` (the kernel picks: others are closed)."""
+    deadline = time.monotonic() + UNIT * 2
+    while True:
+        client = await Client.connect(url)
+        if client.welcome["node"] == node:
+            return client
+        await client.close()
+        assert time.monotonic() < deadline, f"no connection landed on {node}"
+
+
+async def _pipelined(client: Client, channel: str, tag: str, n: int) -> list[int]:
+    for i in range(n):
+        await client.send({"op": "pub", "ch": channel, "data": {"p": tag, "i": i}, "id": i})
+    acks = [await client.expect("ack") for _ in range(n)]
+    assert [a["id"] for a in acks] == list(range(n))
+    return [int(a["seq"]) for a in acks]
+
+
+async def test_publishers_on_both_workers_get_one_gapless_stream(tmp_path: Path) -> None:
+    """Tests 2, 3 and 5 of issue 16 with the workers as the nodes, at a smaller size."""
+    require_nats()
+    serve = _workers(tmp_path, "w" + secrets.token_hex(6), 2, "serve.log")
+    try:
+        serve.wait_healthy()
+        nodes = ("h1-w1", "h1-w2")
+        channel = next(
+            f"g.{i}" for i in range(100) if SlotMap(nodes).owner_of(f"g.{i}") == nodes[0]
+        )
+        subs = [await _on(serve.url, node) for node in nodes]
+        for sub in subs:
+            await _until(sub, {"op": "sub", "ch": channel}, "subscribed")
+        pubs = [await _on(serve.url, node) for node in nodes for _ in range(3)]
+        first = {"op": "pub", "ch": channel, "data": "first", "mid": "first", "id": "first"}
+        await _until(pubs[-1], first, "ack")  # the owner has joined: forwards find it
+        n = 1000
+        runs = [_pipelined(p, channel, str(k), n) for k, p in enumerate(pubs)]
+        acks: list[list[int]] = await asyncio.wait_for(asyncio.gather(*runs), UNIT * 6)
+        total = 6 * n + 1
+        for seqs in acks:
+            assert seqs == sorted(seqs)
+        assert sorted(s for seqs in acks for s in seqs) == list(range(2, total + 1))
+        for sub in subs:
+            got = [(await sub.expect("msg"))["seq"] for _ in range(total)]
+            assert got == list(range(1, total + 1))
+        late = await _on(serve.url, nodes[1])  # the other worker, from its ring
+        subscribed = await late.sub(channel, since=total - 100)
+        assert subscribed["recovered"] is True and subscribed["seq"] == total
+        assert [(await late.expect("msg"))["seq"] for _ in range(100)] == list(
+            range(total - 99, total + 1)
+        )
+        old = await late.sub(channel, since=10)  # past every ring (1,000 messages): honest
+        assert old["recovered"] is False and old["seq"] == total
+        for client in (*subs, *pubs, late):
+            await client.close()
+    finally:
+        serve.kill()
