@@ -37,6 +37,7 @@ COPY pyproject.toml README.md ./
 COPY common/ common/
 COPY core/ core/
 COPY wal/ wal/
+COPY cluster/ cluster/
 COPY bench/ bench/
 # The runtime only (no extras: `bench` and `dev` stay out of the image). Every runtime
 # dependency is pinned in pyproject.toml and ships a manylinux wheel for x86_64 and arm64,

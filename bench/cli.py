@@ -6,6 +6,7 @@
     ferry bench ingest      [--publishers 50 --window 32 | --rate N]
     ferry bench connections [--connections 15000]
     ferry bench replay      [--records 1000000 --db URL]
+    ferry bench cluster ingest|latency|fanout [--nodes 2 --nats URL]   (bench/cluster.py)
     ferry bench compare SCENARIO [scenario flags] [--targets ferry,node-ws,websockets]
     ferry bench chart RESULT.json... --out docs/benchmarks.png
     ferry bench table RESULT.json...             (markdown, for docs/benchmarks.md)
@@ -37,6 +38,8 @@ HELP = {
     "ingest": "P publishers, no subscribers, durable acks (needs the WAL)",
     "connections": "N idle connections; server RSS per connection",
     "replay": "write a WAL of N records, drain it into --db (needs the replayer)",
+    "cluster": "a cluster of nodes on NATS: forwarded ingest, forwarded ack latency, "
+    "cross-node fan-out",
     "http": "publishes through the HTTP API (single or --batch N) over keep-alive connections",
 }
 
@@ -157,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--profile", metavar="PREFIX", help="run the replayer under py-spy: PREFIX-*.folded"
     )
+    cluster = sub.add_parser("cluster", help=HELP["cluster"], description=HELP["cluster"])
+    from bench.cluster import add_flags as add_cluster_flags
+
+    add_cluster_flags(cluster)
     http = sub.add_parser("http", help=HELP["http"], description=HELP["http"])
     add_http_flags(http)
     cmp = sub.add_parser("compare", help="run ferry and each peer on one scenario; ratios")
@@ -221,6 +228,10 @@ def _run_one(args: argparse.Namespace) -> int:
     result: Result | None
     if scenario == "http":
         result = run_http(args)
+    elif scenario == "cluster":
+        from bench.cluster import run_cluster
+
+        result = run_cluster(args)
     elif scenario == "replay":
         from bench.replay import NEEDS, run_replay
 

@@ -287,5 +287,6 @@ async def create_server(hub: RelayState, guard: Guard, config: Config) -> asynci
         config.host,
         config.port,
         reuse_address=True,
+        reuse_port=config.reuse_port or None,
         backlog=4096,
     )

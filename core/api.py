@@ -207,9 +207,10 @@ class Waiting:
         self.results[msg_id] = Published(channel, seq, ts_ms, "", dup)
         self._answered()
 
-    def unavailable(self, msg_id: MsgId) -> None:
+    def unavailable(self, msg_id: MsgId, error: BaseException | None = None) -> None:
         assert isinstance(msg_id, int)
-        self.results[msg_id] = Failed(self.channels[msg_id], ErrorBody(*refusal(LogUnavailable())))
+        refused = refusal(error if error is not None else LogUnavailable())
+        self.results[msg_id] = Failed(self.channels[msg_id], ErrorBody(*refused))
         self._answered()
 
     def _answered(self) -> None:
@@ -279,14 +280,49 @@ class Api:
             return self._channels(key, request)
         if len(parts) == 2 and parts[0] == "channels":
             _method(method, "GET")
-            return self._channel(key, unquote(parts[1]))
+            name = unquote(parts[1])
+            return self._followed(key, name, lambda: self._channel(key, name))
         if len(parts) == 3 and parts[0] == "channels" and parts[2] == "messages":
             _method(method, "GET")
-            return self._messages(key, unquote(parts[1]), request)
+            name = unquote(parts[1])
+            return self._followed(key, name, lambda: self._messages(key, name, request))
         if len(parts) == 3 and parts[0] == "channels" and parts[2] == "presence":
             _method(method, "GET")
             return self._presence(key, unquote(parts[1]), request)
         raise ApiError("not_found", "no such endpoint")
+
+    def _followed(
+        self, key: Key, name: str, answer: Callable[[], Response | Pending]
+    ) -> Response | Pending:
+        """A read of a channel another node of a cluster owns (core/remote.py) waits until
+        this node follows it: its head comes from the owner, its history through it."""
+        remote = self.hub.router.remote
+        if remote is None or remote.ready(name):
+            return answer()
+        self._readable(key, name)
+        pending = Pending()
+
+        def settle(result: Response | Pending) -> None:
+            if isinstance(result, Pending):
+                if result.response is not None:
+                    pending.resolve(result.response)
+                else:
+                    result.listen(lambda: settle(result))
+            else:
+                pending.resolve(result)
+
+        def ready(error: BaseException | None) -> None:
+            try:
+                if error is not None:
+                    raise error
+                settle(answer())
+            except ApiError as exc:
+                settle(error_response(exc.code, exc.reason, *exc.headers))
+            except (PeerError, LocalError) as exc:
+                settle(error_response(*refusal(exc)))
+
+        remote.follow(name, ready)
+        return pending
 
     def _authenticate(self, request: Request) -> Key:
         header = request.headers.get("authorization", "")

@@ -80,7 +80,11 @@ class ApiServer:
     async def start(self) -> None:
         config = self.hub.config
         self._server = await self.hub.loop.create_server(
-            lambda: ApiProtocol(self), config.api_host, config.api_port, backlog=1024
+            lambda: ApiProtocol(self),
+            config.api_host,
+            config.api_port,
+            backlog=1024,
+            reuse_port=config.reuse_port or None,
         )
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else config.api_port

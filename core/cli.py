@@ -25,18 +25,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import secrets
 
-    import uvloop
-
-    from core.compose import run
-
     made_admin_token = None
     if not config.admin_token:
         # Without one the dashboard can never show anything: make one for this run and
         # print where to open it (a configured token is never printed).
         made_admin_token = secrets.token_urlsafe(32)
         config = dataclasses.replace(config, admin_token=made_admin_token)
+    if config.workers > 1:
+        from core.workers import supervise
+
+        def worker(worker_config: config_mod.Config, first: bool) -> int:
+            return _serve(worker_config, made_admin_token if first else None)
+
+        return supervise(config, worker)
+    return _serve(config, made_admin_token)
+
+
+def _serve(config: config_mod.Config, announce_admin_token: str | None) -> int:
+    import uvloop
+
+    from core.compose import run
+
     try:
-        return uvloop.run(run(config, announce_admin_token=made_admin_token))
+        return uvloop.run(run(config, announce_admin_token=announce_admin_token))
     except Exception as exc:  # startup failures (WAL corruption, port in use) end here
         log.critical("ferry could not start: %s", exc)
         return 1

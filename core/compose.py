@@ -12,6 +12,9 @@ crosses the seam:
     OpsWatch              <- the server (webhook notifications)
     Hooks                 <- router.occupancy, connect/disconnect hooks (application
                              webhooks, FERRY_HOOKS_URL); $sys.stats "hooks", /metrics
+    ClusterNode           <- router.remote, router.deep (over the local one), a router
+                             tap (the feeds); the node list checked against the WAL's
+                             fingerprint before the log opens (FERRY_CLUSTER_NODES)
 
 `core.cli` runs `run()`; tests build servers with `build()`.
 """
@@ -24,6 +27,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
 
+from cluster.fingerprint import check_and_record
 from common.durability import DurableLog, LogUnavailable
 from common.service import Service
 from core.api import Api
@@ -81,7 +85,38 @@ def build(config: Config, durable_log: DurableLog | None = None) -> Server:
         if problem:  # `load()` says so too; a Config built by hand is checked here
             raise ConfigError(problem)
         server.extensions.append(_hooks)
+    if config.cluster_nodes:
+        if config.durability == "wal":  # before the log opens (and makes its first segment)
+            check_and_record(config.wal_dir, config.node_id, config.cluster_nodes)
+        wal_or_none = durable_log if isinstance(durable_log, WalLog) else None
+        server.extensions.append(lambda srv: _cluster(srv, wal_or_none))  # after deep history
     return server
+
+
+def _cluster(server: Server, wal: WalLog | None) -> Iterable[Service]:
+    """This node's part of a cluster (docs/cluster.md): remote channels' publishes go to
+    their owners, their deliveries come from the owners' feeds, `since` reads reach the
+    owner's history."""
+    from cluster.metrics import ClusterCollector
+    from cluster.node import ClusterNode  # nats-py is loaded only by a cluster node
+
+    relay = server.relay
+    router = relay.router
+    node = ClusterNode(
+        server.config,
+        router,
+        relay.log,
+        relay.loop,
+        relay.spawn,
+        (lambda: wal.durable_lsn + 1) if wal is not None else (lambda: 0),
+        router.deep,
+    )
+    router.remote = node
+    relay.readiness.append(node.not_ready)
+    router.deep = node.history
+    router.spawn = relay.spawn
+    server.registry.register(ClusterCollector(node))
+    return (node,)
 
 
 def _api(server: Server) -> Iterable[Service]:

@@ -123,6 +123,23 @@ def _node_id(value: Any) -> str | None:
     return None if 0 < size <= NODE_ID_MAX_BYTES else f"must be 1..{NODE_ID_MAX_BYTES} UTF-8 bytes"
 
 
+# A NATS subject token: the cluster id and node ids are parts of subjects (docs/cluster.md).
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _subject_token(value: Any) -> str | None:
+    return None if _TOKEN.fullmatch(value) else "must be 1-64 of A-Z a-z 0-9 _ -"
+
+
+def _cluster_nodes(value: Any) -> str | None:
+    for node in value:
+        if not _TOKEN.fullmatch(node):
+            return f"node id {node!r} must be 1-64 of A-Z a-z 0-9 _ -"
+    if len(set(value)) != len(value):
+        return "a node id is given twice"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     # network
@@ -348,6 +365,30 @@ class Config:
     )
     hooks_timeout_s: float = setting(
         10.0, help="seconds one webhook POST may take", check=_positive
+    )
+    # cluster (docs/cluster.md): off unless a node list is given
+    cluster_nodes: tuple[str, ...] = setting(
+        (),
+        help="the cluster's node ids, e.g. n1,n2,n3 (empty: one node, no NATS)",
+        check=_cluster_nodes,
+    )
+    nats_url: str = setting(
+        "nats://127.0.0.1:4222", help="the NATS server the cluster's nodes talk through"
+    )
+    cluster_id: str = setting(
+        "ferry",
+        help="the cluster's NATS subject prefix (clusters sharing a NATS server differ in it)",
+        check=_subject_token,
+    )
+    workers: int = setting(
+        1,
+        help="processes sharing the ports (SO_REUSEPORT), each a cluster node <node_id>-w<i> "
+        "with its WAL in <wal_dir>/w<i>, talking through NATS; 1: this process serves",
+        check=_between(1, 64),
+    )
+    reuse_port: bool = setting(
+        False,
+        help="share the listening ports with other processes (SO_REUSEPORT; workers > 1 sets it)",
     )
     # lifecycle
     shutdown_timeout: float = setting(
@@ -640,6 +681,16 @@ def load(
         problem = hooks_problem(config.hooks_url, config.hooks_secret)
         if problem:
             raise ConfigError(problem)
+    if config.workers > 1 and (config.port == 0 or (config.api_keys and config.api_port == 0)):
+        raise ConfigError(
+            f"workers ({env_name('workers')}) = {config.workers} share one port: "
+            "port (and api_port) must not be 0"
+        )
+    if config.cluster_nodes and config.node_id not in config.cluster_nodes:
+        raise ConfigError(
+            f"node_id ({env_name('node_id')}) = {config.node_id!r} is not one of cluster_nodes "
+            f"({env_name('cluster_nodes')}) = {','.join(config.cluster_nodes)}"
+        )
     if config.max_data_bytes >= config.max_frame_bytes:
         raise ConfigError(
             f"max_data_bytes ({env_name('max_data_bytes')}) = {config.max_data_bytes} must be "

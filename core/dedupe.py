@@ -35,8 +35,9 @@ class Publisher(Protocol):
         """The message is durable (`dup`: an earlier publish of its mid was)."""
         ...
 
-    def unavailable(self, msg_id: MsgId) -> None:
-        """The log could not take it: nothing was accepted."""
+    def unavailable(self, msg_id: MsgId, error: BaseException | None = None) -> None:
+        """The log could not take it: nothing was accepted (`error`, when given, says
+        otherwise: a cluster's owner unreachable, or the outcome unknown)."""
         ...
 
 

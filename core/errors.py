@@ -15,6 +15,7 @@
     │   ├── PingTimeout            1011: our ping went unanswered
     │   ├── WrongUser              4403: a refreshed token for another user
     │   ├── SlowConsumer           4408: the outbox or a history replay overran
+    │   ├── ResyncRequired         4409: a cluster feed gap the owner's history no longer covers
     │   ├── RateAbuse              4429: kept publishing while rate limited
     │   ├── ShuttingDown           1001: graceful shutdown
     │   ├── TryLater               1013: one connection too many for its user (first-frame auth)
@@ -23,7 +24,9 @@
     │   └── ReservedUser           a token for a user who may not connect: 401, 4403 after it
     ├── RecordRefused              too_large: the log's format cannot hold it (common.errors)
     └── LocalError                 our side failed; the client only learns the code
-        └── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
+        ├── LogUnavailable         unavailable: the WAL cannot accept writes (common.errors)
+        ├── OwnerUnreachable       unavailable: the channel's node (cluster) cannot be reached
+        └── OutcomeUnknown         unavailable: a forwarded publish got no answer in time
 
 What a client sees for each error is decided in one table, `ANSWERS`, and looked up by
 `answer_for` (the nearest class in the exception's MRO). An `Answer` is either an error
@@ -67,6 +70,7 @@ class CloseCode(enum.IntEnum):
     TOKEN_EXPIRED = 4401  # the token expired or a refresh was refused: get a new one
     AUTH_FORBIDDEN = 4403  # the token may not be used here (another user, a reserved one): stop
     SLOW_CONSUMER = 4408  # outbox passed max_outbox_bytes
+    RESYNC_REQUIRED = 4409  # cluster: missed messages the owner no longer has (docs/cluster.md)
     RATE_ABUSE = 4429  # kept publishing while rate limited
 
 
@@ -104,6 +108,15 @@ class NotSubscribed(PeerError):
 
 class LimitExceeded(PeerError):
     pass
+
+
+class OwnerUnreachable(LocalError):
+    """Cluster (docs/cluster.md): the node that owns the channel cannot be reached; a
+    publish was not accepted, a `sub` has no copy to answer from."""
+
+
+class OutcomeUnknown(LocalError):
+    """Cluster: a forwarded publish got no answer in time; the owner may have stored it."""
 
 
 class AuthError(FerryError):
@@ -147,6 +160,10 @@ class RateAbuse(Closing):
     pass
 
 
+class ResyncRequired(Closing):
+    pass
+
+
 class ShuttingDown(Closing):
     pass
 
@@ -181,6 +198,15 @@ ANSWERS: dict[type[BaseException], Answer] = {
         ErrorCode.UNAVAILABLE, "the log cannot accept writes; the message was not accepted"
     ),
     LocalError: Answer(ErrorCode.UNAVAILABLE, "the server could not take the message"),
+    OwnerUnreachable: Answer(
+        ErrorCode.UNAVAILABLE,
+        "the node that owns this channel cannot be reached; nothing was accepted",
+    ),
+    OutcomeUnknown: Answer(
+        ErrorCode.UNAVAILABLE,
+        "no answer in time from the node that owns this channel: the message may have been "
+        "stored; retry with the same mid",
+    ),
     AuthError: Answer(CloseCode.TOKEN_EXPIRED),
     ReservedUser: Answer(CloseCode.AUTH_FORBIDDEN),
     TryLater: Answer(CloseCode.TRY_AGAIN_LATER),
@@ -191,6 +217,7 @@ ANSWERS: dict[type[BaseException], Answer] = {
     PingTimeout: Answer(CloseCode.INTERNAL_ERROR),
     SlowConsumer: Answer(CloseCode.SLOW_CONSUMER),
     RateAbuse: Answer(CloseCode.RATE_ABUSE),
+    ResyncRequired: Answer(CloseCode.RESYNC_REQUIRED),
     ShuttingDown: Answer(CloseCode.GOING_AWAY),
     PeerClosed: Answer(CloseCode.NORMAL),
     BaseException: Answer(CloseCode.INTERNAL_ERROR, "internal error"),

@@ -100,6 +100,8 @@ class RelayState:
         # The database log's state for /metrics (set by the replay service when it runs).
         self.db_status: Callable[[], DbStatus] | None = None
         self.on_disconnect: list[Callable[[Connection], None]] = []
+        # Extensions' say on /readyz: each returns why the node is not ready, or None.
+        self.readiness: list[Callable[[], str | None]] = []
         self._ids = itertools.count(1)
         self._by_id: dict[str, Connection] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -156,4 +158,8 @@ class RelayState:
             return "shutting down"
         if not self.log.writable:
             return f"log not writable: {self.log.failure}"
+        for check in self.readiness:
+            reason = check()
+            if reason is not None:
+                return reason
         return None

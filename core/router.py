@@ -65,8 +65,10 @@ from core.dedupe import DedupeIndex, MsgId, Publisher
 from core.errors import LimitExceeded
 from core.outbox import Outbox
 from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode, ws_frame
+from core.remote import Forwarded
 
 if TYPE_CHECKING:
+    from core.remote import Remote
     from core.session import Session
 
 logger = logging.getLogger("ferry.router")
@@ -247,6 +249,8 @@ class Router:
         # Told (channel, True) on 0 -> 1 occupants and (channel, False) on 1 -> 0; never
         # for `$sys.*` or `@user` inboxes (see the module's docstring).
         self.occupancy: Callable[[str, bool], None] | None = None
+        # Channels owned by another node of a cluster (core/remote.py); None: one node.
+        self.remote: Remote | None = None
         log.set_handlers(self.on_durable, self.on_failed)
 
     # --- state -----------------------------------------------------------------------
@@ -271,8 +275,14 @@ class Router:
         return self.channels.get(name)
 
     def epoch_of(self, name: str) -> str:
-        """The incarnation of the channel's seq (`subscribed.epoch`)."""
-        return self.boot_epoch if name.startswith(SYS_PREFIX) else self.epoch
+        """The incarnation of the channel's seq (`subscribed.epoch`): in a cluster, its
+        owner's (core/remote.py)."""
+        if name.startswith(SYS_PREFIX):
+            return self.boot_epoch
+        remote = self.remote
+        if remote is not None:
+            return remote.epoch_of(name) or self.epoch
+        return self.epoch
 
     def open_channel(self, name: str, owner: str | None) -> Channel:
         """The channel `name`, brought into memory if needed (its seq from the log).
@@ -479,6 +489,9 @@ class Router:
         has (the seq went backwards): `recovered` is False. So is an `epoch` other than the
         channel's: the client's seq belongs to another incarnation of the stream.
         """
+        remote = self.remote
+        if remote is not None and not remote.ready(name):
+            remote.follow(name, None)  # the inbox at start-up: its head comes later
         ch = self.open_channel(name, owner)
         self._touch(ch)
         head = ch.durable_seq
@@ -610,6 +623,11 @@ class Router:
         logged. Raises LogUnavailable when the log cannot accept it (nothing is acked) and
         LimitExceeded when the channel would be one too many.
         """
+        remote = self.remote
+        if remote is not None and remote.elsewhere(name):
+            # the owner assigns the seq, dedupes the mid and answers the publisher
+            remote.publish(session, Forwarded(name, data, encoding, msg_id, sender, owner, mid))
+            return
         dedupe = self.dedupe
         if mid is not None and dedupe.enabled:
             key = (sender, name, mid)
@@ -725,6 +743,44 @@ class Router:
                 tap(entries)
             except Exception:
                 self._fault("(tap)")
+
+    # --- cluster: channels owned by another node (core/remote.py, docs/cluster.md) ------
+
+    def apply_remote(self, name: str, entries: list[Entry]) -> bool:
+        """Durable messages of a channel its owner made durable, in seq order (a feed
+        message or a resync's history): the ones past the channel's head go into its ring
+        and to its subscribers. Those at or below the head are skipped (never delivered
+        twice). False on a gap: the caller resyncs. A channel not held here is ignored."""
+        ch = self.channels.get(name)
+        if ch is None:
+            return True
+        head = ch.durable_seq
+        fresh = [e for e in entries if e.seq > head]
+        if not fresh:
+            return True
+        if fresh[-1].seq - fresh[0].seq != len(fresh) - 1 or fresh[0].seq != head + 1:
+            return False
+        ch.last_seq = ch.durable_seq = fresh[-1].seq
+        ch.msg_count += len(fresh)
+        self._active[ch] = None
+        try:
+            self._remember(ch, fresh)
+            self._deliver(ch, fresh)
+        except Exception:
+            self._fault(name)
+        self._trim_history()
+        return True
+
+    def reset_remote(self, name: str, head: int) -> None:
+        """The owner says the channel's head is `head` (a first sync, or a gap nobody can
+        fill): the channel continues from there, its ring starts over."""
+        ch = self.channels.get(name) or self.open_channel(name, None)
+        if ch.durable_seq == head:
+            return
+        if ch.history:
+            self._drop_oldest(ch, len(ch.history))
+            self._resync(ch)
+        ch.last_seq = ch.durable_seq = head
 
     def _fault(self, name: str) -> None:
         self.counters.fanout_faults += 1

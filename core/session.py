@@ -361,10 +361,10 @@ class Session:
         if self._pending_close is not None and not self.inflight:
             self._settled()
 
-    def unavailable(self, msg_id: MsgId) -> None:
+    def unavailable(self, msg_id: MsgId, error: BaseException | None = None) -> None:
         if self.state is State.CLOSED:
             return
-        self.fail(LogUnavailable(), msg_id)
+        self.fail(error if error is not None else LogUnavailable(), msg_id)
         self._settled(answered=True)
 
     def _settled(self, answered: bool = False) -> None:
@@ -458,6 +458,13 @@ class Session:
             if frame.since is not None:
                 self.router.unsubscribe(self, name)
         router = self.router
+        remote = router.remote
+        if remote is not None and not remote.ready(name):
+            # a channel owned by another node: its head comes from the owner first
+            if not new:
+                self.subscriptions.discard(name)
+            remote.follow(name, lambda error: self._sub_ready(frame, error))
+            return
         head, recovered, replay = router.subscribe(
             self, name, frame.since, self._owner(name), frame.epoch
         )
@@ -482,6 +489,17 @@ class Session:
             self._replays[name] = replay
             self.outbox.refill = self._replay_more
             self._replay_more()
+
+    def _sub_ready(self, frame: Sub, error: BaseException | None) -> None:
+        """The owner's head of a remote channel is known (or it cannot be reached)."""
+        if self.state is not State.OPEN:
+            return
+        try:
+            if error is not None:
+                raise error
+            self._sub(frame)
+        except (PeerError, LocalError) as exc:
+            self.fail(exc, frame.id)
 
     def _stop_replay(self, name: str) -> None:
         replay = self._replays.pop(name, None)

@@ -110,6 +110,11 @@ class ConfigOverrides(TypedDict, total=False):
     hooks_batch_max: int
     hooks_retry_s: float
     hooks_timeout_s: float
+    cluster_nodes: tuple[str, ...]
+    nats_url: str
+    cluster_id: str
+    workers: int
+    reuse_port: bool
     shutdown_timeout: float
     build_commit: str
 

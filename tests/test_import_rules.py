@@ -3,9 +3,11 @@
     common  <──  wal
        ^          ^
        └── core ──┘ (only core.compose and core.cli: the composition root)
+            ^
+         cluster    (NATS: reached from the composition root only)
 
-common imports neither core nor wal; wal never imports core; core reaches wal only from
-its composition root. No package imports another inside a function to hide a cycle
+common imports neither core nor wal; wal never imports core or cluster; core reaches wal
+and cluster only from its composition root; cluster never imports wal. No package imports another inside a function to hide a cycle
 (core.cli's lazy imports keep `ferry token` and `ferry --help` quick; it is the root).
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("common", "core", "wal")
+PACKAGES = ("common", "core", "wal", "cluster")
 COMPOSITION_ROOT = {"core/compose.py", "core/cli.py", "core/replay_tool.py"}
 
 
@@ -52,9 +54,14 @@ def _violations(package: str) -> list[str]:
             if target not in (*PACKAGES, "bench") or target == package:
                 continue
             where = f"{rel}:{line} imports {target}"
-            if package == "common" or target == "bench" or (package == "wal" and target == "core"):
+            if (
+                package == "common"
+                or target == "bench"
+                or (package == "wal" and target in ("core", "cluster"))
+                or (package == "cluster" and target == "wal")
+            ):
                 bad.append(where)
-            elif package == "core" and target == "wal" and rel not in COMPOSITION_ROOT:
+            elif package == "core" and target in ("wal", "cluster") and rel not in COMPOSITION_ROOT:
                 bad.append(where + " outside the composition root")
             elif in_function and rel not in COMPOSITION_ROOT:
                 bad.append(where + " inside a function")

@@ -113,6 +113,22 @@ def test_ingest(tmp_path: Path) -> None:
     assert doc["ack_latency"]["samples"] > 0 and doc["settings"]["FERRY_DURABILITY"] == "wal"
 
 
+@pytest.mark.parametrize("mode", ["ingest", "fanout"])
+def test_cluster(tmp_path: Path, mode: str) -> None:
+    """Two nodes on the machine's NATS: forwarded acks, deliveries on both nodes."""
+    from tests.cluster.support import require_nats
+
+    require_nats()
+    code, doc = _run(tmp_path, "cluster", mode, "-P", "2", "-S", "4", "-W", "4")
+    assert code == 0
+    _check_run(doc, mode)
+    assert set(doc["server"]["nodes"]) == {"c1", "c2"}
+    assert all(cpu > 0 for cpu in doc["server"]["nodes"].values())  # both nodes worked
+    assert doc["counts"]["acked"] > 0
+    if mode == "fanout":
+        assert doc["counts"]["delivered"] > 0
+
+
 def test_replay(tmp_path: Path) -> None:
     out = tmp_path / "replay.json"
     code = cli.main(["replay", "-N", "2000", "--json", str(out)])

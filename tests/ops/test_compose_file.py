@@ -178,6 +178,26 @@ def test_ferry_environment(config: dict[str, Any]) -> None:
     assert env["FERRY_NODE_ID"], "a fixed node id (not the container's hostname)"
 
 
+def test_the_cluster_profile_adds_nats_and_a_second_node() -> None:
+    proc = run(
+        [
+            ops_tool("docker-compose"), "--file", COMPOSE_FILE, "--env-file", ENV_EXAMPLE,
+            "--profile", "cluster", "config", "--format", "json",
+        ]
+    )  # fmt: skip
+    assert proc.returncode == 0, explain(proc)
+    services = json.loads(proc.stdout)["services"]
+    assert set(services) == {"dashboard", "ferry", "ferry-2", "mysql", "nats"}
+    one, two = services["ferry"]["environment"], services["ferry-2"]["environment"]
+    assert two["FERRY_NODE_ID"] == "ferry-2" != one["FERRY_NODE_ID"]
+    assert two["FERRY_NATS_URL"] == one["FERRY_NATS_URL"] == "nats://nats:4222"
+    assert set(two) - known_ferry_settings() == set()
+    assert services["ferry-2"]["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert _ports(services["ferry-2"]) == [(8080, "8082", "")]
+    assert {v["source"] for v in services["ferry-2"]["volumes"]} == {"ferry-data-2"}
+    assert PINNED.match(services["nats"]["image"]), services["nats"]["image"]
+
+
 def test_credentials_come_from_env_not_the_file(raw: dict[str, Any]) -> None:
     secretish = re.compile(r"PASSWORD|SECRET|TOKEN|_URL$")
     for name, service in raw["services"].items():
