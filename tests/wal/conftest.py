@@ -95,6 +95,7 @@ class WalOptions(TypedDict, total=False):
     registry: CollectorRegistry | None
     stages: Stages | None
     keep_recent_s: float
+    preallocate: str
 
 
 class OpenOptions(WalOptions, total=False):
@@ -119,6 +120,10 @@ class LogFactory:
         node_id: str = "node-a",
         **kw: Unpack[WalOptions],
     ) -> tuple[WalLog, RecoveredState, Handlers]:
+        # Segments as written before preallocation unless a test asks for it: the tests
+        # that damage files at given offsets were written for those (test_prealloc.py and
+        # the parametrized cases run the same damage on preallocated segments).
+        kw.setdefault("preallocate", "off")
         log = WalLog(path, node_id=node_id, **kw)
         state = await log.open(limits if limits is not None else HistoryLimits(size=history_size))
         handlers = Handlers()
