@@ -9,8 +9,9 @@ second fdatasync while a batch waits. Taking the file starts the next one.
 
     sync thread                              pipeline thread (`ferry-wal-prealloc`)
     ───────────                              ───────────────────────────────────────
-                                             create prealloc-1.wal.tmp, fallocate, fsync
-    rotation: take() ─▶ prealloc-1 ──────────▶ create prealloc-2.wal.tmp, ...
+                                             create prealloc-<pid>-1.wal.tmp, fallocate,
+                                             fsync it and the directory
+    rotation: take() ─▶ prealloc-<pid>-1 ─────▶ create prealloc-<pid>-2.wal.tmp, ...
       header + batch, fdatasync, rename, fsync dir
 
 A rotation never waits for the pipeline: when no file is ready (still being made, or the
@@ -32,7 +33,7 @@ from wal.segment import SEGMENT_SUFFIX, TMP_SUFFIX, fsync_dir, prepare_file
 
 log = logging.getLogger("ferry.wal")
 
-PREFIX = "prealloc-"  # prealloc-<n>.wal.tmp
+PREFIX = "prealloc-"  # prealloc-<pid>-<n>.wal.tmp: never the name a crashed run left
 
 
 def is_pipeline_file(name: str) -> bool:
@@ -108,7 +109,9 @@ class SegmentPipeline:
                 if self._stopping:
                     return
                 self._count += 1
-                path = os.path.join(self._dir, f"{PREFIX}{self._count}{SEGMENT_SUFFIX}{TMP_SUFFIX}")
+                path = os.path.join(
+                    self._dir, f"{PREFIX}{os.getpid()}-{self._count}{SEGMENT_SUFFIX}{TMP_SUFFIX}"
+                )
             try:
                 fd = prepare_file(path, self._size, self._mode)
             except OSError as exc:

@@ -17,6 +17,7 @@ import msgspec
 
 from wal.errors import HeadsStoreError, RecordError, WalError
 from wal.heads import HeadsSummary, heads_behind, read_summary
+from wal.pipeline import is_pipeline_file
 from wal.reader import DirScan, SegmentScan, iter_records, scan_dir
 from wal.record import ConnectionEvent, MessagePayload, RecordSpan, decode_payload
 from wal.recovery import is_torn_tail, tail_window
@@ -177,7 +178,9 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     segs = scan.segments
     damaged = [s for s in segs if s.error is not None]
     for leftover in _others(args.dir):
-        if leftover.endswith(TMP_SUFFIX):
+        if is_pipeline_file(leftover):
+            print(f"note: {leftover}: an unused preallocated segment file", file=out)
+        elif leftover.endswith(TMP_SUFFIX):
             print(f"note: {leftover}: unfinished rotation, removed at the next start", file=out)
     heads_damage = _verify_heads(args.dir, segs, out)
     records = sum(s.records for s in segs)
