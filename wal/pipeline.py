@@ -24,12 +24,11 @@ removed at `close()`, or at the next start (it is a `*.wal.tmp`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 
-from wal.segment import SEGMENT_SUFFIX, TMP_SUFFIX, fsync_dir, prepare_file
+from wal.segment import SEGMENT_SUFFIX, TMP_SUFFIX, discard, fsync_dir, prepare_file
 
 log = logging.getLogger("ferry.wal")
 
@@ -100,7 +99,7 @@ class SegmentPipeline:
             self._thread.join()
         ready, self._ready = self._ready, None
         if ready is not None:
-            _discard(*ready)
+            discard(*ready)
 
     def _run(self) -> None:
         while True:
@@ -120,14 +119,14 @@ class SegmentPipeline:
             try:
                 fsync_dir(self._dir)
             except OSError as exc:
-                _discard(fd, path)
+                discard(fd, path)
                 self._failed(path, exc)
                 continue
             with self._cond:
                 self._wanted = False
                 self._cond.notify_all()
                 if self._stopping:
-                    _discard(fd, path)
+                    discard(fd, path)
                     return
                 self._ready = (fd, path)
                 self.made += 1
@@ -144,10 +143,3 @@ class SegmentPipeline:
             path,
             self.last_error,
         )
-
-
-def _discard(fd: int, path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(path)

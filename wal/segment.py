@@ -253,11 +253,18 @@ def prepare_file(path: str, size: int, mode: str) -> int:
         if mode != "off":
             os.fsync(fd)  # the size and the allocation are metadata: fsync, not fdatasync
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        discard(fd, path)
         raise
     return fd
+
+
+def discard(fd: int, path: str) -> None:
+    """Close `fd` and remove `path`, ignoring errors: a file made for a segment that is not
+    going to be one."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def install_segment(
@@ -302,9 +309,7 @@ def create_segment(
     try:
         install_segment(wal_dir, fd, tmp, first_lsn, header)
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard(fd, tmp)
         raise
     return fd
 

@@ -53,6 +53,7 @@ from wal.record import EVENT, ConnectionEvent, append_message, append_record, en
 from wal.segment import (
     PREALLOC_VERSION,
     create_segment,
+    discard,
     encode_header,
     install_segment,
     pwrite_all,
@@ -524,9 +525,7 @@ class _SyncThread:
                 self._dir, fd, tmp, batch.first_lsn, header, batch.buf if self._sync else b""
             )
         except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            discard(fd, tmp)  # (after the rename there is no tmp: the fd is closed)
             raise
         os.close(self._fd)
         self._fd = fd

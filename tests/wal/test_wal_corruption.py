@@ -179,15 +179,24 @@ async def test_flipped_byte_in_a_middle_segment_refuses_then_repair(
     await _reopen_and_check(logs, tmp_path, survivors)
 
 
+@pytest.mark.parametrize("preallocate", ["off", "fallocate"])
 async def test_flip_far_back_in_the_newest_segment_refuses(
-    logs: LogFactory, tmp_path: Path
+    logs: LogFactory, tmp_path: Path, preallocate: str
 ) -> None:
-    """Damage further back than one batch can reach is not a torn write."""
-    kw: OpenOptions = {"segment_bytes": 64 * 1024 * 1024, "max_batch_bytes": 64 * 1024}
+    """Damage further back than one batch can reach is not a torn write. In a
+    preallocated segment "back" is from the end of the data, not of the 64 MiB file:
+    the same damage near the last record is cut (`test_prealloc.py`)."""
+    kw: OpenOptions = {
+        "segment_bytes": 64 * 1024 * 1024,
+        "max_batch_bytes": 64 * 1024,
+        "preallocate": preallocate,
+    }
     log, _, handlers = await logs.open(tmp_path, **kw)
     await fill(log, handlers, 4600, data=_data(1000))  # > tail window (64 KiB + 4 MiB)
     await log.close()
     (only,) = segment_paths(tmp_path)
+    if preallocate != "off":
+        assert only.stat().st_size == 64 * 1024 * 1024  # the zero tail that does not count
     victim = spans(only)[3]
     with open(only, "r+b") as f:
         f.seek(victim.offset + 25)
