@@ -12,7 +12,8 @@ commits their conversion, no allocation). `zero`: into zeros written and synced 
 `rotate_inline`: create a segment as a rotation did before the pipeline (create, header,
 fdatasync, rename, directory fsync) and write + fdatasync the first batch into it.
 `rotate_ready`: the same with a file made ahead (`wal.segment.install_segment`: header and
-batch in one write, one fdatasync, rename, directory fsync). DIR (default: a new temp
+batch in one write, one fdatasync, rename, directory fsync). `prepare_*` (script only):
+what making one 64 MiB file costs the pipeline's thread, per mode. DIR (default: a new temp
 dir) must be on the disk the WAL uses: a tmpfs measures nothing.
 """
 
@@ -136,6 +137,15 @@ def measure(base: str, rounds: int = 3000, rotations: int = 200) -> dict[str, fl
         figures[f"fdatasync_{mode}_p50_ms"], figures[f"fdatasync_{mode}_p99_ms"] = _quantiles(
             samples[mode]
         )
+    for mode in ("fallocate", "zero"):  # what the pipeline's thread spends per segment
+        taken = []
+        for n in range(5):
+            path = os.path.join(base, f"prepare-{mode}-{n}")
+            start = time.perf_counter()
+            os.close(prepare_file(path, FILE_BYTES, mode))
+            taken.append(time.perf_counter() - start)
+            os.unlink(path)
+        figures[f"prepare_{mode}_64MiB_ms"] = sorted(taken)[len(taken) // 2] * 1e3
     for name, rotate in (("inline", rotate_inline), ("ready", rotate_ready)):
         wal_dir = os.path.join(base, f"rotate-{name}")
         os.makedirs(wal_dir)
