@@ -125,8 +125,28 @@ async def test_rotation_takes_the_ready_file(logs: LogFactory, tmp_path: Path) -
     assert [load_header(str(p)).version for p in paths] == [PREALLOC_VERSION] * 5
     assert all(p.stat().st_size == SEGMENT for p in paths)
     # the WAL's size is what its records take, not the space reserved
-    assert log.stats()["bytes"] == sum(spans(p)[-1].end for p in paths)
+    used = sum(spans(p)[-1].end for p in paths)
+    assert log.stats()["bytes"] == used
+    assert log.registry.get_sample_value("ferry_wal_size_bytes") == used
     await log.close()
+    assert _lsns(tmp_path) == [e.lsn for e in entries]
+    assert wal_tool(["verify", str(tmp_path)]) == EXIT_OK
+
+
+async def test_write_mode_rotates_into_preallocated_files(logs: LogFactory, tmp_path: Path) -> None:
+    """wal_sync=write: the header is synced before the rename (a named segment always has
+    its header), the batch after it is not; the records read back after a close."""
+    log, _, handlers = await logs.open(
+        tmp_path, segment_bytes=SEGMENT, preallocate="fallocate", sync="write"
+    )
+    assert log.pipeline is not None
+    heads: dict[str, int] = {}
+    entries: list[Entry] = []
+    while len(segment_paths(tmp_path)) < 3:
+        assert await asyncio.to_thread(log.pipeline.wait_ready, UNIT)
+        entries += await fill(log, handlers, 20, heads=heads, data=_data(400), wait=True)
+    await log.close()
+    assert {load_header(str(p)).version for p in segment_paths(tmp_path)} == {PREALLOC_VERSION}
     assert _lsns(tmp_path) == [e.lsn for e in entries]
     assert wal_tool(["verify", str(tmp_path)]) == EXIT_OK
 
