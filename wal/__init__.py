@@ -128,8 +128,9 @@ A failed record was never acknowledged, but its write may still have reached the
 be found after the restart (like a commit whose outcome is unknown): failure means "not
 acked", not "certainly absent".
 
-Preallocation failing (ENOSPC, EFBIG, a file system without fallocate) is not a write
-error: it is logged and counted (`stats()` preallocation_failures), the log goes on in
+Preallocation failing (ENOSPC, EFBIG, a file system without fallocate; with less than
+twice the segment size free the pipeline does not try, since a failing fallocate holds the
+free space while it tries) is not a write error: it is logged and counted (`stats()` preallocation_failures), the log goes on in
 the current segment, and a rotation that finds no file ready creates a version 2 segment
 inline as before (so does the first segment of a new directory). Only when the disk
 cannot take the records themselves does the log turn unwritable, as above.

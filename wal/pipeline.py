@@ -15,7 +15,8 @@ second fdatasync while a batch waits. Taking the file starts the next one.
       header + batch, fdatasync, rename, fsync dir
 
 A rotation never waits for the pipeline: when no file is ready (still being made, or the
-last attempt failed, e.g. ENOSPC) `take()` returns None and the sync thread creates a
+last attempt failed, e.g. ENOSPC; with less than twice the segment size free on the disk
+the pipeline does not even try, see `_check_room`) `take()` returns None and the sync thread creates a
 plain segment inline as before preallocation (version 2, no zero tail). A failed attempt
 is logged and counted (`failures`) and tried again at the next rotation; it never makes
 the log unwritable by itself: only a failed write or fdatasync does. An unused file is
@@ -24,6 +25,7 @@ removed at `close()`, or at the next start (it is a `*.wal.tmp`).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -112,6 +114,7 @@ class SegmentPipeline:
                     self._dir, f"{PREFIX}{os.getpid()}-{self._count}{SEGMENT_SUFFIX}{TMP_SUFFIX}"
                 )
             try:
+                self._check_room()
                 fd = prepare_file(path, self._size, self._mode)
             except OSError as exc:
                 self._failed(path, exc)
@@ -130,6 +133,20 @@ class SegmentPipeline:
                     return
                 self._ready = (fd, path)
                 self.made += 1
+
+    def _check_room(self) -> None:
+        """Raise ENOSPC unless the disk has twice the segment size free. A fallocate that
+        fails takes the free space while it tries: a rotation creating its segment inline
+        at that moment, or the writer, would get ENOSPC from it. So near a full disk the
+        pipeline does not try at all, and the log goes on with plain segments."""
+        st = os.statvfs(self._dir)
+        free = st.f_bavail * st.f_frsize
+        if free < 2 * self._size:
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left for a preallocated segment: {free} bytes free, "
+                f"{2 * self._size} wanted (twice the segment size)",
+            )
 
     def _failed(self, path: str, exc: OSError) -> None:
         with self._cond:

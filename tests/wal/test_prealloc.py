@@ -12,19 +12,17 @@ import asyncio
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from common.durability import Entry
 from tests.wal.conftest import (
     UNIT,
+    Handlers,
     LogFactory,
     OpenOptions,
     fill,
@@ -36,7 +34,7 @@ from tests.wal.conftest import (
     spans,
 )
 from tests.wal.faults import REPO
-from wal import CorruptLog, LogFollower, MessagePayload, iter_records
+from wal import CorruptLog, LogFollower, MessagePayload, WalLog, iter_records
 from wal.errors import TornRecord
 from wal.pipeline import PREFIX, SegmentPipeline, is_pipeline_file
 from wal.reader import scan_segment
@@ -84,6 +82,20 @@ async def _written(logs: LogFactory, wal_dir: Path, count: int, size: int = 200)
         await fill(log, handlers, min(20, count - done), heads=heads, data=_data(size), wait=True)
     await log.close()
     assert {load_header(str(p)).version for p in segment_paths(wal_dir)} == {PREALLOC_VERSION}
+
+
+async def _through_rotations(
+    log: WalLog, handlers: Handlers, wal_dir: Path, segments: int
+) -> list[Entry]:
+    """Fill until there are `segments` segments, a pipeline file ready before each
+    rotation (20 records of 400 bytes at a time: at most one rotation between checks)."""
+    assert log.pipeline is not None
+    heads: dict[str, int] = {}
+    entries: list[Entry] = []
+    while len(segment_paths(wal_dir)) < segments:
+        assert await asyncio.to_thread(log.pipeline.wait_ready, UNIT)
+        entries += await fill(log, handlers, 20, heads=heads, data=_data(400), wait=True)
+    return entries
 
 
 # -- the writer side ---------------------------------------------------------------------
@@ -139,12 +151,7 @@ async def test_write_mode_rotates_into_preallocated_files(logs: LogFactory, tmp_
     log, _, handlers = await logs.open(
         tmp_path, segment_bytes=SEGMENT, preallocate="fallocate", sync="write"
     )
-    assert log.pipeline is not None
-    heads: dict[str, int] = {}
-    entries: list[Entry] = []
-    while len(segment_paths(tmp_path)) < 3:
-        assert await asyncio.to_thread(log.pipeline.wait_ready, UNIT)
-        entries += await fill(log, handlers, 20, heads=heads, data=_data(400), wait=True)
+    entries = await _through_rotations(log, handlers, tmp_path, 3)
     await log.close()
     assert {load_header(str(p)).version for p in segment_paths(tmp_path)} == {PREALLOC_VERSION}
     assert _lsns(tmp_path) == [e.lsn for e in entries]
@@ -153,12 +160,7 @@ async def test_write_mode_rotates_into_preallocated_files(logs: LogFactory, tmp_
 
 async def test_zero_mode_writes_the_zeros(logs: LogFactory, tmp_path: Path) -> None:
     log, _, handlers = await logs.open(tmp_path, segment_bytes=SEGMENT, preallocate="zero")
-    assert log.pipeline is not None
-    heads: dict[str, int] = {}
-    entries: list[Entry] = []
-    while len(segment_paths(tmp_path)) < 3:
-        assert await asyncio.to_thread(log.pipeline.wait_ready, UNIT)
-        entries += await fill(log, handlers, 20, heads=heads, data=_data(400), wait=True)
+    entries = await _through_rotations(log, handlers, tmp_path, 3)
     await log.close()
     paths = segment_paths(tmp_path)
     assert len(paths) > 1 and all(p.stat().st_size >= SEGMENT for p in paths)
@@ -508,76 +510,6 @@ async def test_sigkill_with_preallocated_segments(
         # (a rotation that found no file ready yet made a version 2 one: both are fine)
         assert PREALLOC_VERSION in {load_header(str(p)).version for p in segment_paths(wal_dir)}
     await fill(log, handlers, 10, channels=("c",), heads=dict(state.heads))
-
-
-# -- any damage to a preallocated log: a prefix, or a refusal ------------------------------
-
-_ORIGINAL: list[tuple[int, object]] = []
-
-
-def _original_log(root: Path) -> None:
-    async def write() -> None:
-        factory = LogFactory()
-        try:
-            log, _, handlers = await factory.open(root, segment_bytes=2048, preallocate="fallocate")
-            await fill(log, handlers, 60, data=_data(40), per_tick=6, wait=True)
-        finally:
-            for log in factory.logs:
-                await log.close()
-
-    asyncio.run(write())
-    _ORIGINAL.extend(_bodies(root))
-
-
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    which=st.integers(min_value=0, max_value=100),
-    where=st.floats(min_value=0, max_value=1, exclude_max=True),
-    kind=st.sampled_from(["flip", "truncate", "zero", "write"]),
-)
-def test_any_damage_to_a_preallocated_log_recovers_a_prefix_or_refuses(
-    which: int, where: float, kind: str, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """As `test_wal_corruption`'s property, on preallocated segments, plus `write`: bytes
-    landing in the zero tail (a torn write past the end of the data)."""
-    base = tmp_path_factory.getbasetemp() / "prealloc-original"
-    if not base.exists():
-        base.mkdir()
-        _original_log(base)
-    work = tmp_path_factory.mktemp("prealloc-prefix")
-    shutil.rmtree(work)
-    shutil.copytree(base, work)
-    segments = segment_paths(work)
-    victim = segments[which % len(segments)]
-    data = bytearray(victim.read_bytes())
-    offset = int(where * len(data))
-    if kind == "flip":
-        data[offset] ^= 0x5A
-    elif kind == "truncate":
-        del data[offset:]
-    elif kind == "zero":
-        data[offset : offset + 512] = bytes(len(data[offset : offset + 512]))
-    else:
-        data[offset : offset + 64] = b"\xa5" * len(data[offset : offset + 64])
-    victim.write_bytes(bytes(data))
-    header_size = load_header(str(base / victim.name)).size
-
-    async def reopen() -> list[tuple[int, object]] | None:
-        factory = LogFactory()
-        try:
-            await factory.open(work, segment_bytes=2048, preallocate="fallocate")
-        except CorruptLog:
-            return None
-        finally:
-            for log in factory.logs:
-                await log.close()
-        return _bodies(work)
-
-    recovered = asyncio.run(reopen())
-    if victim == segments[-1] and offset >= header_size:
-        assert recovered is not None  # a torn tail of the newest segment: never refused
-    if recovered is not None:
-        assert recovered == _ORIGINAL[: len(recovered)]
 
 
 def test_pipeline_close_removes_the_ready_file(tmp_path: Path) -> None:
