@@ -119,17 +119,16 @@ class CommitBatch:
 
 
 class Rotation:
-    """Start a new segment (with `header`, or its version 3 twin when the file is a
-    preallocated one: same size) before writing the batch; `sealed_*` describe the old
-    one. `preallocated` is set by the sync thread: the pipeline had a file ready."""
+    """Start a new segment (with `header`, or its version 3 twin when the sync thread
+    gets a preallocated file: same size) before writing the batch; `sealed_*` describe
+    the old one."""
 
-    __slots__ = ("header", "preallocated", "sealed_first_lsn", "sealed_size")
+    __slots__ = ("header", "sealed_first_lsn", "sealed_size")
 
     def __init__(self, header: bytes, sealed_first_lsn: int, sealed_size: int) -> None:
         self.header = header
         self.sealed_first_lsn = sealed_first_lsn
         self.sealed_size = sealed_size
-        self.preallocated = False
 
 
 BatchHandler = Callable[[CommitBatch], None]
@@ -529,7 +528,6 @@ class _SyncThread:
             raise
         os.close(self._fd)
         self._fd = fd
-        rotation.preallocated = True
         if not self._sync:
             return False
         batch.done_at = perf_counter()
