@@ -33,6 +33,7 @@ from wal.errors import (
     TornRecord,
 )
 from wal.record import (
+    ALIGN,
     RECORD_HEADER_SIZE,
     ConnectionEvent,
     MessagePayload,
@@ -179,7 +180,8 @@ class SegmentReader:
 
     def data_end(self, offset: int) -> int:
         """File offset just past the last non-zero byte at or after `offset` (`offset`
-        itself when all is zeros from there)."""
+        itself when all is zeros from there), rounded up to the record alignment: the
+        zero padding of a last record is its data too."""
         f = self._file
         f.seek(offset)
         end, at = offset, offset
@@ -188,7 +190,7 @@ class SegmentReader:
             if found:
                 end = at + found
             at += len(chunk)
-        return end
+        return min(at, end + (-end % ALIGN))
 
     def unread(self, span: RecordSpan) -> None:
         """Give back the last span `spans()` yielded: the next call yields it again."""

@@ -295,13 +295,14 @@ async def test_a_torn_record_inside_a_preallocated_file_is_cut(
     with open(last, "r+b") as f:
         f.seek(end)
         f.write(torn[:keep])
-    data_end = end + len(torn[:keep].rstrip(b"\0"))
+    written = end + len(torn[:keep].rstrip(b"\0"))
+    data_end = written + (-written % 8)  # to the record alignment
     assert wal_tool(["verify", str(tmp_path)]) == EXIT_TORN_TAIL
     log, state, handlers = await logs.open(tmp_path, segment_bytes=SEGMENT, preallocate="fallocate")
     assert state.next_lsn == 51
     assert last.stat().st_size == end  # cut at the end of the last good record
     backup = Path(str(last) + ".broken")
-    assert backup.stat().st_size == data_end  # what was there, without the zero tail
+    assert backup.stat().st_size == data_end  # what was written, without the zero tail
     await fill(log, handlers, 30, heads=dict(state.heads))
     await log.close()
     assert _lsns(tmp_path) == list(range(1, 81))
@@ -355,21 +356,38 @@ def _payload(channel: str, seq: int) -> bytes:
     return bytes(buf[17 : 17 + int.from_bytes(buf[0:4], "little")])
 
 
-async def test_zeros_then_data_in_a_sealed_segment_refuses(
-    logs: LogFactory, tmp_path: Path
+async def test_zeros_then_data_in_a_sealed_segment_refuses_then_repair(
+    logs: LogFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A zeroed record header in an older segment, with records after it: not an end of
-    the log (zeros do not go on to the end of the file), and not the newest segment."""
+    the log (zeros do not go on to the end of the file), and not the newest segment.
+    `ferry wal repair` cuts there; its backup is the data, not the 64 KiB file."""
     await _written(logs, tmp_path, 1000)
-    assert len(segment_paths(tmp_path)) >= 3
-    middle = segment_paths(tmp_path)[1]
-    victim = spans(middle)[4]
+    segments = segment_paths(tmp_path)
+    assert len(segments) >= 3
+    middle = segments[1]
+    good = spans(middle)
+    victim = good[4]
     with open(middle, "r+b") as f:
         f.seek(victim.offset)
         f.write(bytes(victim.end - victim.offset))
     with pytest.raises(CorruptLog) as info:
         await logs.open(tmp_path, segment_bytes=SEGMENT, preallocate="fallocate")
     assert (info.value.path, info.value.offset) == (str(middle), victim.offset)
+    assert "non-zero bytes again" in str(info.value)
+
+    assert wal_tool(["repair", str(tmp_path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert f"truncated {middle} at offset {victim.offset}" in out
+    assert middle.stat().st_size == victim.offset
+    assert Path(str(middle) + ".broken").stat().st_size == good[-1].end  # no zero tail
+    assert all(not p.exists() for p in segments[2:])  # set aside as *.broken
+    survivors = len(spans(segments[0])) + 4
+    log, state, handlers = await logs.open(tmp_path, segment_bytes=SEGMENT, preallocate="fallocate")
+    assert state.next_lsn == survivors + 1
+    await fill(log, handlers, 10, heads=dict(state.heads))
+    await log.close()
+    assert _lsns(tmp_path) == list(range(1, survivors + 11))
 
 
 async def test_an_unused_pipeline_file_at_startup_is_removed(
