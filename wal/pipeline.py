@@ -116,12 +116,12 @@ class SegmentPipeline:
             try:
                 self._check_room()
                 fd = prepare_file(path, self._size, self._mode)
-            except OSError as exc:
+            except Exception as exc:  # any: the thread must outlive it (rotations go on)
                 self._failed(path, exc)
                 continue
             try:
                 fsync_dir(self._dir)
-            except OSError as exc:
+            except Exception as exc:
                 discard(fd, path)
                 self._failed(path, exc)
                 continue
@@ -148,11 +148,12 @@ class SegmentPipeline:
                 f"{2 * self._size} wanted (twice the segment size)",
             )
 
-    def _failed(self, path: str, exc: OSError) -> None:
+    def _failed(self, path: str, exc: Exception) -> None:
         with self._cond:
             self._wanted = False  # tried again at the next take(), not in a loop
             self.failures += 1
-            self.last_error = exc.strerror or repr(exc)
+            strerror = exc.strerror if isinstance(exc, OSError) else None
+            self.last_error = strerror or repr(exc)
             self._cond.notify_all()
         log.warning(
             "WAL: could not preallocate %s (%s): the next rotation creates its segment "

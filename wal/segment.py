@@ -34,6 +34,7 @@ still written as version 2, byte for byte what builds before preallocation wrote
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import struct
@@ -245,7 +246,10 @@ def prepare_file(path: str, size: int, mode: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         if mode == "fallocate":
-            os.posix_fallocate(fd, 0, size)
+            fallocate = getattr(os, "posix_fallocate", None)
+            if fallocate is None:  # not on macOS: the caller goes without, as on ENOSPC
+                raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available here")
+            fallocate(fd, 0, size)
         elif mode == "zero":
             zeros = bytes(min(size, _ZERO_FILL))
             for offset in range(0, size, _ZERO_FILL):

@@ -179,7 +179,10 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     damaged = [s for s in segs if s.error is not None]
     for leftover in _others(args.dir):
         if is_pipeline_file(leftover):
-            print(f"note: {leftover}: an unused preallocated segment file", file=out)
+            print(
+                f"note: {leftover}: an unused preallocated file, removed at the next start",
+                file=out,
+            )
         elif leftover.endswith(TMP_SUFFIX):
             print(f"note: {leftover}: unfinished rotation, removed at the next start", file=out)
     heads_damage = _verify_heads(args.dir, segs, out)

@@ -238,6 +238,24 @@ async def test_the_first_segment_falls_back_when_it_cannot_be_preallocated(
     assert log.writable and [e.lsn for e in entries] == list(range(1, 21))
 
 
+async def test_without_posix_fallocate_the_log_runs_on_plain_segments(
+    logs: LogFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where os has no posix_fallocate (macOS): EOPNOTSUPP, handled as a full disk is."""
+    monkeypatch.delattr(os, "posix_fallocate")
+    with pytest.raises(OSError) as info:
+        prepare_file(str(tmp_path / "f"), SEGMENT, "fallocate")
+    assert info.value.errno == errno.EOPNOTSUPP and not (tmp_path / "f").exists()
+    log, _, handlers = await logs.open(
+        tmp_path / "wal", segment_bytes=4096, preallocate="fallocate"
+    )
+    entries = await fill(log, handlers, 60, data=_data(300), per_tick=10, wait=True)
+    assert log.writable and log.pipeline is not None and log.pipeline.failures >= 1
+    assert {load_header(str(p)).version for p in segment_paths(tmp_path / "wal")} == {VERSION}
+    await log.close()
+    assert _lsns(tmp_path / "wal") == [e.lsn for e in entries]
+
+
 # -- recovery: where the log ends in a preallocated file -----------------------------------
 
 
