@@ -35,7 +35,7 @@ from tests.wal.conftest import (
 )
 from tests.wal.faults import REPO
 from wal import CorruptLog, LogFollower, MessagePayload, WalLog, iter_records
-from wal.errors import TornRecord
+from wal.errors import BadSegmentHeader, TornRecord
 from wal.pipeline import PREFIX, SegmentPipeline, is_pipeline_file
 from wal.reader import scan_segment
 from wal.record import SECTOR_BYTES, append_message, decode_record, encode_record
@@ -453,6 +453,16 @@ async def test_a_log_from_before_preallocation_opens_and_goes_on(
     await fill(log, handlers, 10, heads=dict(state.heads))
     await log.close()
     assert wal_tool(["verify", str(tmp_path)]) == EXIT_OK
+
+
+def test_headers_of_versions_2_and_3_are_the_same_but_for_the_version(tmp_path: Path) -> None:
+    v2, v3 = encode_header("node-a", 9), encode_header("node-a", 9, PREALLOC_VERSION)
+    assert len(v2) == len(v3) == 96
+    differ = {i for i in range(96) if v2[i] != v3[i]}
+    assert 8 in differ and differ <= {8, 88, 89, 90, 91}  # the version field and the CRC
+    (tmp_path / "v4.wal").write_bytes(encode_header("node-a", 9, PREALLOC_VERSION + 1))
+    with pytest.raises(BadSegmentHeader, match="format version 4, this build reads 1 to 3"):
+        load_header(str(tmp_path / "v4.wal"))
 
 
 async def test_inspect_reports_used_bytes(
