@@ -27,8 +27,8 @@ A segment is rotated once the next batch would take it past `wal_segment_bytes`
 Preallocation (`wal_preallocate`, default `fallocate`): a segment file is made
 `wal_segment_bytes` long before any record goes in (posix_fallocate, or with `zero` zeros
 written), so that an fdatasync after a write commits no block allocation and no new file
-size (measured here: p50 0.105 against 0.160 ms appending, `bench/micro/
-test_fsync_micro.py`). Records are written with pwrite at the end of the last one, into
+size (measured here: p50 0.08-0.13 ms against 0.12-0.18 ms appending, `bench/micro/
+test_fsync_micro.py`, docs/benchmarks.md). Records are written with pwrite at the end of the last one, into
 the zeros. The next segment's file is made ahead by the pipeline thread, off the ack
 path; a rotation renames it into place (`pipeline`, `writer`). Such a file is a version
 3 segment; with `off` segments are version 2, byte for byte what builds before
