@@ -53,6 +53,7 @@ def wal_log(config: Config, registry: CollectorRegistry | None = None) -> WalLog
         sync=config.wal_sync,
         segment_bytes=config.wal_segment_bytes,
         max_batch_delay_ms=config.wal_max_batch_delay_ms,
+        preallocate=config.wal_preallocate,
         registry=registry,
         keep_recent_s=config.dedupe_window_s,
     )

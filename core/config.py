@@ -204,6 +204,11 @@ class Config:
     wal_segment_bytes: int = setting(
         64 * 1024 * 1024, help="WAL segment size in bytes", check=_at_least(4096)
     )
+    wal_preallocate: Literal["fallocate", "zero", "off"] = setting(
+        "fallocate",
+        help="how new WAL segments reserve their size ahead of time, off the ack path: "
+        "fallocate, zero (zeros written), or off",
+    )
     wal_max_batch_delay_ms: float = setting(
         0.0, help="extra time a WAL batch may wait to grow (ms)", check=_non_negative
     )

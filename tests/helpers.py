@@ -66,6 +66,7 @@ class ConfigOverrides(TypedDict, total=False):
     wal_dir: str
     wal_sync: Literal["fsync", "write"]
     wal_segment_bytes: int
+    wal_preallocate: Literal["fallocate", "zero", "off"]
     wal_max_batch_delay_ms: float
     history_size: int
     history_channel_bytes: int

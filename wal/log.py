@@ -34,9 +34,10 @@ from wal.errors import HeadsStoreError
 from wal.heads import FLUSH_CHANNELS, HeadsReader, HeadsTracker
 from wal.lockfile import writer_lock
 from wal.metrics import WalMetrics
+from wal.pipeline import SegmentPipeline
 from wal.record import ConnectionEvent
 from wal.recovery import DEFAULT_MAX_BATCH_BYTES, SegmentMeta, recover, tail_window
-from wal.segment import node_id_bytes, open_for_append, segment_name
+from wal.segment import PREALLOCATE_MODES, node_id_bytes, open_for_writing, segment_name
 from wal.writer import CommitBatch, GroupCommitWriter
 
 log = logging.getLogger("ferry.wal")
@@ -51,7 +52,9 @@ class WalLog:
 
     Parameters beyond `core.config.Config` (`max_batch_bytes`, `history_max_bytes`,
     `heads_flush_channels`) are for tests and tuning; `core.compose.wal_log` is how the server
-    builds one.
+    builds one. `preallocate` (`wal_preallocate`): how new segments reserve their
+    `segment_bytes` (`fallocate`, `zero`, or `off`: segments as builds before
+    preallocation wrote them, see `wal.segment`).
     """
 
     def __init__(
@@ -68,9 +71,14 @@ class WalLog:
         registry: CollectorRegistry | None = None,
         stages: Stages | None = None,
         keep_recent_s: float = 0.0,
+        preallocate: str = "fallocate",
     ) -> None:
         if sync not in ("fsync", "write"):
             raise ValueError(f"sync must be 'fsync' or 'write', got {sync!r}")
+        if preallocate not in PREALLOCATE_MODES:
+            raise ValueError(f"preallocate must be one of {PREALLOCATE_MODES}, got {preallocate!r}")
+        self.preallocate = preallocate
+        self._pipeline: SegmentPipeline | None = None
         node_id_bytes(node_id)  # validate now, not at the first rotation
         self.wal_dir = os.fspath(wal_dir)
         self.node_id = node_id
@@ -130,17 +138,22 @@ class WalLog:
                 limits,
                 self.tail_window,
                 flush_channels=self.heads_flush_channels,
+                preallocate=self.preallocate,
+                segment_bytes=self.segment_bytes,
             )
             try:
                 reader = HeadsReader(rec.store.path)
                 active = rec.segments[-1]
-                fd = open_for_append(active.path)
+                fd = open_for_writing(active.path)
             except BaseException:
                 rec.store.close()
                 raise
         except BaseException:
             self._lock.release()
             raise
+        if self.preallocate != "off":
+            self._pipeline = SegmentPipeline(self.wal_dir, self.segment_bytes, self.preallocate)
+            self._pipeline.start()
         self._segments = rec.segments
         self._bytes = sum(seg.size for seg in rec.segments)
         self._first_lsn = rec.segments[0].first_lsn
@@ -176,6 +189,7 @@ class WalLog:
             max_batch_bytes=self.max_batch_bytes,
             max_batch_delay_s=self.max_batch_delay_ms / 1000.0,
             stages=self.stages,
+            pipeline=self._pipeline,
         )
         m = self.metrics
         m.writable.set(1)
@@ -294,6 +308,8 @@ class WalLog:
             "heads_dirty": float(len(self._heads.dirty)) if self._heads else 0.0,
             "heads_flushes": float(self._heads.flushes) if self._heads else 0.0,
             "history_floor": float(self._history_floor),
+            "segments_preallocated": float(self._pipeline.taken) if self._pipeline else 0.0,
+            "preallocation_failures": float(self._pipeline.failures) if self._pipeline else 0.0,
         }
 
     async def close(self) -> None:
@@ -304,6 +320,8 @@ class WalLog:
         writer = self._writer
         if writer is not None:
             await writer.close()
+        if self._pipeline is not None:
+            await asyncio.to_thread(self._pipeline.close)  # the unused file goes too
         if self._heads is not None:
             await self._heads.close()  # the last flush: as of the last durable LSN
             self.metrics.heads_as_of.set(self._heads.as_of)
@@ -353,6 +371,11 @@ class WalLog:
         the loop; `set_checkpoint` only decides)."""
         while self._deleting:
             await asyncio.gather(*self._deleting, return_exceptions=True)
+
+    @property
+    def pipeline(self) -> SegmentPipeline | None:
+        """The thread that keeps the next segment's file ready (None: preallocate off)."""
+        return self._pipeline
 
     def segment_for(self, lsn: int) -> str | None:
         """Path of the segment that holds `lsn` (None if it was deleted or not written)."""

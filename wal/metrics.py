@@ -42,7 +42,11 @@ class WalMetrics:
             "ferry_wal_batch_records", "Records per fdatasync", buckets=BATCH_BUCKETS, registry=r
         )
         self.segments = Gauge("ferry_wal_segments", "WAL segment files", registry=r)
-        self.size_bytes = Gauge("ferry_wal_size_bytes", "Bytes in WAL segment files", registry=r)
+        self.size_bytes = Gauge(
+            "ferry_wal_size_bytes",
+            "Bytes of data (headers and records) in WAL segments; preallocated space not counted",
+            registry=r,
+        )
         self.durable_lsn = Gauge("ferry_wal_durable_lsn", "Last durable LSN", registry=r)
         self.checkpoint_lsn = Gauge(
             "ferry_wal_checkpoint_lsn", "Replayer checkpoint the WAL was told about", registry=r

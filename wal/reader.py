@@ -3,7 +3,10 @@
 
 Every read ends in one of three ways, which callers must tell apart:
 
-* a clean end: the data stops exactly at a record boundary (iteration just stops);
+* a clean end: the data stops exactly at a record boundary (iteration just stops), or,
+  in a preallocated (version 3) segment, zeros start there and go on to the end of the
+  file (a scan checks that they do; a follower takes the first zero header as the live
+  end, which is where the writer goes on);
 * a torn tail: `TornRecord`, the data stops inside a record (a write in progress, or one
   cut short by a crash) or a zero-filled stretch where a record should be;
 * corruption: a `CorruptRecord` (`ChecksumMismatch`, `BadLength`, `LsnGap`, `BadPayload`)
@@ -29,13 +32,48 @@ from wal.errors import (
     SegmentError,
     TornRecord,
 )
-from wal.record import ConnectionEvent, MessagePayload, RecordSpan, decode_payload, decode_record
-from wal.segment import SegmentHeader, list_segments, read_header
+from wal.record import (
+    ALIGN,
+    RECORD_HEADER_SIZE,
+    ConnectionEvent,
+    MessagePayload,
+    RecordSpan,
+    decode_payload,
+    decode_record,
+)
+from wal.segment import PREALLOC_VERSION, SegmentHeader, list_segments, read_header
 
 # Bytes per read. A record cut in two by a chunk boundary (or larger than a chunk) is
 # completed by reading on.
 CHUNK_BYTES = 1024 * 1024
+# The first read of each `spans()` call: a follower at the live end of a preallocated
+# segment would otherwise read a whole chunk of zeros on every call.
+FIRST_READ_BYTES = 64 * 1024
 _EMPTY = memoryview(b"")
+_STEP = 4096  # bytes looked at at a time when finding where zeros start or end
+
+
+def _first_nonzero(data: bytes) -> int:
+    """Index of the first non-zero byte of `data`, -1 when it is all zeros. (Comparing
+    with `bytes(n)` is a calloc and a memcmp, ~40 us per MiB here; `lstrip` is 3 ms.)"""
+    if data == bytes(len(data)):
+        return -1
+    for at in range(0, len(data), _STEP):
+        part = data[at : at + _STEP]
+        if part != bytes(len(part)):
+            return at + len(part) - len(part.lstrip(b"\0"))
+    return -1  # not reached
+
+
+def _nonzero_end(data: bytes) -> int:
+    """Index just past the last non-zero byte of `data`, 0 when it is all zeros."""
+    if data == bytes(len(data)):
+        return 0
+    for at in reversed(range(0, len(data), _STEP)):
+        part = data[at : at + _STEP]
+        if part != bytes(len(part)):
+            return at + len(part.rstrip(b"\0"))
+    return 0  # not reached
 
 
 class SegmentReader:
@@ -44,11 +82,20 @@ class SegmentReader:
     `spans()` can be called again after it stopped (clean end or `TornRecord`): it goes
     on from the end of the last good record, which is how a follower reads a segment that
     the writer is still appending to.
+
+    In a version 3 (preallocated) segment a zero-filled record header ends the records:
+    with `verify_tail` (a scan: recovery, `ferry wal`) only if zeros go on to the end of
+    the file, else it raises `TornRecord` there (what follows is a write that did not
+    finish, or damage: `SegmentScan.data_end` says how far it reaches); without (a
+    follower) it is the live end, checked no further.
     """
 
-    def __init__(self, path: str, *, chunk_bytes: int = CHUNK_BYTES) -> None:
+    def __init__(
+        self, path: str, *, chunk_bytes: int = CHUNK_BYTES, verify_tail: bool = False
+    ) -> None:
         self.path = path
         self._chunk = chunk_bytes
+        self._verify_tail = verify_tail
         self._file = open(path, "rb")  # noqa: SIM115 (closed by close() / __exit__)
         try:
             self.header: SegmentHeader = read_header(self._file, path)
@@ -58,6 +105,7 @@ class SegmentReader:
         # The last good record read (or a stand-in ending at the header): one store per
         # record instead of three counters; `end`/`next_lsn`/`records` derive from it.
         self._last = RecordSpan(0, self.header.size, self.header.first_lsn - 1, 0, _EMPTY)
+        self._zero_tail = self.header.version >= PREALLOC_VERSION
 
     @property
     def end(self) -> int:
@@ -78,8 +126,9 @@ class SegmentReader:
         base = self._last.end
         expected = self._last.lsn + 1
         f.seek(base)
-        buf = f.read(chunk)
-        at_eof = len(buf) < chunk
+        first = min(chunk, FIRST_READ_BYTES)
+        buf = f.read(first)
+        at_eof = len(buf) < first
         while True:
             view = memoryview(buf)
             pos, n = 0, len(buf)
@@ -89,6 +138,13 @@ class SegmentReader:
                 except TornRecord as exc:
                     if exc.needs_more and not at_eof:
                         break
+                    if (
+                        self._zero_tail
+                        and _first_nonzero(bytes(view[pos : pos + RECORD_HEADER_SIZE])) < 0
+                    ):
+                        if self._verify_tail:
+                            self._check_zeros(base + pos)
+                        return  # zeros start at a record boundary: the end of the log
                     raise exc.at(path, base) from None
                 except RecordError as exc:
                     raise exc.at(path, base) from None
@@ -105,6 +161,36 @@ class SegmentReader:
             more = f.read(chunk)
             at_eof = len(more) < chunk
             buf = rest + more
+
+    def _check_zeros(self, offset: int) -> None:
+        """Raise `TornRecord` at `offset` unless the file holds only zeros from there."""
+        f = self._file
+        f.seek(offset)
+        at = offset
+        while chunk := f.read(self._chunk):
+            found = _first_nonzero(chunk)
+            if found >= 0:
+                raise TornRecord(
+                    f"zero-filled record header, but non-zero bytes again at offset {at + found}",
+                    offset,
+                    self.path,
+                    self._last.lsn + 1,
+                )
+            at += len(chunk)
+
+    def data_end(self, offset: int) -> int:
+        """File offset just past the last non-zero byte at or after `offset` (`offset`
+        itself when all is zeros from there), rounded up to the record alignment: the
+        zero padding of a last record is its data too."""
+        f = self._file
+        f.seek(offset)
+        end, at = offset, offset
+        while chunk := f.read(self._chunk):
+            found = _nonzero_end(chunk)
+            if found:
+                end = at + found
+            at += len(chunk)
+        return min(at, end + (-end % ALIGN))
 
     def unread(self, span: RecordSpan) -> None:
         """Give back the last span `spans()` yielded: the next call yields it again."""
@@ -127,8 +213,12 @@ class SegmentScan:
     """What a full read of one segment found."""
 
     path: str
-    size: int  # file size
+    size: int  # file size (a preallocated segment's includes its zero tail)
     header: SegmentHeader | None = None
+    # End of the data: `end` for a clean segment; for a damaged one the end of the file,
+    # or in a preallocated segment the end of its last non-zero byte (where the damage
+    # reaches: a torn write's zeros are not data)
+    data_end: int = 0
     end: int = 0  # end of the last good record: where a truncation would cut
     records: int = 0
     first_lsn: int = 0
@@ -158,9 +248,10 @@ Visitor = Callable[[int, RecordSpan], None]  # (segment index, span); may raise 
 
 def scan_segment(path: str, index: int = 0, visit: Visitor | None = None) -> SegmentScan:
     """Read one segment to its end; damage is reported in `.error`, not raised."""
-    scan = SegmentScan(path, os.path.getsize(path))
+    size = os.path.getsize(path)
+    scan = SegmentScan(path, size, data_end=size)
     try:
-        reader = SegmentReader(path)
+        reader = SegmentReader(path, verify_tail=True)
     except SegmentError as exc:
         scan.error = exc
         return scan
@@ -178,6 +269,10 @@ def scan_segment(path: str, index: int = 0, visit: Visitor | None = None) -> Seg
                         raise
         except RecordError as exc:
             scan.error = exc
+            if reader.header.version >= PREALLOC_VERSION:
+                scan.data_end = reader.data_end(max(exc.offset, reader.end))
+        else:
+            scan.data_end = reader.end
         scan.end = reader.end
         scan.records = reader.records
         scan.last_lsn = reader.next_lsn - 1

@@ -192,15 +192,20 @@ def decode_record(view: memoryview, offset: int, base: int = 0) -> RecordSpan:
 
 
 def has_zero_sector(view: memoryview, start: int, stop: int, base: int = 0) -> bool:
-    """Whether a whole sector of `view[start:stop]` is zeros, sectors taken at file offsets
-    (`base` is the file offset of `view[0]`) that are multiples of `SECTOR_BYTES`.
+    """Whether a whole sector that begins in `view[start:stop]` is zeros, sectors taken at
+    file offsets (`base` is the file offset of `view[0]`) that are multiples of
+    `SECTOR_BYTES`.
 
     That is what an unwritten sector looks like. Zeros anywhere else are only data that
     failed its CRC: a payload may well hold 512 zero bytes, and a record damaged there is
     corrupt, not torn (a follower stops quietly at a torn record, but not at this one).
     """
     at = start + (-(base + start) % SECTOR_BYTES)
-    while at + SECTOR_BYTES <= stop:
+    # A sector that begins inside the record counts even if it ends past it (when `view`
+    # holds all of it): a record cut short by a preallocated segment's zero tail has its
+    # last sector unwritten, but maybe less than 512 bytes of the record in it.
+    end = len(view)
+    while at < stop and at + SECTOR_BYTES <= end:
         if view[at : at + SECTOR_BYTES] == _ZERO_SECTOR:
             return True
         at += SECTOR_BYTES

@@ -23,6 +23,7 @@ from wal.heads import (
     StoredHead,
     heads_behind,
 )
+from wal.pipeline import is_pipeline_file
 from wal.reader import DirScan, SegmentScan, scan_dir
 from wal.record import (
     MAX_PAYLOAD_BYTES,
@@ -34,6 +35,8 @@ from wal.record import (
 )
 from wal.repair import Truncation, remove_leftovers, truncate_segment
 from wal.segment import (
+    PREALLOC_VERSION,
+    VERSION,
     SegmentHeader,
     create_segment,
     encode_header,
@@ -55,14 +58,17 @@ def tail_window(max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> int:
 
 
 def is_torn_tail(scan: SegmentScan, newest: bool, window: int) -> bool:
-    """Whether the damage `scan` found is a torn tail that startup truncates by itself."""
+    """Whether the damage `scan` found is a torn tail that startup truncates by itself.
+
+    Measured to the end of the data, not of the file: a preallocated segment goes on with
+    zeros that no write reached (`SegmentScan.data_end`)."""
     error = scan.error
     return (
         newest
         and isinstance(error, RecordError)
         and scan.header is not None
         and error.offset >= scan.header.size
-        and scan.size - error.offset <= window
+        and scan.data_end - error.offset <= window
     )
 
 
@@ -225,13 +231,16 @@ def recover(
     tail_window: int,
     *,
     flush_channels: int = FLUSH_CHANNELS,
+    preallocate: str = "off",
+    segment_bytes: int = 0,
 ) -> Recovery:
     """Scan `wal_dir`, repair a torn tail, bring heads.db up to date, return the state to
     resume from (bounded by `limits`).
 
     `tail_window`: how far from the end of the newest segment a torn write can reach (the
     writer's batch cap plus one record); damage further back refuses the start.
-    Raises `CorruptLog` or `NodeIdMismatch`.
+    Raises `CorruptLog` or `NodeIdMismatch`. `preallocate`, `segment_bytes`: how the first
+    segment of an empty directory is made (`segment.create_segment`).
 
     In four steps: scan (every record, feeding the rebuild), judge (is the first damage a
     torn tail?), repair (cut it), rebuild (reconcile heads.db with the log's end, then the
@@ -250,7 +259,7 @@ def recover(
         scan = _scan(wal_dir, node_id, rebuild)
         bad = _judge(wal_dir, scan, tail_window)
         truncation = _repair(bad) if bad is not None else None
-        recovery = _rebuilt(wal_dir, node_id, scan.segments, rebuild)
+        recovery = _rebuilt(wal_dir, node_id, scan.segments, rebuild, preallocate, segment_bytes)
     except BaseException:
         store.close()
         raise
@@ -268,7 +277,10 @@ def _prepare_dir(wal_dir: str) -> list[str]:
         fsync_dir(os.path.dirname(os.path.abspath(wal_dir)))  # the new directory's entry
     removed = remove_leftovers(wal_dir)
     for path in removed:
-        log.warning("removed %s: a segment an interrupted rotation left half-made", path)
+        if is_pipeline_file(os.path.basename(path)):
+            log.info("removed %s: a preallocated segment file that no rotation used", path)
+        else:
+            log.warning("removed %s: a segment an interrupted rotation left half-made", path)
     return removed
 
 
@@ -367,7 +379,7 @@ def _judge(wal_dir: str, scan: DirScan, tail_window: int) -> SegmentScan | None:
 
 def _repair(bad: SegmentScan) -> Truncation:
     """Cut a torn tail at the end of the last good record (the file backed up first)."""
-    truncation = truncate_segment(bad.path, bad.end)
+    truncation = truncate_segment(bad.path, bad.end, backup_bytes=bad.data_end)
     bad.size = bad.end
     log.warning(
         "WAL torn tail: %s; truncated %s at offset %d, dropped %d bytes (backup %s)",
@@ -381,17 +393,21 @@ def _repair(bad: SegmentScan) -> Truncation:
 
 
 def _rebuilt(
-    wal_dir: str, node_id: str, segments: list[SegmentScan], rebuild: _Rebuild
+    wal_dir: str,
+    node_id: str,
+    segments: list[SegmentScan],
+    rebuild: _Rebuild,
+    preallocate: str,
+    segment_bytes: int,
 ) -> Recovery:
     """The state and segments to resume from, heads.db reconciled with the log's end; a
-    first segment is created in an empty directory."""
+    first segment is created in an empty directory (preallocated unless `off`)."""
     store = rebuild.store
     last_lsn = segments[-1].last_lsn if segments else 0
     ahead, heads_ahead = _store_ahead(wal_dir, rebuild, last_lsn)
     if not segments:
-        header_bytes = encode_header(node_id, 1)
-        os.close(create_segment(wal_dir, 1, header_bytes))
-        header = SegmentHeader(node_id, 1, len(header_bytes))
+        header_bytes, version = _first_segment(wal_dir, node_id, preallocate, segment_bytes)
+        header = SegmentHeader(node_id, 1, len(header_bytes), version)
         path = os.path.join(wal_dir, segment_name(1))
         metas = [SegmentMeta(1, path, len(header_bytes), 0)]
         state = RecoveredState(next_lsn=1, mids=list(rebuild.mids), epoch=store.epoch)
@@ -414,6 +430,30 @@ def _rebuilt(
         history_floor=floor,
         ahead=ahead,
     )
+
+
+def _first_segment(
+    wal_dir: str, node_id: str, preallocate: str, segment_bytes: int
+) -> tuple[bytes, int]:
+    """Create segment 1, preallocated unless `off` or the space cannot be had (ENOSPC,
+    EFBIG: then a plain one, as a rotation does when the pipeline has no file ready; if
+    that fails too, the error is raised). Returns its header and version."""
+    if preallocate != "off":
+        header = encode_header(node_id, 1, PREALLOC_VERSION)
+        try:
+            os.close(
+                create_segment(wal_dir, 1, header, preallocate=preallocate, size=segment_bytes)
+            )
+            return header, PREALLOC_VERSION
+        except OSError as exc:
+            log.warning(
+                "WAL %s: could not preallocate the first segment (%s): created without",
+                wal_dir,
+                exc.strerror or exc,
+            )
+    header = encode_header(node_id, 1, VERSION)
+    os.close(create_segment(wal_dir, 1, header))
+    return header, VERSION
 
 
 def _mtime(path: str) -> float:

@@ -57,10 +57,21 @@ def _backup_name(path: str) -> str:
     return candidate
 
 
-def backup_copy(path: str) -> str:
-    """Copy `path` to a fresh `<path>.broken[.N]`, durably; return the copy's path."""
+def backup_copy(path: str, length: int | None = None) -> str:
+    """Copy `path` (its first `length` bytes: a preallocated segment's zero tail is left
+    out) to a fresh `<path>.broken[.N]`, durably; return the copy's path."""
     backup = _backup_name(path)
-    shutil.copyfile(path, backup)
+    if length is None:
+        shutil.copyfile(path, backup)
+    else:
+        with open(path, "rb") as src, open(backup, "wb") as dst:
+            left = length
+            while left > 0:
+                chunk = src.read(min(left, 1024 * 1024))
+                if not chunk:
+                    break
+                dst.write(chunk)
+                left -= len(chunk)
     fd = os.open(backup, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -69,10 +80,13 @@ def backup_copy(path: str) -> str:
     return backup
 
 
-def truncate_segment(path: str, offset: int) -> Truncation:
-    """Back up `path`, cut it to `offset` bytes, fdatasync it and its directory."""
-    size = os.path.getsize(path)
-    backup = backup_copy(path)
+def truncate_segment(path: str, offset: int, backup_bytes: int | None = None) -> Truncation:
+    """Back up `path` (up to `backup_bytes`: the end of its data, zeros past it left out),
+    cut it to `offset` bytes, fdatasync it and its directory. `dropped_bytes` counts the
+    data cut (to `backup_bytes`), not a preallocated zero tail."""
+    file_size = os.path.getsize(path)
+    size = file_size if backup_bytes is None else min(file_size, max(backup_bytes, offset))
+    backup = backup_copy(path, size if size < file_size else None)
     fd = os.open(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, offset)
@@ -165,7 +179,7 @@ def repair_dir(wal_dir: str) -> RepairReport:
             later = [bad, *later]
             report.first_lost_lsn = scan.segments[index - 1].last_lsn + 1 if index else 1
         else:
-            report.truncated = truncate_segment(bad.path, bad.end)
+            report.truncated = truncate_segment(bad.path, bad.end, backup_bytes=bad.data_end)
             report.first_lost_lsn = bad.last_lsn + 1
         for seg in later:
             backup = set_aside(seg.path)

@@ -1,11 +1,12 @@
 """Segment files: names, the header, creation by rotation (`.tmp` + fdatasync + rename +
-directory fsync). The directory's writer lock is in `wal.lockfile`.
+directory fsync), preallocated files. The directory's writer lock is in `wal.lockfile`;
+the thread that keeps the next preallocated file ready is `wal.pipeline`.
 
 Header layout (little endian), followed by the first record at `SegmentHeader.size`:
 
     offset  size
     0       8    magic      b"FERRYWAL"
-    8       2    version    u16: 2 (written now) or 1 (read only)
+    8       2    version    u16: 3 (preallocated), 2 (not preallocated) or 1 (read only)
     10      2    node_len   u16, bytes of node id used
     12      4    heads_len  u32, bytes of the heads snapshot; always 0 in version 2
     16      8    first_lsn  u64, LSN of the segment's first record (= its name)
@@ -20,11 +21,20 @@ Version 1 headers (written before heads.db existed) are still read; their snapsh
 only decoded when asked (`decode_heads`), which recovery does for the oldest segment of a
 directory that has no heads store yet (the migration). Otherwise it is only checksummed,
 in chunks, and counted.
+
+Version 3 is version 2 plus one promise about the file, not the header: the file may go
+on past its last record with zeros, the space `posix_fallocate` (or a zero fill) reserved
+when it was made (`prepare_file`). A reader finds the end of the log where zeros start at
+a record boundary (`wal.reader`). The header bytes are the same as version 2 but for the
+version field, so a build that only knows versions 1 and 2 refuses such a segment by name
+instead of taking its zero tail for damage. Segments made without preallocation are
+still written as version 2, byte for byte what builds before preallocation wrote.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import struct
@@ -37,9 +47,13 @@ import msgspec
 from wal.errors import BadSegmentHeader
 
 MAGIC = b"FERRYWAL"
-VERSION = 2  # what this build writes
+VERSION = 2  # what this build writes for a segment that is not preallocated
+PREALLOC_VERSION = 3  # ... and for a preallocated one (the file may end in zeros)
 V1_HEADS = 1  # the version whose headers carry a heads snapshot (read only)
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
+# How `prepare_file` reserves a segment's space: `fallocate` (posix_fallocate: unwritten
+# extents that read back as zeros), `zero` (zeros written and synced), `off` (none).
+PREALLOCATE_MODES = ("fallocate", "zero", "off")
 SEGMENT_SUFFIX = ".wal"
 TMP_SUFFIX = ".tmp"
 BROKEN_SUFFIX = ".broken"
@@ -103,10 +117,10 @@ def node_id_bytes(node_id: str) -> bytes:
     return raw
 
 
-def encode_header(node_id: str, first_lsn: int) -> bytes:
-    """A version 2 header: 96 bytes, no heads snapshot."""
+def encode_header(node_id: str, first_lsn: int, version: int = VERSION) -> bytes:
+    """A version 2 (or, for a preallocated file, 3) header: 96 bytes, no heads snapshot."""
     node = node_id_bytes(node_id)
-    fixed = _FIXED.pack(MAGIC, VERSION, len(node), 0, first_lsn, node)
+    fixed = _FIXED.pack(MAGIC, version, len(node), 0, first_lsn, node)
     return b"".join((fixed, _CRC.pack(zlib.crc32(fixed), 0)))
 
 
@@ -137,7 +151,7 @@ def read_header(f: BinaryIO, path: str, *, decode_heads: bool = False) -> Segmen
     if magic != MAGIC:
         raise BadSegmentHeader(path, f"not a ferry WAL segment (magic {magic!r})")
     if version not in READABLE_VERSIONS:
-        raise BadSegmentHeader(path, f"format version {version}, this build reads 1 and 2")
+        raise BadSegmentHeader(path, f"format version {version}, this build reads 1 to 3")
     if heads_len > MAX_HEADS_BYTES or node_len > MAX_NODE_ID_BYTES:
         raise BadSegmentHeader(path, "header sizes out of bounds")
     if version != V1_HEADS and heads_len:
@@ -190,12 +204,20 @@ def load_header(path: str, *, decode_heads: bool = False) -> SegmentHeader:
         return read_header(f, path, decode_heads=decode_heads)
 
 
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    """os.write until everything is written (a short write is not an error by itself)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def pwrite_all(fd: int, offset: int, *parts: bytes | bytearray | memoryview) -> None:
+    """Write `parts` back to back at file `offset` (one pwritev; more only on a short write).
+
+    Segments are written at explicit offsets, not with O_APPEND: a preallocated file
+    already has its final size, and the records go into its zero tail."""
+    views = [memoryview(part) for part in parts if len(part)]
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def fsync_dir(path: str) -> None:
@@ -207,28 +229,95 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def create_segment(wal_dir: str, first_lsn: int, header: bytes) -> int:
-    """Create segment `first_lsn` atomically and return an fd open for appending to it.
+_ZERO_FILL = 1024 * 1024  # bytes per write of a `zero` preallocation
 
-    `header` comes from `encode_header`. It goes to `<name>.tmp`, is fdatasync'ed, renamed
-    into place and the directory fsync'ed: a crash leaves either no segment or a whole
-    header, never half of one (a leftover `.tmp` is removed at the next start).
-    """
-    path = os.path.join(wal_dir, segment_name(first_lsn))
-    tmp = path + TMP_SUFFIX
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
+def prepare_file(path: str, size: int, mode: str) -> int:
+    """Create `path` (which must not exist), reserve `size` bytes of zeros in it as `mode`
+    says, fsync it and return an fd open for writing (not appending) to it.
+
+    `fallocate`: posix_fallocate, which on ext4/XFS marks extents allocated but unwritten
+    (they read back as zeros, and writing into them needs no block allocation at
+    fdatasync time); `zero`: the zeros are written; `off`: an empty file. The caller
+    fsyncs the directory. On any error the file is removed and the error raised
+    (ENOSPC when the disk is full)."""
+    if mode not in PREALLOCATE_MODES:
+        raise ValueError(f"preallocate must be one of {PREALLOCATE_MODES}, got {mode!r}")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        write_all(fd, header)
-        os.fdatasync(fd)
-        os.rename(tmp, path)
-        fsync_dir(wal_dir)
+        if mode == "fallocate":
+            fallocate = getattr(os, "posix_fallocate", None)
+            if fallocate is None:  # not on macOS: the caller goes without, as on ENOSPC
+                raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available here")
+            fallocate(fd, 0, size)
+        elif mode == "zero":
+            zeros = bytes(min(size, _ZERO_FILL))
+            for offset in range(0, size, _ZERO_FILL):
+                pwrite_all(fd, offset, zeros[: min(_ZERO_FILL, size - offset)])
+        if mode != "off":
+            os.fsync(fd)  # the size and the allocation are metadata: fsync, not fdatasync
     except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        discard(fd, path)
         raise
     return fd
 
 
-def open_for_append(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+def discard(fd: int, path: str) -> None:
+    """Close `fd` and remove `path`, ignoring errors: a file made for a segment that is not
+    going to be one."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def install_segment(
+    wal_dir: str,
+    fd: int,
+    tmp: str,
+    first_lsn: int,
+    header: bytes,
+    first_batch: bytes | bytearray = b"",
+) -> None:
+    """Make the file open as `fd` (named `tmp`) segment `first_lsn`: `header` (and the
+    records of `first_batch` after it) written at offset 0, fdatasync'ed, renamed into
+    place, the directory fsync'ed. A crash leaves either no segment (a `.tmp`, removed at
+    the next start) or one with its whole header (and the batch): the data is synced
+    before the rename is even made."""
+    pwrite_all(fd, 0, header, first_batch)
+    os.fdatasync(fd)
+    os.rename(tmp, os.path.join(wal_dir, segment_name(first_lsn)))
+    fsync_dir(wal_dir)
+
+
+def create_segment(
+    wal_dir: str,
+    first_lsn: int,
+    header: bytes,
+    *,
+    preallocate: str = "off",
+    size: int = 0,
+) -> int:
+    """Create segment `first_lsn` atomically and return an fd open for writing to it.
+
+    `header` comes from `encode_header` (version 3 when `preallocate` is not `off`: the
+    file is then `size` bytes, zeros past the header). It goes to `<name>.tmp`, is
+    fdatasync'ed, renamed into place and the directory fsync'ed: a crash leaves either no
+    segment or a whole header, never half of one (a leftover `.tmp` is removed at the next
+    start). A rotation normally takes a file `wal.pipeline` made ahead of time instead.
+    """
+    tmp = os.path.join(wal_dir, segment_name(first_lsn)) + TMP_SUFFIX
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # what an earlier attempt left
+    fd = prepare_file(tmp, max(size, len(header)) if preallocate != "off" else 0, preallocate)
+    try:
+        install_segment(wal_dir, fd, tmp, first_lsn, header)
+    except BaseException:
+        discard(fd, tmp)
+        raise
+    return fd
+
+
+def open_for_writing(path: str) -> int:
+    """The active segment, open for `pwrite_all` at the end of its last record."""
+    return os.open(path, os.O_WRONLY | os.O_CLOEXEC)

@@ -17,6 +17,7 @@ import msgspec
 
 from wal.errors import HeadsStoreError, RecordError, WalError
 from wal.heads import HeadsSummary, heads_behind, read_summary
+from wal.pipeline import is_pipeline_file
 from wal.reader import DirScan, SegmentScan, iter_records, scan_dir
 from wal.record import ConnectionEvent, MessagePayload, RecordSpan, decode_payload
 from wal.recovery import is_torn_tail, tail_window
@@ -81,6 +82,12 @@ def _status(scan: SegmentScan) -> str:
     return f"bad header: {error.reason}"
 
 
+def _used(scan: SegmentScan) -> int:
+    """Bytes of data in the segment: a preallocated segment's zero tail is not counted
+    (`file_bytes` in `--json` is the file's size)."""
+    return scan.data_end if scan.error is not None else scan.end
+
+
 def _others(wal_dir: str) -> list[str]:
     return sorted(n for n in os.listdir(wal_dir) if n.endswith((TMP_SUFFIX, BROKEN_SUFFIX)))
 
@@ -122,7 +129,8 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
                     "first_lsn": s.first_lsn,
                     "last_lsn": s.last_lsn,
                     "records": s.records,
-                    "bytes": s.size,
+                    "bytes": _used(s),
+                    "file_bytes": s.size,
                     "version": s.header.version if s.header else None,
                     "channels_in_header": s.header.heads_count if s.header else None,
                     "status": _status(s),
@@ -133,11 +141,14 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
         }
         out.write(_json.encode(doc).decode() + "\n")
         return EXIT_OK
-    total = sum(s.size for s in segs)
+    total = sum(_used(s) for s in segs)
+    reserved = sum(s.size - _used(s) for s in segs)
     records = sum(s.records for s in segs)
     lsns = f"LSN {segs[0].first_lsn}..{segs[-1].last_lsn}" if segs else "empty"
     print(f"WAL {args.dir}: node {node!r}, {len(segs)} segments, {total} bytes, ", end="", file=out)
     print(f"{records} records, {lsns}", file=out)
+    if reserved:
+        print(f"preallocated and not yet used: {reserved} bytes", file=out)
     print(_heads_line(summary, error), file=out)
     print(
         f"{'segment':<26} {'first LSN':>12} {'last LSN':>12} {'records':>9} {'bytes':>11}  status",
@@ -145,7 +156,7 @@ def _inspect(args: argparse.Namespace, out: TextIO) -> int:
     )
     for s in segs:
         print(
-            f"{s.name:<26} {s.first_lsn:>12} {s.last_lsn:>12} {s.records:>9} {s.size:>11}  "
+            f"{s.name:<26} {s.first_lsn:>12} {s.last_lsn:>12} {s.records:>9} {_used(s):>11}  "
             f"{_status(s)}",
             file=out,
         )
@@ -167,7 +178,12 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     segs = scan.segments
     damaged = [s for s in segs if s.error is not None]
     for leftover in _others(args.dir):
-        if leftover.endswith(TMP_SUFFIX):
+        if is_pipeline_file(leftover):
+            print(
+                f"note: {leftover}: an unused preallocated file, removed at the next start",
+                file=out,
+            )
+        elif leftover.endswith(TMP_SUFFIX):
             print(f"note: {leftover}: unfinished rotation, removed at the next start", file=out)
     heads_damage = _verify_heads(args.dir, segs, out)
     records = sum(s.records for s in segs)
@@ -194,7 +210,7 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
     if heads_damage is None and is_torn_tail(first, first is segs[-1], tail_window()):
         print(
             f"torn tail: the next start truncates {first.name} at offset {first.end} "
-            f"({first.size - first.end} bytes, backup kept)",
+            f"({first.data_end - first.end} bytes, backup kept)",
             file=out,
         )
         return EXIT_TORN_TAIL

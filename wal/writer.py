@@ -5,10 +5,16 @@
     append(): frame the record onto `_buf`  ─┐
     append(): ...                            ├─ batch k+1 grows while batch k syncs
     append(): ...                           ─┘
-                                 submit(batch k) ───▶ [rotate] write(buf) fdatasync(fd)
+                                 submit(batch k) ───▶ [rotate] pwrite(buf) fdatasync(fd)
                                  submit(batch k+1) ─▶ (queued: written once k is synced)
     _completed(batch k) ◀── call_soon_threadsafe ───┘
       submit(batch k+2), then on_batch(k): acks + fan-out overlap the next fdatasync
+
+A rotation takes the next segment's file from `wal.pipeline`, made and preallocated
+ahead of time by a thread of its own: the sync thread writes the header and the batch
+into it, fdatasyncs, renames and fsyncs the directory (no file creation on the way).
+Records are written with pwrite at the offset the loop assigned (`CommitBatch.offset`),
+not appended: a preallocated file already has its final size.
 
 Up to two batches are in flight (`MAX_IN_FLIGHT`): one the thread writes and syncs, one
 queued behind it, so the thread goes from one fdatasync straight to the next write
@@ -48,8 +54,17 @@ from time import perf_counter
 from common.durability import Entry, LogUnavailable
 from common.latency import Stages
 from wal.heads import HeadsTracker
+from wal.pipeline import SegmentPipeline
 from wal.record import EVENT, ConnectionEvent, append_message, append_record, encode_event
-from wal.segment import create_segment, encode_header, segment_name, write_all
+from wal.segment import (
+    PREALLOC_VERSION,
+    create_segment,
+    discard,
+    encode_header,
+    install_segment,
+    pwrite_all,
+    segment_name,
+)
 
 log = logging.getLogger("ferry.wal")
 
@@ -115,7 +130,8 @@ class CommitBatch:
 
 
 class Rotation:
-    """Start a new segment (with `header`) before writing the batch; `sealed_*` describe
+    """Start a new segment (with `header`, or its version 3 twin when the sync thread
+    gets a preallocated file: same size) before writing the batch; `sealed_*` describe
     the old one."""
 
     __slots__ = ("header", "sealed_first_lsn", "sealed_size")
@@ -152,6 +168,7 @@ class GroupCommitWriter:
         max_batch_bytes: int = 4 * 1024 * 1024,
         max_batch_delay_s: float = 0.0,
         stages: Stages | None = None,
+        pipeline: SegmentPipeline | None = None,
     ) -> None:
         self._dir = wal_dir
         self._stages = stages or Stages()
@@ -184,7 +201,9 @@ class GroupCommitWriter:
         self.failure: str | None = None
         self.failure_errno = 0
         self._refusal: str | None = None  # why appends raise (failure, or closing)
-        self._thread = _SyncThread(wal_dir, fd, sync, self._loop, self._completed)
+        self._thread = _SyncThread(
+            wal_dir, fd, sync, self._loop, self._completed, node_id=node_id, pipeline=pipeline
+        )
         self._thread.start()
 
     # -- appends (hot path) --------------------------------------------------------------
@@ -442,8 +461,13 @@ class _SyncThread:
         sync: bool,
         loop: asyncio.AbstractEventLoop,
         done: Callable[[CommitBatch], None],
+        *,
+        node_id: str = "",
+        pipeline: SegmentPipeline | None = None,
     ) -> None:
         self._dir = wal_dir
+        self._node_id = node_id
+        self._pipeline = pipeline
         self._fd = fd
         self._sync = sync
         self._loop = loop
@@ -494,12 +518,11 @@ class _SyncThread:
                     op = "fdatasync"
                     os.fdatasync(self._fd)  # a sealed segment is durable even in `write` mode
                 op = "segment creation"
-                fd = create_segment(self._dir, batch.first_lsn, batch.rotation.header)
-                os.close(self._fd)
-                self._fd = fd
+                if self._rotate(batch):
+                    return  # the batch went in with the header, synced
             op = "write"
             start = perf_counter()
-            write_all(self._fd, batch.buf)
+            pwrite_all(self._fd, batch.offset, batch.buf)
             written = perf_counter()
             if self._sync:
                 op = "fdatasync"
@@ -510,3 +533,35 @@ class _SyncThread:
         except Exception as exc:
             batch.error = exc
             batch.failed_op = op
+
+    def _rotate(self, batch: CommitBatch) -> bool:
+        """Make the batch's segment the active one. With a preallocated file from the
+        pipeline and wal_sync=fsync the batch is written and synced with the header (one
+        pwritev, one fdatasync, then rename and directory fsync): returns True, the batch
+        is done. Otherwise (`write` mode, or no file ready: a plain segment created here)
+        returns False and the batch is written as any other."""
+        rotation = batch.rotation
+        assert rotation is not None
+        ready = self._pipeline.take() if self._pipeline is not None else None
+        if ready is None:
+            fd = create_segment(self._dir, batch.first_lsn, rotation.header)
+            os.close(self._fd)
+            self._fd = fd
+            return False
+        fd, tmp = ready
+        header = encode_header(self._node_id, batch.first_lsn, PREALLOC_VERSION)
+        start = perf_counter()
+        try:
+            install_segment(
+                self._dir, fd, tmp, batch.first_lsn, header, batch.buf if self._sync else b""
+            )
+        except BaseException:
+            discard(fd, tmp)  # (after the rename there is no tmp: the fd is closed)
+            raise
+        os.close(self._fd)
+        self._fd = fd
+        if not self._sync:
+            return False
+        batch.done_at = perf_counter()
+        batch.sync_s = batch.done_at - start  # header + batch write, fdatasync, rename
+        return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -95,6 +96,7 @@ class WalOptions(TypedDict, total=False):
     registry: CollectorRegistry | None
     stages: Stages | None
     keep_recent_s: float
+    preallocate: str
 
 
 class OpenOptions(WalOptions, total=False):
@@ -119,6 +121,10 @@ class LogFactory:
         node_id: str = "node-a",
         **kw: Unpack[WalOptions],
     ) -> tuple[WalLog, RecoveredState, Handlers]:
+        # Segments as written before preallocation unless a test asks for it: the tests
+        # that damage files at given offsets were written for those (test_prealloc.py and
+        # the parametrized cases run the same damage on preallocated segments).
+        kw.setdefault("preallocate", "off")
         log = WalLog(path, node_id=node_id, **kw)
         state = await log.open(limits if limits is not None else HistoryLimits(size=history_size))
         handlers = Handlers()
@@ -156,6 +162,36 @@ async def fill(
             await asyncio.sleep(0)  # let batches form and complete, as on a live loop
     await handlers.until_durable(entries[-1].lsn if entries else 0)
     return entries
+
+
+async def fill_until_failed(
+    log: WalLog, handlers: Handlers, channel: str = "big", timeout: float = UNIT
+) -> int:
+    """Append 2 KB messages to `channel`, 8 at a time, each group waited for, until the
+    log fails (a full disk); returns the last seq appended."""
+    seq = 0
+    async with asyncio.timeout(timeout):
+        while not handlers.failed:
+            for _ in range(8):
+                seq += 1
+                log.append(message(channel, seq, b'"%s"' % (b"x" * 2000)))
+            await handlers.until_durable(log.head_lsn)
+    return seq
+
+
+async def line_then_sigkill(child: subprocess.Popen[str], timeout: float) -> str:
+    """The first line `child` prints (within `timeout`), then SIGKILL it and reap it."""
+    try:
+        assert child.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), timeout)
+        assert line, child.stderr.read() if child.stderr else ""
+        child.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(child.wait, UNIT) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return line
 
 
 @pytest.fixture

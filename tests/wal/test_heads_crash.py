@@ -5,9 +5,7 @@ including channels whose every record retention had already deleted."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -15,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.wal.conftest import UNIT, LogFactory
+from tests.wal.conftest import UNIT, LogFactory, line_then_sigkill
 from tests.wal.faults import REPO
-from wal.segment import list_segments, load_header
+from wal.segment import PREALLOC_VERSION, list_segments, load_header
 
 CHILD = r"""
 import asyncio, json, os, sys, threading
@@ -117,17 +115,7 @@ async def test_sigkill_around_the_heads_flush_keeps_every_head(
 ) -> None:
     wal_dir = tmp_path / "wal"
     child = _spawn(wal_dir, mode, tmp_path / "held")
-    try:
-        assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 12 * UNIT)
-        assert line, child.stderr.read() if child.stderr else ""
-        report = json.loads(line)
-        child.send_signal(signal.SIGKILL)
-        assert await asyncio.to_thread(child.wait, UNIT) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    report = json.loads(await line_then_sigkill(child, 12 * UNIT))
     expected: dict[str, int] = report["expected"]
     assert len(expected) == 500
     # Retention had deleted the early channels' records before the flush was held.
@@ -148,7 +136,8 @@ async def test_sigkill_around_the_heads_flush_keeps_every_head(
     assert got == expected
     assert all(state.heads[ch] == expected[ch] for ch in state.heads)
     first_header = load_header(list_segments(str(wal_dir))[0][1])
-    assert first_header.version == 2 and first_header.size == 96
+    # the child wrote preallocated segments (version 3): no heads snapshot either
+    assert first_header.version == PREALLOC_VERSION and first_header.size == 96
     await log.close()
     log, _, _ = await logs.open(wal_dir, history_size=0)  # once more, after a clean close
     assert {ch: log.head_of(ch) for ch in expected} == expected

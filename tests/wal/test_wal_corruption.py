@@ -179,15 +179,24 @@ async def test_flipped_byte_in_a_middle_segment_refuses_then_repair(
     await _reopen_and_check(logs, tmp_path, survivors)
 
 
+@pytest.mark.parametrize("preallocate", ["off", "fallocate"])
 async def test_flip_far_back_in_the_newest_segment_refuses(
-    logs: LogFactory, tmp_path: Path
+    logs: LogFactory, tmp_path: Path, preallocate: str
 ) -> None:
-    """Damage further back than one batch can reach is not a torn write."""
-    kw: OpenOptions = {"segment_bytes": 64 * 1024 * 1024, "max_batch_bytes": 64 * 1024}
+    """Damage further back than one batch can reach is not a torn write. In a
+    preallocated segment "back" is from the end of the data, not of the 64 MiB file:
+    the same damage near the last record is cut (`test_prealloc.py`)."""
+    kw: OpenOptions = {
+        "segment_bytes": 64 * 1024 * 1024,
+        "max_batch_bytes": 64 * 1024,
+        "preallocate": preallocate,
+    }
     log, _, handlers = await logs.open(tmp_path, **kw)
     await fill(log, handlers, 4600, data=_data(1000))  # > tail window (64 KiB + 4 MiB)
     await log.close()
     (only,) = segment_paths(tmp_path)
+    if preallocate != "off":
+        assert only.stat().st_size == 64 * 1024 * 1024  # the zero tail that does not count
     victim = spans(only)[3]
     with open(only, "r+b") as f:
         f.seek(victim.offset + 25)
@@ -270,14 +279,14 @@ def test_bad_header_error_type() -> None:
     assert issubclass(BadSegmentHeader, Exception)
 
 
-def _original_log(root: Path) -> list[tuple[int, object]]:
+def _original_log(root: Path, preallocate: str) -> list[tuple[int, object]]:
     """A small rotated log, written once; returns (lsn, body) of every record."""
     import asyncio
 
     async def write() -> None:
         factory = LogFactory()
         try:
-            log, _, handlers = await factory.open(root, segment_bytes=2048)
+            log, _, handlers = await factory.open(root, segment_bytes=2048, preallocate=preallocate)
             await fill(log, handlers, 60, data=_data(40), per_tick=6, wait=True)
         finally:
             for log in factory.logs:
@@ -287,24 +296,31 @@ def _original_log(root: Path) -> list[tuple[int, object]]:
     return [(r.lsn, r.body) for r in iter_records(str(root))]
 
 
+@pytest.mark.parametrize("preallocate", ["off", "fallocate"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     which=st.integers(min_value=0, max_value=100),
     where=st.floats(min_value=0, max_value=1, exclude_max=True),
-    kind=st.sampled_from(["flip", "truncate", "zero"]),
+    kind=st.sampled_from(["flip", "truncate", "zero", "write"]),
 )
 def test_any_damage_recovers_a_prefix_or_refuses(
-    which: int, where: float, kind: str, tmp_path_factory: pytest.TempPathFactory
+    which: int,
+    where: float,
+    kind: str,
+    preallocate: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """Whatever the damage: either startup refuses (CorruptLog), or it recovers exactly the
     records before the damage, byte for byte; damage past the newest segment's header is
-    always recovered from."""
+    always recovered from. On preallocated segments too, where most of a file is its zero
+    tail: `write` (64 bytes of garbage) there is a torn write past the end of the data."""
     import asyncio
 
-    base = tmp_path_factory.getbasetemp() / "prefix-original"
+    base = tmp_path_factory.getbasetemp() / f"prefix-original-{preallocate}"
     if not base.exists():
         base.mkdir()
-        _ORIGINAL.extend(_original_log(base))
+        _ORIGINAL[preallocate] = _original_log(base, preallocate)
+    original = _ORIGINAL[preallocate]
     work = tmp_path_factory.mktemp("prefix")
     shutil.rmtree(work)
     shutil.copytree(base, work)
@@ -317,15 +333,17 @@ def test_any_damage_recovers_a_prefix_or_refuses(
         data[offset] ^= 0x5A
     elif kind == "truncate":
         del data[offset:]
-    else:
+    elif kind == "zero":
         data[offset : offset + 512] = b"\0" * len(data[offset : offset + 512])
+    else:
+        data[offset : offset + 64] = b"\xa5" * len(data[offset : offset + 64])
     victim.write_bytes(bytes(data))
     header_size = load_header(str(base / victim.name)).size
 
     async def reopen() -> list[tuple[int, object]] | None:
         factory = LogFactory()
         try:
-            await factory.open(work, segment_bytes=2048)
+            await factory.open(work, segment_bytes=2048, preallocate=preallocate)
         except CorruptLog:
             return None
         finally:
@@ -337,7 +355,7 @@ def test_any_damage_recovers_a_prefix_or_refuses(
     if victim == segments[-1] and offset >= header_size:
         assert recovered is not None  # a torn tail of the newest segment: never refused
     if recovered is not None:
-        assert recovered == _ORIGINAL[: len(recovered)]
+        assert recovered == original[: len(recovered)]
 
 
-_ORIGINAL: list[tuple[int, object]] = []
+_ORIGINAL: dict[str, list[tuple[int, object]]] = {}

@@ -15,7 +15,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from common.durability import LogUnavailable
-from tests.wal.conftest import UNIT, LogFactory, SyncCounter, fill, grow_disk, message
+from tests.wal.conftest import (
+    UNIT,
+    LogFactory,
+    SyncCounter,
+    fill,
+    fill_until_failed,
+    grow_disk,
+    message,
+)
 from tests.wal.faults import REPO, fdatasync_fault_env
 from wal import iter_records
 
@@ -97,14 +105,7 @@ async def test_segment_creation_failure_is_fatal_too(
 async def test_disk_full_on_a_small_tmpfs(logs: LogFactory, small_disk: Path) -> None:
     wal_dir = small_disk / "wal"
     log, _, handlers = await logs.open(wal_dir)
-    acked: list[int] = []
-    seq = 0
-    async with asyncio.timeout(UNIT):
-        while not handlers.failed:
-            for _ in range(8):
-                seq += 1
-                log.append(message("big", seq, b'"%s"' % (b"x" * 2000)))
-            await handlers.until_durable(log.head_lsn)
+    seq = await fill_until_failed(log, handlers, "big")
     acked = [e.lsn for e in handlers.durable]
     reason = handlers.failed[0][1]
     assert "No space left on device" in reason

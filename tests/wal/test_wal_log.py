@@ -18,6 +18,7 @@ from tests.wal.conftest import (
     fill,
     message,
     segment_paths,
+    spans,
 )
 from wal import ConnectionEvent, LogFollower, RecordTooLarge, WalLocked, WalLog, iter_records
 from wal.record import EVENT, MAX_PAYLOAD_BYTES
@@ -154,10 +155,13 @@ async def test_write_mode_skips_the_per_batch_fdatasync(
     assert [r.lsn for r in iter_records(str(tmp_path))] == list(range(1, 301))
 
 
+@pytest.mark.parametrize("preallocate", ["off", "fallocate"])
 async def test_retention_deletes_segments_behind_the_checkpoint(
-    logs: LogFactory, tmp_path: Path
+    logs: LogFactory, tmp_path: Path, preallocate: str
 ) -> None:
-    log, _, handlers = await logs.open(tmp_path, history_size=0, segment_bytes=4096)
+    log, _, handlers = await logs.open(
+        tmp_path, history_size=0, segment_bytes=4096, preallocate=preallocate
+    )
     await fill(log, handlers, 400, per_tick=10, wait=True)
     before = segment_paths(tmp_path)
     firsts = [load_header(str(p)).first_lsn for p in before]
@@ -165,6 +169,8 @@ async def test_retention_deletes_segments_behind_the_checkpoint(
     await log.wait_deletions()
     assert segment_paths(tmp_path) == before[3:]
     assert log.stats()["segments"] == len(before) - 3
+    # what is left is counted by its data, preallocated or not
+    assert log.stats()["bytes"] == sum(spans(p)[-1].end for p in before[3:])
     log.set_checkpoint(10**9)  # everything replayed: all but the active segment go
     await log.wait_deletions()
     assert segment_paths(tmp_path) == before[-1:]

@@ -81,14 +81,18 @@ async def child_main(wal_dir: str, db_url: str, node_id: str) -> int:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
 
+    durable_known = asyncio.Event()
+
     async def control() -> None:
         async for raw in reader:
             line = raw.strip()
             if line.startswith(b"D "):
                 replayer.set_durable(int(line[2:]))
+                durable_known.set()
             elif line == b"STOP":
                 break
         replayer.stop()
+        durable_known.set()
 
     control_task = loop.create_task(control())
     ticker_running = True
@@ -100,6 +104,9 @@ async def child_main(wal_dir: str, db_url: str, node_id: str) -> int:
 
     tick_task = loop.create_task(ticker())
     try:
+        # Nothing is read before the relay's durable head is known (the first "D" line,
+        # sent right after "DB"): never past what the writer has synced.
+        await durable_known.wait()
         await replayer.run()
     finally:
         ticker_running = False

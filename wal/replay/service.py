@@ -12,7 +12,9 @@ Pipe protocol (one line each, both directions):
 
     parent -> child   "DB <url>"   first line: the database URL (secrets never go on the
                                    child's command line, which `ps` shows to every user)
-                      "D <lsn>"    the WAL's durable head moved (never read past it)
+                      "D <lsn>"    the WAL's durable head: right after "DB" (0 too; the
+                                   child reads nothing before it), then as it moves
+                                   (never read past it)
                       "STOP"       commit what is durable and exit (EOF means the same)
     child  -> parent  {json}       ReplayStatus.as_dict(), on every change (rate-limited)
 
@@ -204,7 +206,10 @@ class ReplayService:
             )  # fmt: skip
             assert self._proc.stdin is not None
             self._proc.stdin.write(b"DB " + self.db_url.encode() + b"\n")
-            self._sent_durable = 0
+            # Always tell a new child the durable head, 0 included: until it knows one it
+            # would read whatever is on disk, which may be a record not yet synced, or (in
+            # a preallocated segment, where the file does not grow) one half copied in.
+            self._sent_durable = -1
             self._send_durable()
             assert self._proc.stdout is not None
             async for line in self._proc.stdout:
