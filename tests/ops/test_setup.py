@@ -37,6 +37,7 @@ COPIED = (
     "core/",
     "wal/",
     "bench/",
+    "cluster/",
     "scripts/",
 )
 
