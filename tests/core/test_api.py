@@ -268,23 +268,33 @@ async def test_disconnect_closes_a_users_connections_with_the_code(api: Api) -> 
         await admin.client.aclose()
 
 
+def raw_publish(ch: str) -> bytes:
+    """One keep-alive publish request, as bytes on the wire."""
+    body = b'{"ch":"%s","data":1}' % ch.encode()
+    return (
+        b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + KEY.encode()
+        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+
+async def raw_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The next answer's head and body."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), UNIT)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    return head, await reader.readexactly(length)
+
+
 async def test_keep_alive_and_pipelining_answer_in_order(api: Api) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", int(api.base.rsplit(":", 1)[1]))
     try:
-        body = b'{"ch":"room.p","data":1}'
-        request = (
-            b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-            + KEY.encode()
-            + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
-            + body
-        )
-        writer.write(request * 20)  # twenty requests in one write
+        writer.write(raw_publish("room.p") * 20)  # twenty requests in one write
         seqs = []
         for _ in range(20):
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), UNIT)
+            head, body = await raw_answer(reader)
             assert head.startswith(b"HTTP/1.1 200")
-            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-            seqs.append(json.loads(await reader.readexactly(length))["seq"])
+            seqs.append(json.loads(body)["seq"])
         assert seqs == list(range(1, 21))
     finally:
         writer.close()
@@ -300,19 +310,10 @@ async def test_an_idle_connection_is_closed_and_a_slow_request_answered_408(
         api_keys=(f"svc:{KEY}",), api_port=0, api_idle_timeout=0.4, handshake_timeout=0.4
     )
     port = int(Api(relay).base.rsplit(":", 1)[1])
-    body = b'{"ch":"room.t","data":1}'
-    request = (
-        b"POST /api/v1/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        + KEY.encode()
-        + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
+    request = raw_publish("room.t")
 
     async def answer(reader: asyncio.StreamReader) -> bytes:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), UNIT)
-        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        return head
+        return (await raw_answer(reader))[0]
 
     busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
     idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
