@@ -88,6 +88,7 @@ class FlowBuilder:
         # the hops of a cluster (core/remote.py `Hops`), keyed like `_pairs`
         self._out: dict[tuple[str, str], int] = {}  # forwarded to the owner
         self._in: dict[tuple[str, str], int] = {}  # come in from another node (in `_pairs`)
+        self._in_late: dict[tuple[str, str], int] = {}  # received, not durable at the build
         self._fed: dict[str, int] = {}  # channel owned elsewhere -> messages over its feed
         self._closed: deque[FlowClosed] = deque(maxlen=CLOSED_KEPT)
         self._published: dict[str, int] = {}  # shown connection -> `published` at last build
@@ -118,17 +119,23 @@ class FlowBuilder:
     ) -> dict[tuple[str, str, FlowHop | None], int]:
         """The interval's (sender, channel) pairs split by how they reached the channel:
         on this node (None) or over a forward. `received` ones are also in `pairs` (the
-        owner logged them); a publish received just before a build and durable just after
-        counts as local in one interval, so the split is clamped."""
+        owner logged them) once durable: those received but not durable yet at a build
+        are kept for the next one (once: a duplicate `mid` is received, never logged)."""
         out, self._out = self._out, {}
         inbound, self._in = self._in, {}
+        late, self._in_late = self._in_late, {}
+        for key, n in late.items():
+            inbound[key] = inbound.get(key, 0) + n
         split: dict[tuple[str, str, FlowHop | None], int] = {}
         for key, n in pairs.items():
-            crossed = min(inbound.get(key, 0), n)
+            crossed = min(inbound.pop(key, 0), n)
             if crossed:
                 split[(*key, "forward")] = crossed
             if n > crossed:
                 split[(*key, None)] = n - crossed
+        for key, n in inbound.items():  # what is left: not durable yet (or a duplicate)
+            if n > late.get(key, 0):
+                self._in_late[key] = n - late.get(key, 0)
         for (user, name), n in out.items():
             hop: tuple[str, str, FlowHop | None] = (user, name, "forward")
             split[hop] = split.get(hop, 0) + n

@@ -156,6 +156,14 @@ def test_in_a_cluster_channels_say_their_owner_and_edges_how_they_crossed() -> N
     far = next(c for c in doc["channels"] if c["ch"] == "far.1")
     assert (far["rate"], far["head"]) == (5.0, 5)
     assert doc["msgs_per_s"] == 9.0  # far.1's five (the two forwarded among them), room.1's four
+    # received in one interval, durable in the next: still come in by a forward
+    intake.handle(wire.ENCODE(wire.Forward("d", items[:1])), replies.append)
+    assert _flow(world, builder)["edges"] == []  # not durable yet: nothing to show
+    world.settle()
+    assert _hops(_flow(world, builder)) == {
+        ("p:cy", "c:room.1"): (1.0, "forward"),
+        ("c:room.1", "s:" + ann_id): (1.0, None),
+    }
     quiet = _flow(world, builder)
     assert quiet["edges"] == [] and quiet["channels"] == []
 
