@@ -1,4 +1,4 @@
-"""`$sys.flow` in a cluster (issue 17, docs/cluster.md "Observing a cluster"): two
+"""`$sys.flow` in a cluster (issue 17; docs/cluster.md, "Metrics"): two
 `ferry serve` nodes; pat publishes on n1 to a channel n2 owns, sam subscribes to it on
 n1. n1's document shows the channel owned by n2, pat's edge forwarded and sam's fed over
 n2's feed; n2's shows the same channel as its own with pat's edge come in by a forward."""
