@@ -261,6 +261,8 @@ def test_in_a_cluster_channels_are_grouped_by_owner_and_crossings_marked(
         }
         assert at[far] is not None and at[near] is not None
         assert at[far]["y"] > at[near]["y"], at
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "flow-cluster.png"))
         far_node.click()
         expect(dash.by("ch-owner")).to_have_text("n2 (another node)")
     finally:
