@@ -149,7 +149,7 @@ class FlowChannel(msgspec.Struct):
 
     ch: str
     rate: float  # messages per second
-    head: int  # last durable seq
+    head: int  # last durable seq (0 on a node that forwards to it but does not follow it)
     subscribers: int
     users: int  # distinct subscribed users (presence)
     shown: list[FlowSubscriber]  # at most flow.SUBSCRIBERS_SHOWN of them

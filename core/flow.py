@@ -192,9 +192,11 @@ class FlowBuilder:
         for name, n in top:
             ch = router.get(name)
             self.visited += 1
-            if ch is None:  # forgotten since (idle and over the channel bound)
-                continue
             owner = self._owner(name)
+            if ch is None:
+                if owner != self.node:  # only forwarded from here: nobody here follows it
+                    channels.append(_unheld(name, rate(n), owner))
+                continue  # else forgotten since (idle and over the channel bound)
             via: FlowHop | None = None if owner == self.node else "feed"
             shown = []
             for session in itertools.islice(_subscribers(ch), SUBSCRIBERS_SHOWN):
@@ -279,6 +281,11 @@ class FlowBuilder:
                 )
             )
         return out
+
+
+def _unheld(name: str, rate: float, owner: str) -> FlowChannel:
+    """A channel owned elsewhere that this node only forwards to: its owner has the rest."""
+    return FlowChannel(name, rate, 0, 0, 0, [], None, None, None, owner)
 
 
 def _count(kv: tuple[str, int]) -> int:

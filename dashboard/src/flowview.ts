@@ -288,11 +288,12 @@ export class FlowView {
       return parts;
     }
     const quiet = !this.latest?.channels.some((x) => x.ch === name);
+    const here = this.latest?.node ?? "";
     const logged = c.logged_seq;
     parts.push(
       kv([
-        ["Owner", "ch-owner", ownerText(c.owner || this.latest?.node || "", this.latest?.node ?? "")],
-        ["Head seq", "ch-head", String(c.head)],
+        ["Owner", "ch-owner", ownerText(c.owner || here, here)],
+        ["Head seq", "ch-head", c.head === 0 && !c.subscribers && c.owner !== here ? `not followed here (${c.owner} has it)` : String(c.head)],
         ["Rate", "ch-rate", quiet ? "quiet now" : fmtRate(c.rate)],
         ["Subscribers", "ch-subscribers", `${c.subscribers} (${c.users} users)`],
         ["History", "ch-history", c.history_first === null ? "empty" : `seq ${c.history_first}–${c.history_last}`],

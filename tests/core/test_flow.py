@@ -128,8 +128,9 @@ def test_in_a_cluster_channels_say_their_owner_and_edges_how_they_crossed() -> N
     ann.send({"op": "sub", "ch": "room.1"})
     for i in range(2):
         ann.send({"op": "pub", "ch": "far.1", "data": i})
+    dee.send({"op": "pub", "ch": "far.2", "data": 0})  # nobody here follows far.2
     world.settle()
-    assert [f.sender for f in remote.forwarded] == ["ann", "ann"]
+    assert [f.sender for f in remote.forwarded] == ["ann", "ann", "dee"]
     fed = [
         Entry("far.1", seq, 1, user, None, Encoding.JSON, b"0")
         for seq, user in enumerate(["ann", "bo", "ann", "bo", "bo"], 1)
@@ -144,7 +145,7 @@ def test_in_a_cluster_channels_say_their_owner_and_edges_how_they_crossed() -> N
     assert len(replies) == 1  # every forwarded item durable: answered
     doc = _flow(world, builder)
     owners = {c["ch"]: c["owner"] for c in doc["channels"]}
-    assert owners == {"far.1": "b", "room.1": "a"}
+    assert owners == {"far.1": "b", "room.1": "a", "far.2": "b"}
     hops = _hops(doc)
     ann_id = ann.session.conn_id
     assert hops[("p:ann", "c:far.1")] == (2.0, "forward")  # forwarded to b
@@ -155,7 +156,12 @@ def test_in_a_cluster_channels_say_their_owner_and_edges_how_they_crossed() -> N
     assert hops[("c:room.1", "s:" + ann_id)] == (4.0, None)
     far = next(c for c in doc["channels"] if c["ch"] == "far.1")
     assert (far["rate"], far["head"]) == (5.0, 5)
-    assert doc["msgs_per_s"] == 9.0  # far.1's five (the two forwarded among them), room.1's four
+    unheld = next(c for c in doc["channels"] if c["ch"] == "far.2")
+    assert (unheld["head"], unheld["subscribers"], unheld["shown"]) == (0, 0, [])
+    assert hops[("p:dee", "c:far.2")] == (1.0, "forward")
+    assert (
+        doc["msgs_per_s"] == 10.0
+    )  # far.1's five (ann's two among them), room.1's four, far.2's one
     # received in one interval, durable in the next: still come in by a forward
     intake.handle(wire.ENCODE(wire.Forward("d", items[:1])), replies.append)
     assert _flow(world, builder)["edges"] == []  # not durable yet: nothing to show
