@@ -227,6 +227,10 @@ class Intake:
                 batch.settle(index, wire.TOO_LARGE)
             except (LogUnavailable, ValueError):
                 batch.settle(index, wire.UNAVAILABLE)
+            else:
+                hops = self._router.hops
+                if hops is not None:
+                    hops.received(item.sender, item.channel)
 
     def stats(self) -> dict[str, int]:
         return {"received": self.received, "refused": self.refused}

@@ -106,6 +106,9 @@ class ClusterNode:
     def follow(self, channel: str, then: Ready | None) -> None:
         self.follower.follow(channel, then)
 
+    def owner_of(self, channel: str) -> str:
+        return self.node if channel.startswith(SYS_PREFIX) else self.slots.owner_of(channel)
+
     # --- NATS --------------------------------------------------------------------------
 
     async def _control(self, owner: str, request: bytes) -> bytes:

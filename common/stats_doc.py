@@ -149,7 +149,7 @@ class FlowChannel(msgspec.Struct):
 
     ch: str
     rate: float  # messages per second
-    head: int  # last durable seq
+    head: int  # last durable seq (0 on a node that forwards to it but does not follow it)
     subscribers: int
     users: int  # distinct subscribed users (presence)
     shown: list[FlowSubscriber]  # at most flow.SUBSCRIBERS_SHOWN of them
@@ -158,6 +158,9 @@ class FlowChannel(msgspec.Struct):
     # the last seq the database log has (from the replayer's checkpoint), null when it
     # is below the ring or no replayer runs
     logged_seq: int | None
+    # the node that owns it (its seqs, its log): `Flow.node` on one node; in a cluster the
+    # slot map's owner, whose feed delivers it here when that is another node
+    owner: str
 
 
 class FlowPublisher(msgspec.Struct):
@@ -165,6 +168,9 @@ class FlowPublisher(msgspec.Struct):
 
     user: str
     rate: float
+
+
+FlowHop = Literal["forward", "feed"]
 
 
 class FlowEdge(msgspec.Struct):
@@ -176,6 +182,11 @@ class FlowEdge(msgspec.Struct):
     dst: str
     rate: float
     count: int = 1
+    # how it crossed nodes, null when it did not: `forward` a publisher -> channel edge
+    # forwarded to the owner (the channel's `owner` is another node) or, on the owner,
+    # come in from another node's forward; `feed` a channel -> subscriber edge delivered
+    # from another owner's feed
+    hop: FlowHop | None = None
 
 
 class FlowConnection(msgspec.Struct):

@@ -11,6 +11,10 @@ Cost, and why it stays flat as idle channels grow:
 
 * per durable batch, while someone is subscribed to `$sys.flow` (one dict lookup
   otherwise): one counter per (publisher, channel) pair of its messages (`observe`);
+* in a cluster, per publish or feed message that crosses nodes (`core.remote.Hops`), one
+  counter more: publishes forwarded to their owner (`forwarded`), those that came in from
+  another node's forward (`received`, a part of what `observe` counts), messages of a
+  channel owned elsewhere delivered over its owner's feed (`fed`);
 * per interval (`build`): O(pairs seen + shown subscribers + shown connections'
   subscriptions). Channels that got no message in the interval are never visited: the
   builder starts from the pairs, not from the router's channels (`visited` counts the
@@ -36,6 +40,7 @@ from common.stats_doc import (
     FlowClosed,
     FlowConnection,
     FlowEdge,
+    FlowHop,
     FlowOthers,
     FlowPublisher,
     FlowSubscriber,
@@ -80,6 +85,11 @@ class FlowBuilder:
         self.router = router
         self.node = node
         self._pairs: dict[tuple[str, str], int] = {}  # (sender, channel) -> messages
+        # the hops of a cluster (core/remote.py `Hops`), keyed like `_pairs`
+        self._out: dict[tuple[str, str], int] = {}  # forwarded to the owner
+        self._in: dict[tuple[str, str], int] = {}  # come in from another node (in `_pairs`)
+        self._in_late: dict[tuple[str, str], int] = {}  # received, not durable at the build
+        self._fed: dict[str, int] = {}  # channel owned elsewhere -> messages over its feed
         self._closed: deque[FlowClosed] = deque(maxlen=CLOSED_KEPT)
         self._published: dict[str, int] = {}  # shown connection -> `published` at last build
         self.visited = 0  # channels the last build looked up in the router
@@ -93,17 +103,66 @@ class FlowBuilder:
             key = (entry.sender, name)
             pairs[key] = pairs.get(key, 0) + 1
 
+    def forwarded(self, sender: str, channel: str) -> None:
+        key = (sender, channel)
+        self._out[key] = self._out.get(key, 0) + 1
+
+    def received(self, sender: str, channel: str) -> None:
+        key = (sender, channel)
+        self._in[key] = self._in.get(key, 0) + 1
+
+    def fed(self, channel: str, count: int) -> None:
+        self._fed[channel] = self._fed.get(channel, 0) + count
+
+    def _hops(
+        self, pairs: dict[tuple[str, str], int]
+    ) -> dict[tuple[str, str, FlowHop | None], int]:
+        """The interval's (sender, channel) pairs split by how they reached the channel:
+        on this node (None) or over a forward. `received` ones are also in `pairs` (the
+        owner logged them) once durable: those received but not durable yet at a build
+        are kept for the next one (once: a duplicate `mid` is received, never logged)."""
+        out, self._out = self._out, {}
+        inbound, self._in = self._in, {}
+        late, self._in_late = self._in_late, {}
+        for key, n in late.items():
+            inbound[key] = inbound.get(key, 0) + n
+        split: dict[tuple[str, str, FlowHop | None], int] = {}
+        for key, n in pairs.items():
+            crossed = min(inbound.pop(key, 0), n)
+            if crossed:
+                split[(*key, "forward")] = crossed
+            if n > crossed:
+                split[(*key, None)] = n - crossed
+        for key, n in inbound.items():  # what is left: not durable yet (or a duplicate)
+            if n > late.get(key, 0):
+                self._in_late[key] = n - late.get(key, 0)
+        for (user, name), n in out.items():
+            hop: tuple[str, str, FlowHop | None] = (user, name, "forward")
+            split[hop] = split.get(hop, 0) + n
+        return split
+
+    def _owner(self, name: str) -> str:
+        remote = self.router.remote
+        return self.node if remote is None else remote.owner_of(name)
+
     def closed(self, client: str, user: str, code: int, ts_ms: int) -> None:
         self._closed.append(FlowClosed(client, user, code, ts_ms))
 
     def build(self, elapsed: float, checkpoint_lsn: int | None, ts_ms: int) -> Flow:
         elapsed = max(elapsed, 1e-6)
         pairs, self._pairs = self._pairs, {}
+        split = self._hops(pairs)
+        fed, self._fed = self._fed, {}
         per_channel: dict[str, int] = {}
         per_user: dict[str, int] = {}
-        for (user, name), n in pairs.items():
+        for (user, name, _), n in split.items():
             per_channel[name] = per_channel.get(name, 0) + n
             per_user[user] = per_user.get(user, 0) + n
+        # A channel owned elsewhere: its feed brings every publisher's messages, the ones
+        # forwarded from here among them (a little later): the larger count is its rate.
+        for name, n in fed.items():
+            if n > per_channel.get(name, 0):
+                per_channel[name] = n
         top = heapq.nlargest(TOP_CHANNELS, per_channel.items(), key=lambda kv: kv[1])
         shown_names = {name for name, _ in top}
         top_users = {u for u, _ in heapq.nlargest(TOP_PUBLISHERS, per_user.items(), key=_count)}
@@ -111,19 +170,20 @@ class FlowBuilder:
         def rate(n: int) -> float:
             return round(n / elapsed, 1)
 
-        folded: dict[tuple[str, str], list[int]] = {}  # (src, dst) -> [messages, count]
-        for (user, name), n in pairs.items():
+        # (src, dst, hop) -> [messages, count]
+        folded: dict[tuple[str, str, FlowHop | None], list[int]] = {}
+        for (user, name, hop), n in split.items():
             src = "p:" + (user if user in top_users else OTHERS)
             dst = "c:" + (name if name in shown_names else OTHERS)
-            edge = folded.get((src, dst))
+            edge = folded.get((src, dst, hop))
             if edge is None:
-                folded[(src, dst)] = [n, 1]
+                folded[(src, dst, hop)] = [n, 1]
             else:
                 edge[0] += n
                 edge[1] += 1
         edges = [
-            FlowEdge(src, dst, rate(n), count)
-            for (src, dst), (n, count) in sorted(folded.items(), key=lambda kv: -kv[1][0])
+            FlowEdge(src, dst, rate(n), count, hop)
+            for (src, dst, hop), (n, count) in sorted(folded.items(), key=lambda kv: -kv[1][0])
         ]
         channels: list[FlowChannel] = []
         sessions: dict[str, Session] = {}
@@ -132,8 +192,12 @@ class FlowBuilder:
         for name, n in top:
             ch = router.get(name)
             self.visited += 1
-            if ch is None:  # forgotten since (idle and over the channel bound)
-                continue
+            owner = self._owner(name)
+            if ch is None:
+                if owner != self.node:  # only forwarded from here: nobody here follows it
+                    channels.append(_unheld(name, rate(n), owner))
+                continue  # else forgotten since (idle and over the channel bound)
+            via: FlowHop | None = None if owner == self.node else "feed"
             shown = []
             for session in itertools.islice(_subscribers(ch), SUBSCRIBERS_SHOWN):
                 shown.append(
@@ -146,10 +210,10 @@ class FlowBuilder:
                     )
                 )
                 sessions[session.conn_id] = session
-                edges.append(FlowEdge("c:" + name, "s:" + session.conn_id, rate(n)))
+                edges.append(FlowEdge("c:" + name, "s:" + session.conn_id, rate(n), 1, via))
             hidden = ch.subscriber_count - len(shown)
             if hidden > 0:
-                edges.append(FlowEdge("c:" + name, "s:*" + name, rate(n), hidden))
+                edges.append(FlowEdge("c:" + name, "s:*" + name, rate(n), hidden, via))
             history = ch.history
             channels.append(
                 FlowChannel(
@@ -162,6 +226,7 @@ class FlowBuilder:
                     history_first=history[0].seq if history else None,
                     history_last=history[-1].seq if history else None,
                     logged_seq=_logged_seq(ch, checkpoint_lsn),
+                    owner=owner,
                 )
             )
         connections = self._connections(sessions, per_channel, elapsed)
@@ -218,6 +283,11 @@ class FlowBuilder:
         return out
 
 
+def _unheld(name: str, rate: float, owner: str) -> FlowChannel:
+    """A channel owned elsewhere that this node only forwards to: its owner has the rest."""
+    return FlowChannel(name, rate, 0, 0, 0, [], None, None, None, owner)
+
+
 def _count(kv: tuple[str, int]) -> int:
     return kv[1]
 
@@ -262,6 +332,7 @@ class FlowService:
         self.loop = Loop("flow", self._round, hub.config.stats_interval)
         self._at = time.monotonic()
         hub.router.add_tap(self._observe)
+        hub.router.hops = self
         hub.on_disconnect.append(self._disconnected)
 
     def _watched(self) -> bool:
@@ -271,6 +342,19 @@ class FlowService:
     def _observe(self, entries: list[Entry]) -> None:
         if self._watched():
             self.builder.observe(entries)
+
+    # core.remote.Hops: a cluster's crossings, counted while watched
+    def forwarded(self, sender: str, channel: str) -> None:
+        if self._watched():
+            self.builder.forwarded(sender, channel)
+
+    def received(self, sender: str, channel: str) -> None:
+        if self._watched():
+            self.builder.received(sender, channel)
+
+    def fed(self, channel: str, count: int) -> None:
+        if self._watched():
+            self.builder.fed(channel, count)
 
     def _disconnected(self, conn: Connection) -> None:
         session = conn.session

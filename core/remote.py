@@ -13,6 +13,10 @@ check below is one attribute test.
 
 Delivery on a following node goes the other way, through `Router.apply_remote` and
 `Router.reset_remote` (docs/cluster.md, "Feeds").
+
+The flow view (core/flow.py) asks `Remote.owner_of` for each channel it shows and is told
+of the hops through `Hops` (`Router.hops`): a publish forwarded to its owner, one that came
+in from another node's forward, messages delivered from an owner's feed.
 """
 
 from __future__ import annotations
@@ -58,4 +62,24 @@ class Remote(Protocol):
 
     def follow(self, channel: str, then: Ready | None) -> None:
         """Start following the channel's slot and sync its head; `then` is told once."""
+        ...
+
+    def owner_of(self, channel: str) -> str:
+        """The node that owns the channel (this node's id for `$sys.*` and its own)."""
+        ...
+
+
+class Hops(Protocol):
+    """Told of the traffic that crosses nodes (core/flow.py counts it while watched)."""
+
+    def forwarded(self, sender: str, channel: str) -> None:
+        """A publish of `sender` was forwarded to the channel's owner."""
+        ...
+
+    def received(self, sender: str, channel: str) -> None:
+        """On the owner: a publish of `sender` came in from another node's forward."""
+        ...
+
+    def fed(self, channel: str, count: int) -> None:
+        """`count` messages of a channel owned elsewhere came in over its owner's feed."""
         ...

@@ -68,7 +68,7 @@ from core.protocol import ENCODE, SYS_PREFIX, Msg, UntranscodableMsg, transcode,
 from core.remote import Forwarded
 
 if TYPE_CHECKING:
-    from core.remote import Remote
+    from core.remote import Hops, Remote
     from core.session import Session
 
 logger = logging.getLogger("ferry.router")
@@ -251,6 +251,8 @@ class Router:
         self.occupancy: Callable[[str, bool], None] | None = None
         # Channels owned by another node of a cluster (core/remote.py); None: one node.
         self.remote: Remote | None = None
+        # Told of publishes and deliveries that cross nodes (the flow view); None: unwatched.
+        self.hops: Hops | None = None
         log.set_handlers(self.on_durable, self.on_failed)
 
     # --- state -----------------------------------------------------------------------
@@ -627,6 +629,8 @@ class Router:
         if remote is not None and remote.elsewhere(name):
             # the owner assigns the seq, dedupes the mid and answers the publisher
             remote.publish(session, Forwarded(name, data, encoding, msg_id, sender, owner, mid))
+            if self.hops is not None:
+                self.hops.forwarded(sender, name)
             return
         dedupe = self.dedupe
         if mid is not None and dedupe.enabled:
@@ -763,6 +767,8 @@ class Router:
         ch.last_seq = ch.durable_seq = fresh[-1].seq
         ch.msg_count += len(fresh)
         self._active[ch] = None
+        if self.hops is not None:
+            self.hops.fed(name, len(fresh))
         try:
             self._remember(ch, fresh)
             self._deliver(ch, fresh)

@@ -11,6 +11,10 @@
  *
  * Node ids are the server's: `p:<user>`, `c:<channel>`, `s:<client>`; `p:*`, `c:*` and
  * `s:*<channel>` are the folded "others".
+ *
+ * In a cluster the channel column is cut into one band per owner node (this node's
+ * first), each channel held to its owner's band and drawn in its colour; edges that
+ * cross nodes (`hop`: a forward to or from the owner, an owner's feed) are dashed.
  */
 
 import {
@@ -23,7 +27,7 @@ import {
   type SimulationLinkDatum,
   type SimulationNodeDatum,
 } from "d3-force";
-import type { Flow, TailEntry } from "./protocol";
+import type { Flow, FlowEdge, TailEntry } from "./protocol";
 
 export type NodeKind = "p" | "c" | "s";
 
@@ -36,6 +40,8 @@ export interface GraphNode extends SimulationNodeDatum {
   count: number;
   others: boolean;
   r: number;
+  /** A channel's owner node ("" for the others). */
+  owner: string;
 }
 
 export interface GraphEdge extends SimulationLinkDatum<GraphNode> {
@@ -43,6 +49,7 @@ export interface GraphEdge extends SimulationLinkDatum<GraphNode> {
   target: GraphNode;
   rate: number;
   count: number;
+  hop: FlowEdge["hop"];
 }
 
 interface Dot {
@@ -55,10 +62,18 @@ interface Dot {
 const HEIGHT = 520;
 const COLUMNS: Record<NodeKind, number> = { p: 0.14, c: 0.5, s: 0.86 };
 const COLOURS: Record<NodeKind, string> = { p: "#3ddbb0", c: "#5aa9ff", s: "#c39bff" };
+/** Owner nodes' colours, by band: this node's is the channels' usual blue. */
+const NODE_COLOURS = ["#5aa9ff", "#ffb86b", "#ff7aa8", "#9be564", "#f5e663", "#7ad7f0"];
+const CROSS_DASH = [7, 4];
+const BAND_TOP = 24;
 const HOP_MS = 650;
 const MAX_DOTS = 400;
 /** Per tail message, dots to at most this many of the channel's subscriber edges. */
 const FANOUT_DOTS = 8;
+
+export function nodeColour(band: number): string {
+  return NODE_COLOURS[band % NODE_COLOURS.length];
+}
 
 export function kindOf(id: string): NodeKind {
   return id.startsWith("p:") ? "p" : id.startsWith("c:") ? "c" : "s";
@@ -84,6 +99,8 @@ export class FlowGraph {
   private running = false;
   private visible = false;
   selected = "";
+  /** The channels' owner nodes, one band each, this node's first (one node: none). */
+  bands: string[] = [];
   /** Frames drawn (a test hook and a cheap sanity figure). */
   frames = 0;
 
@@ -97,7 +114,10 @@ export class FlowGraph {
     this.sim = forceSimulation<GraphNode, GraphEdge>([])
       .alphaDecay(0.05)
       .force("x", forceX<GraphNode>((n) => COLUMNS[n.kind] * this.w).strength(0.9))
-      .force("y", forceY<GraphNode>(HEIGHT / 2).strength(0.04))
+      .force(
+        "y",
+        forceY<GraphNode>((n) => this.bandY(n)).strength((n) => (n.kind === "c" && this.bands.length > 1 ? 0.3 : 0.04)),
+      )
       // channels carry their label above them: more room between them
       .force("collide", forceCollide<GraphNode>((n) => n.r + (n.kind === "c" ? 17 : 10)))
       .force("link", forceLink<GraphNode, GraphEdge>([]).strength(0.03))
@@ -141,6 +161,7 @@ export class FlowGraph {
           count: 1,
           others: id.slice(2).startsWith("*"),
           r: 5,
+          owner: "",
           x: COLUMNS[kind] * this.w + (Math.random() - 0.5) * 20,
           y: HEIGHT / 2 + (Math.random() - 0.5) * HEIGHT * 0.6,
         };
@@ -153,8 +174,13 @@ export class FlowGraph {
     for (const e of flow.edges) {
       const source = node(e.src);
       const target = node(e.dst);
-      edges.push({ source, target, rate: e.rate, count: e.count ?? 1 });
+      edges.push({ source, target, rate: e.rate, count: e.count ?? 1, hop: e.hop ?? null });
     }
+    const owners = new Map(flow.channels.map((c) => [c.ch, c.owner || flow.node]));
+    const bands = [...new Set(owners.values())].filter((o) => o !== flow.node).sort();
+    if (bands.length) bands.unshift(flow.node);
+    if (bands.join() !== this.bands.join()) changed = true;
+    this.bands = bands;
     for (const e of edges) {
       // a node's weight: what goes through it (what it sends, for publishers)
       if (e.source.kind === "p") e.source.rate += e.rate;
@@ -170,6 +196,7 @@ export class FlowGraph {
     for (const n of this.nodes.values()) {
       n.r = radius(n.rate);
       n.label = labels.get(n.id) ?? n.id.slice(2);
+      if (n.kind === "c") n.owner = owners.get(n.id.slice(2)) ?? "";
     }
     this.edges = edges;
     this.out.clear();
@@ -216,6 +243,19 @@ export class FlowGraph {
     return { x: rect.left + n.x, y: rect.top + n.y };
   }
 
+  /** A node's band: its owner's (channels in a cluster), or the whole height. */
+  private band(n: GraphNode): [number, number] {
+    const i = n.kind === "c" ? this.bands.indexOf(n.owner) : -1;
+    if (i < 0 || this.bands.length < 2) return [0, HEIGHT];
+    const h = (HEIGHT - BAND_TOP) / this.bands.length;
+    return [BAND_TOP + i * h, BAND_TOP + (i + 1) * h];
+  }
+
+  private bandY(n: GraphNode): number {
+    const [top, bottom] = this.band(n);
+    return (top + bottom) / 2;
+  }
+
   private hit(x: number, y: number): GraphNode | null {
     let best: GraphNode | null = null;
     let bestD = Infinity;
@@ -260,8 +300,9 @@ export class FlowGraph {
 
   private clampY(): void {
     for (const n of this.nodes.values()) {
+      const [top, bottom] = this.band(n);
       const y = n.y ?? 0;
-      n.y = Math.min(HEIGHT - n.r - 14, Math.max(n.r + 14, y));
+      n.y = Math.min(bottom - n.r - 14, Math.max(top + n.r + 14, y));
     }
   }
 
@@ -278,13 +319,14 @@ export class FlowGraph {
     ctx.fillText("publishers", COLUMNS.p * this.w, 10);
     ctx.fillText("channels", COLUMNS.c * this.w, 10);
     ctx.fillText("subscribers", COLUMNS.s * this.w, 10);
+    this.drawBands();
     const sel = this.selected;
     for (const e of this.edges) {
       const near = sel && (e.source.id === sel || e.target.id === sel);
       ctx.strokeStyle = COLOURS[e.source.kind];
       ctx.globalAlpha = near ? 0.85 : sel ? 0.15 : 0.4;
       ctx.lineWidth = width(e.rate);
-      ctx.setLineDash(e.target.others || e.source.others ? [4, 4] : []);
+      ctx.setLineDash(e.hop ? CROSS_DASH : e.target.others || e.source.others ? [2, 4] : []);
       this.curve(e);
       ctx.stroke();
     }
@@ -315,7 +357,7 @@ export class FlowGraph {
       const x = n.x ?? 0;
       const y = n.y ?? 0;
       ctx.globalAlpha = sel && n.id !== sel && !this.adjacent(n.id, sel) ? 0.35 : 1;
-      ctx.fillStyle = n.others ? "#39424f" : COLOURS[n.kind];
+      ctx.fillStyle = n.others ? "#39424f" : n.kind === "c" && this.bands.length > 1 ? this.colourOf(n.owner) : COLOURS[n.kind];
       ctx.beginPath();
       ctx.arc(x, y, n.r, 0, Math.PI * 2);
       ctx.fill();
@@ -337,6 +379,29 @@ export class FlowGraph {
         ctx.fillText(label, x, y - n.r - 8);
       }
     }
+    ctx.globalAlpha = 1;
+  }
+
+  /** The colour of an owner node's band. */
+  colourOf(owner: string): string {
+    return nodeColour(Math.max(0, this.bands.indexOf(owner)));
+  }
+
+  /** One labelled band per owner node behind the channel column. */
+  private drawBands(): void {
+    if (this.bands.length < 2) return;
+    const ctx = this.ctx;
+    const x = (COLUMNS.c - 0.13) * this.w;
+    const w = 0.26 * this.w;
+    ctx.textAlign = "left";
+    this.bands.forEach((owner, i) => {
+      const [top, bottom] = this.band({ kind: "c", owner } as GraphNode);
+      ctx.globalAlpha = 0.08;
+      ctx.fillStyle = nodeColour(i);
+      ctx.fillRect(x, top + 2, w, bottom - top - 4);
+      ctx.globalAlpha = 0.9;
+      ctx.fillText(i === 0 ? `${owner} (this node)` : `owned by ${owner}`, x + 6, top + 12);
+    });
     ctx.globalAlpha = 1;
   }
 

@@ -8,7 +8,7 @@
  */
 
 import { h, setAttr, setHidden, setText } from "./dom";
-import { FlowGraph, kindOf } from "./flowgraph";
+import { FlowGraph, kindOf, nodeColour } from "./flowgraph";
 import { fmtBytes, fmtClock } from "./format";
 import type { Flow, FlowChannel, FlowClosed, FlowConnection, Stats, TailEntry } from "./protocol";
 import { timeline, type StageP50, type TrackedMessage } from "./timeline";
@@ -45,6 +45,10 @@ function kv(pairs: [string, string, string][]): HTMLElement {
   return dl;
 }
 
+function ownerText(owner: string, here: string): string {
+  return owner === here ? `${owner} (this node)` : `${owner} (another node)`;
+}
+
 export class FlowView {
   readonly graph: FlowGraph;
   private latest: Flow | null = null;
@@ -70,6 +74,7 @@ export class FlowView {
       channels: HTMLElement;
       subscribers: HTMLElement;
       edges: HTMLElement;
+      legend: HTMLElement;
       detail: HTMLElement;
       empty: HTMLElement;
     },
@@ -163,6 +168,7 @@ export class FlowView {
         `${fmtRate(doc.msgs_per_s)} over ${doc.active_channels.toLocaleString("en-US")} active channels · node ${doc.node}`,
       );
       this.renderLists(doc);
+      this.renderLegend(doc);
     }
     this.renderDetail();
   }
@@ -179,6 +185,24 @@ export class FlowView {
     return labels;
   }
 
+  /** In a cluster: each owner node's colour, and what a dashed edge means. */
+  private renderLegend(doc: Flow): void {
+    const bands = this.graph.bands;
+    const crossing = doc.edges.some((e) => e.hop);
+    setHidden(this.ui.legend, !bands.length && !crossing);
+    if (!bands.length && !crossing) return;
+    const parts: HTMLElement[] = bands.map((owner, i) => {
+      const item = h("span", "legend-node", i === 0 ? `${owner} (this node)` : owner);
+      item.dataset.testid = "legend-node";
+      item.dataset.owner = owner;
+      item.style.setProperty("--swatch", nodeColour(i));
+      return item;
+    });
+    parts.push(h("span", "legend-line", "on this node"));
+    parts.push(h("span", "legend-line legend-cross", "crosses nodes: forwarded to / from the owner, or its feed"));
+    this.ui.legend.replaceChildren(...parts);
+  }
+
   private renderLists(doc: Flow): void {
     const item = (id: string, label: string, rate: number): HTMLElement => {
       const li = h("li");
@@ -186,6 +210,8 @@ export class FlowView {
       btn.type = "button";
       btn.dataset.id = id;
       btn.dataset.testid = "flow-node";
+      const owner = this.graph.nodes.get(id)?.owner;
+      if (owner) btn.dataset.owner = owner;
       btn.append(h("span", "ellipsis", label), h("span", "muted num", fmtRate(rate)));
       if (this.selection?.kind === "node" && this.selection.id === id) btn.setAttribute("aria-pressed", "true");
       li.append(btn);
@@ -211,7 +237,13 @@ export class FlowView {
         tr.dataset.testid = "flow-edge";
         tr.dataset.src = e.src;
         tr.dataset.dst = e.dst;
-        tr.append(h("td", "mono ellipsis", e.src), h("td", "mono ellipsis", e.dst), h("td", "num", fmtRate(e.rate)));
+        tr.dataset.hop = e.hop ?? "";
+        tr.append(
+          h("td", "mono ellipsis", e.src),
+          h("td", "mono ellipsis", e.dst),
+          h("td", "", e.hop ?? ""),
+          h("td", "num", fmtRate(e.rate)),
+        );
         return tr;
       }),
     );
@@ -256,10 +288,12 @@ export class FlowView {
       return parts;
     }
     const quiet = !this.latest?.channels.some((x) => x.ch === name);
+    const here = this.latest?.node ?? "";
     const logged = c.logged_seq;
     parts.push(
       kv([
-        ["Head seq", "ch-head", String(c.head)],
+        ["Owner", "ch-owner", ownerText(c.owner || here, here)],
+        ["Head seq", "ch-head", c.head === 0 && !c.subscribers && c.owner !== here ? `not followed here (${c.owner} has it)` : String(c.head)],
         ["Rate", "ch-rate", quiet ? "quiet now" : fmtRate(c.rate)],
         ["Subscribers", "ch-subscribers", `${c.subscribers} (${c.users} users)`],
         ["History", "ch-history", c.history_first === null ? "empty" : `seq ${c.history_first}–${c.history_last}`],

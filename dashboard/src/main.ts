@@ -61,6 +61,7 @@ const flowView = new FlowView(
     channels: byTestId("flow-channels"),
     subscribers: byTestId("flow-subscribers"),
     edges: byTestId("flow-edges"),
+    legend: byTestId("flow-legend"),
     detail: byTestId("detail"),
     empty: byTestId("detail-empty"),
   },

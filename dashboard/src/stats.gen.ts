@@ -126,6 +126,7 @@ export interface FlowChannel {
   history_first: number | null;
   history_last: number | null;
   logged_seq: number | null;
+  owner: string;
 }
 
 /** One subscriber of a channel in the flow view. */
@@ -145,6 +146,7 @@ export interface FlowEdge {
   dst: string;
   rate: number;
   count?: number;
+  hop?: "feed" | "forward" | null;
 }
 
 /** A connection shown in the graph: what the flow view tells about it when clicked. */

@@ -74,6 +74,9 @@ class Edge:
     def follow(self, channel: str, then: Ready | None) -> None:
         self.follower.follow(channel, then)
 
+    def owner_of(self, channel: str) -> str:
+        return SLOTS.owner_of(channel)
+
 
 class Pair:
     def __init__(self, history: int = 100) -> None:

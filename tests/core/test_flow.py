@@ -9,9 +9,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from common.durability import Encoding, HistoryLimits
+from cluster import wire
+from cluster.forward import Intake
+from common.durability import Encoding, Entry, HistoryLimits
 from common.stats_doc import Flow
+from core.dedupe import Publisher
 from core.flow import SUBSCRIBERS_SHOWN, TOP_CHANNELS, FlowBuilder
+from core.remote import Forwarded, Ready
 from tests.core.world import World
 from tests.helpers import UNIT, Client, StartRelay
 
@@ -68,13 +72,106 @@ def test_publisher_channel_subscriber_edges_with_rates_and_details() -> None:
         "history_first": 1,
         "history_last": 5,
         "logged_seq": None,
+        "owner": "n1",
     }
+    assert {e["hop"] for e in doc["edges"]} == {None}  # one node: nothing crosses
     (conn,) = doc["connections"]
     assert conn["client"] == bob_id and conn["channels"] == ["@bob", "room.1", "room.2"]
     assert (conn["subscriptions"], conn["delivery_rate"], conn["state"]) == (3, 6.0, "ok")
     # the next interval starts from nothing: no traffic, no edges
     quiet = _flow(world, builder)
     assert quiet["edges"] == [] and quiet["channels"] == [] and quiet["msgs_per_s"] == 0.0
+
+
+class FakeRemote:
+    """`core.remote.Remote` of node "a" in a two-node cluster: `far.*` is "b"'s."""
+
+    def __init__(self) -> None:
+        self.forwarded: list[Forwarded] = []
+
+    def owner_of(self, channel: str) -> str:
+        return "b" if channel.startswith("far.") else "a"
+
+    def elsewhere(self, channel: str) -> bool:
+        return self.owner_of(channel) != "a"
+
+    def publish(self, publisher: Publisher | None, request: Forwarded) -> None:
+        self.forwarded.append(request)
+
+    def ready(self, channel: str) -> bool:
+        return True  # followed and in sync: the `sub` runs as on the owner
+
+    def epoch_of(self, channel: str) -> str | None:
+        return None
+
+    def follow(self, channel: str, then: Ready | None) -> None:
+        raise AssertionError("every channel is ready here")
+
+
+def _hops(doc: dict[str, Any]) -> dict[tuple[str, str], tuple[float, str | None]]:
+    return {(e["src"], e["dst"]): (e["rate"], e["hop"]) for e in doc["edges"]}
+
+
+def test_in_a_cluster_channels_say_their_owner_and_edges_how_they_crossed() -> None:
+    """Node "a": ann publishes to b's `far.1` (forwarded), whose feed brings it back with
+    bo's messages to ann's subscriber; cy's publishes to a's `room.1` come in from b's
+    forward, dee publishes to it here."""
+    world = World()
+    remote = FakeRemote()
+    world.router.remote = remote
+    builder = FlowBuilder(world.router, "a")
+    world.router.add_tap(builder.observe)
+    world.router.hops = builder
+    ann = world.connect("ann")
+    dee = world.connect("dee")
+    ann.send({"op": "sub", "ch": "far.1"})
+    ann.send({"op": "sub", "ch": "room.1"})
+    for i in range(2):
+        ann.send({"op": "pub", "ch": "far.1", "data": i})
+    dee.send({"op": "pub", "ch": "far.2", "data": 0})  # nobody here follows far.2
+    world.settle()
+    assert [f.sender for f in remote.forwarded] == ["ann", "ann", "dee"]
+    fed = [
+        Entry("far.1", seq, 1, user, None, Encoding.JSON, b"0")
+        for seq, user in enumerate(["ann", "bo", "ann", "bo", "bo"], 1)
+    ]
+    assert world.router.apply_remote("far.1", fed)
+    intake = Intake(world.router, "d", lambda ch: remote.owner_of(ch) == "a")
+    replies: list[bytes] = []
+    items = [wire.Item("room.1", b"1", Encoding.JSON, "cy", None, None, i) for i in range(3)]
+    intake.handle(wire.ENCODE(wire.Forward("d", items)), replies.append)
+    dee.send({"op": "pub", "ch": "room.1", "data": 1})
+    world.settle()
+    assert len(replies) == 1  # every forwarded item durable: answered
+    doc = _flow(world, builder)
+    owners = {c["ch"]: c["owner"] for c in doc["channels"]}
+    assert owners == {"far.1": "b", "room.1": "a", "far.2": "b"}
+    hops = _hops(doc)
+    ann_id = ann.session.conn_id
+    assert hops[("p:ann", "c:far.1")] == (2.0, "forward")  # forwarded to b
+    assert hops[("c:far.1", "s:" + ann_id)] == (5.0, "feed")  # the feed: ann's and bo's
+    assert ("p:bo", "c:far.1") not in hops  # bo publishes on b: only the feed says so
+    assert hops[("p:cy", "c:room.1")] == (3.0, "forward")  # come in from b
+    assert hops[("p:dee", "c:room.1")] == (1.0, None)
+    assert hops[("c:room.1", "s:" + ann_id)] == (4.0, None)
+    far = next(c for c in doc["channels"] if c["ch"] == "far.1")
+    assert (far["rate"], far["head"]) == (5.0, 5)
+    unheld = next(c for c in doc["channels"] if c["ch"] == "far.2")
+    assert (unheld["head"], unheld["subscribers"], unheld["shown"]) == (0, 0, [])
+    assert hops[("p:dee", "c:far.2")] == (1.0, "forward")
+    assert (
+        doc["msgs_per_s"] == 10.0
+    )  # far.1's five (ann's two among them), room.1's four, far.2's one
+    # received in one interval, durable in the next: still come in by a forward
+    intake.handle(wire.ENCODE(wire.Forward("d", items[:1])), replies.append)
+    assert _flow(world, builder)["edges"] == []  # not durable yet: nothing to show
+    world.settle()
+    assert _hops(_flow(world, builder)) == {
+        ("p:cy", "c:room.1"): (1.0, "forward"),
+        ("c:room.1", "s:" + ann_id): (1.0, None),
+    }
+    quiet = _flow(world, builder)
+    assert quiet["edges"] == [] and quiet["channels"] == []
 
 
 def test_connection_counters_and_a_close_with_its_code() -> None:

@@ -7,7 +7,9 @@
   database one once the replayer's checkpoint passes it); a screenshot for the docs
   (artifacts/flow.png; docs/img/flow.png too with FERRYTEST_UPDATE_DOCS=1);
 - `$sys.flow` is asked for only while the tab is shown (the relay's own presence
-  answer says who is subscribed to it).
+  answer says who is subscribed to it);
+- in a cluster of two nodes (NATS at 127.0.0.1:4222): the channels in one band per owner
+  node with a legend, the crossing edges marked, the channel's owner in its details.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
+from cluster.slots import SlotMap
+from tests.cluster.support import NATS_URL, require_nats
 from tests.e2e.support import ADMIN, ARTIFACTS, Dashboard, LoopThread, ServeDashboard, Traffic
-from tests.helpers import ROOT, UNIT, Client, wait_for_sync
+from tests.helpers import ROOT, UNIT, Client, http_get, wait_for_sync
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Page
+    from playwright.sync_api import Locator, Page
 
 try:
     from playwright.sync_api import expect
@@ -200,4 +205,67 @@ def test_the_flow_stream_is_asked_for_only_while_the_tab_is_shown(
         dash.wait_stats(dash.stats_count() + 1)  # the overview goes on as before
     finally:
         aio.run(admin.close())
+    assert dash.errors.app_errors() == []
+
+
+def test_in_a_cluster_channels_are_grouped_by_owner_and_crossings_marked(
+    page: Page, serve: ServeDashboard, aio: LoopThread
+) -> None:
+    require_nats()
+    nodes = ("n1", "n2")
+    cluster = {
+        "FERRY_CLUSTER_NODES": ",".join(nodes),
+        "FERRY_CLUSTER_ID": "t" + secrets.token_hex(6),
+        "FERRY_NATS_URL": NATS_URL,
+    }
+    n1, n2 = (serve(FERRY_NODE_ID=node, FERRY_REPLAYER="false", **cluster) for node in nodes)
+
+    def joined() -> bool:  # both: a forward to either finds a responder
+        return all(http_get(s.http + "/readyz", timeout=1)[0] == 200 for s in (n1, n2))
+
+    wait_for_sync(joined, UNIT * 2, "both nodes to join the cluster")
+    slots = SlotMap(nodes)
+    far, near = (
+        next(f"room.{i}" for i in range(1000) if slots.owner_of(f"room.{i}") == node)
+        for node in ("n2", "n1")
+    )
+    dash = Dashboard(page, n1)
+    _open_flow(page, dash)
+    traffic = Traffic(n1.url, (far, near), 20.0)
+    aio.run(traffic.start())
+    try:
+        subscriber = traffic._clients[1].welcome["client"]
+
+        def edge(src: str, dst: str) -> Locator:
+            return page.locator(f'[data-testid="flow-edge"][data-src="{src}"][data-dst="{dst}"]')
+
+        expect(edge("p:e2e-pub", "c:" + far)).to_have_attribute(
+            "data-hop", "forward", timeout=UNIT * 2 * 1000
+        )  # forwarded to n2
+        expect(edge("c:" + far, "s:" + subscriber)).to_have_attribute("data-hop", "feed")
+        expect(edge("p:e2e-pub", "c:" + near)).to_have_attribute("data-hop", "")
+        legend = dash.by("legend-node")
+        expect(dash.by("flow-legend")).to_be_visible()
+        expect(legend).to_have_count(2)
+        assert [legend.nth(i).get_attribute("data-owner") for i in range(2)] == ["n1", "n2"]
+        far_node = page.locator(f'[data-testid="flow-node"][data-id="c:{far}"]')
+        expect(far_node).to_have_attribute("data-owner", "n2")
+        expect(page.locator(f'[data-testid="flow-node"][data-id="c:{near}"]')).to_have_attribute(
+            "data-owner", "n1"
+        )
+        # on the canvas the far channel sits in the lower band (n2's), the near one above
+        dash.wait("() => window.ferryFlow.settled()", "the layout to settle", timeout=UNIT * 4)
+        at = {
+            ch: page.evaluate("id => window.ferryFlow.position(id)", "c:" + ch)
+            for ch in (far, near)
+        }
+        assert at[far] is not None and at[near] is not None
+        assert at[far]["y"] > at[near]["y"], at
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "flow-cluster.png"))
+        far_node.click()
+        expect(dash.by("ch-owner")).to_have_text("n2 (another node)")
+    finally:
+        aio.run(traffic.stop())
+    assert traffic.errors == []
     assert dash.errors.app_errors() == []
