@@ -182,3 +182,71 @@ async def test_publishers_on_both_workers_get_one_gapless_stream(tmp_path: Path)
             await client.close()
     finally:
         serve.kill()
+
+
+async def test_the_owner_worker_sigkilled_under_load_loses_nothing_acked(tmp_path: Path) -> None:
+    """Test 6 of issue 16 with the workers as the nodes: the worker owning the channel is
+    SIGKILLed while a publisher on the other worker forwards to it. Its publishes answer
+    `unavailable` at once, the supervisor starts it again on its WAL, the seqs go on, and
+    the subscriber on the other worker gets every acked message once, in order, no gap."""
+    require_nats()
+    serve = _workers(tmp_path, "w" + secrets.token_hex(6), 2, "serve.log")
+    try:
+        await asyncio.to_thread(serve.wait_healthy)
+        assert serve.proc is not None
+        supervisor = serve.proc.pid
+        nodes = ("h1-w1", "h1-w2")
+        channel = next(
+            f"k.{i}" for i in range(100) if SlotMap(nodes).owner_of(f"k.{i}") == nodes[0]
+        )
+        sub = await _on(serve.url, nodes[1])
+        await _until(sub, {"op": "sub", "ch": channel}, "subscribed")
+        pub = await _on(serve.url, nodes[1])  # on the other worker: every publish is forwarded
+        lock = tmp_path / "wal" / "w1" / "writer.lock"
+        owner = int(lock.read_text())
+        # past the supervisor's start-up grace: a worker ending now is restarted
+        await asyncio.to_thread(
+            wait_for_sync,
+            lambda: time.monotonic() - _started(supervisor) > STARTUP_S + 1,
+            UNIT * 2,
+            "grace",
+        )
+        acked: dict[str, int] = {}
+        refused_after_kill: list[float] = []
+        killed_at = 0.0
+        i = 0
+        deadline = time.monotonic() + UNIT * 6
+        restarted = False
+        after_restart = 0
+        while after_restart < 50:
+            assert time.monotonic() < deadline, (len(acked), restarted, after_restart)
+            mid = f"m{i}"
+            while True:  # the same mid until it is acked: an unknown outcome is deduped
+                await pub.send({"op": "pub", "ch": channel, "data": i, "mid": mid, "id": mid})
+                answer = await pub.recv()
+                if answer["op"] == "ack":
+                    acked[mid] = int(answer["seq"])
+                    break
+                assert answer["op"] == "error" and answer["code"] == "unavailable", answer
+                if killed_at and not refused_after_kill:
+                    refused_after_kill.append(time.monotonic() - killed_at)
+                assert time.monotonic() < deadline, "no ack after the restart"
+                await asyncio.sleep(0.02)  # the retry a client makes, paced
+            i += 1
+            if i == 200:
+                os.kill(owner, signal.SIGKILL)
+                killed_at = time.monotonic()
+            if killed_at and not restarted:
+                text = lock.read_text() if lock.exists() else ""
+                restarted = text.strip().isdigit() and int(text) != owner
+            if restarted:
+                after_restart += 1
+        assert refused_after_kill, "the owner's death was never answered unavailable"
+        seqs = [acked[f"m{k}"] for k in range(i)]
+        assert seqs == list(range(1, i + 1)), "every publish acked once, seqs continue"
+        got = [(await sub.expect("msg", UNIT * 2))["seq"] for _ in range(i)]
+        assert got == list(range(1, i + 1)), "the follower: each once, in order, no gap"
+        for client in (sub, pub):
+            await client.close()
+    finally:
+        serve.kill()
