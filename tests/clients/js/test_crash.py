@@ -1,7 +1,8 @@
 """Crash mid-stream: the JS client's publisher and subscriber ride out SIGKILLs of the relay.
 
 3,000 messages, at most 100 awaiting their ack; the relay is SIGKILLed at a random point
-and restarted on the same WAL and port, three times. Afterwards: every publish resolved
+and restarted on the same WAL and port, up to three times (while the
+stream still runs: a fast one can be over before the third). Afterwards: every publish resolved
 exactly once, the acked seqs are exactly 1..N (a publish whose ack was lost in the crash is
 resent with its mid and answered dup:true with its original seq), and the subscriber got
 every message exactly once, in order, with its payload, without a gap."""
@@ -49,6 +50,7 @@ async def test_crash_mid_stream(serve: Serve, scenario: Any) -> None:
     await script.start()
     await script.event("ready")
     kills = []
+    heads: list[int] = []  # the channel's head each restart recovered
     head = 0  # the channel's head after the last restart: no ack before the kill went past it
     for round_no in range(ROUNDS):
         # a random moment in this round's third of the stream, and after the restart: the
@@ -56,6 +58,8 @@ async def test_crash_mid_stream(serve: Serve, scenario: Any) -> None:
         # new server recovered is the proof the publisher is back
         at = rng.randrange(round_no * N // ROUNDS + 100, (round_no + 1) * N // ROUNDS - 100, 100)
         at = max(at, head + 1)
+        if at > N - 50:
+            break  # the stream is (nearly) over: no kill can come mid-stream any more
 
         def acked(at: int = at) -> bool:
             return any(e.get("count", 0) >= at for e in script.events if e["event"] == "acked")
@@ -69,15 +73,18 @@ async def test_crash_mid_stream(serve: Serve, scenario: Any) -> None:
         probe = await Client.connect(server.url)
         head = int((await probe.sub(CHANNEL))["seq"])
         await probe.close()
+        heads.append(head)
     report = await script.finish(UNIT * 12)
     check_stream(report, N)
-    # the publisher reconnected after every kill (the next round waits for its acks); the
-    # subscriber at least once (a kill may come before it is back)
-    assert report["reconnects"]["pub"] >= ROUNDS and report["reconnects"]["sub"] >= 1, report[
-        "reconnects"
-    ]
+    # the publisher reconnected after every kill that came while it still had messages to
+    # send (the stream can be over before a late round's kill); the subscriber at least once
+    # (a kill may come before it is back)
+    mid_stream = sum(1 for h in heads if h < N)
+    assert mid_stream >= 1, heads
+    reconnects = report["reconnects"]
+    assert reconnects["pub"] >= mid_stream and reconnects["sub"] >= 1, (reconnects, heads)
     dups = sum(1 for r in report["results"] if r[1])
     print(
-        f"crash mid-stream: {ROUNDS} rounds (kills after {kills} acks), {N} messages, "
+        f"crash mid-stream: {len(kills)} kills (after {kills} acks; heads {heads}), {N} messages, "
         f"0 lost, 0 duplicated, 0 gaps; {dups} acks were dup:true"
     )
