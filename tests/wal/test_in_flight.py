@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from common.durability import LogUnavailable
-from tests.wal.conftest import LogFactory, message
+from tests.wal.conftest import UNIT, LogFactory, message
 from wal import iter_records
 
 
@@ -26,27 +26,30 @@ async def test_the_thread_syncs_the_queued_batch_while_the_loop_is_busy(
     real = os.fdatasync
     synced: list[float] = []
     first_syncing = threading.Event()
+    both_synced = threading.Event()
 
     def slow_fdatasync(fd: int) -> None:
         first_syncing.set()
         time.sleep(0.05)  # a slow disk: batch 2 is handed over while batch 1 syncs
         real(fd)
         synced.append(time.monotonic())
+        if len(synced) == 2:
+            both_synced.set()
 
     monkeypatch.setattr("wal.writer.os.fdatasync", slow_fdatasync)
     first = message("room.1", 1)
     log.append(first)
     await asyncio.sleep(0)  # batch 1 goes to the thread
-    assert await asyncio.to_thread(first_syncing.wait, 5)
+    assert await asyncio.to_thread(first_syncing.wait, UNIT)
     second = message("room.1", 2)
     log.append(second)
     await asyncio.sleep(0)  # batch 2 goes too: queued in the thread behind batch 1
-    # The loop is now busy (a long fan-out, say) and runs no completion for 0.5 s. With one
-    # batch in flight, batch 2 could not be written before the loop handed it over after
-    # batch 1's completion; here the thread syncs both meanwhile.
-    busy_until = time.monotonic() + 0.5
-    time.sleep(0.5)
-    assert len(synced) == 2 and synced[1] < busy_until, "both synced while the loop was busy"
+    # The loop is now busy (a long fan-out, say): it blocks here and runs no completion
+    # until the thread has synced both. With one batch in flight, batch 2 could not be
+    # written before the loop handed it over after batch 1's completion, so this wait
+    # would run out.
+    assert both_synced.wait(UNIT), "both synced while the loop was busy"
+    assert len(synced) == 2
     assert handlers.durable_lsn == 0, "nothing is durable before the loop runs the completions"
     await handlers.until_durable(second.lsn)
     assert [[e.lsn for e in batch] for batch in handlers.batches] == [[1], [2]], "in order"
@@ -60,7 +63,7 @@ async def test_a_failed_sync_fails_the_batch_queued_behind_it_too(
     release = threading.Event()
 
     def failing_fdatasync(fd: int) -> None:
-        release.wait(5)  # hold batch 1 in its sync until batch 2 is queued
+        release.wait(UNIT)  # hold batch 1 in its sync until batch 2 is queued
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr("wal.writer.os.fdatasync", failing_fdatasync)
