@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.helpers import IN_CI, ROOT, UNIT
+from tests.helpers import ROOT, UNIT, unavailable
 
 OPS_BIN = ROOT / ".venv-ops" / "bin"
 TERRAFORM_DIR = ROOT / "ops" / "terraform"
@@ -33,9 +31,7 @@ def ops_tool(name: str) -> Path:
     path = OPS_BIN / name
     if not (path.is_file() and os.access(path, os.X_OK)):
         message = f"{path} is missing: run scripts/bootstrap.sh ops"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(message)
     return path
 
 
