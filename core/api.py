@@ -433,7 +433,7 @@ class Api:
             if len(data) > limits.max_data_bytes:
                 raise TooLarge(f"data is larger than {limits.max_data_bytes} bytes")
             check_value(data, _JSON, limits.max_data_depth)
-            exclude = None if exclude_client is None else self._outbox_of(exclude_client)
+            exclude = self._outbox_of(exclude_client)
             owner = None if key.admin or ch[0] in "@$" else key.name
             self.hub.router.publish(waiting, ch, data, _JSON, index, key.name, owner, mid, exclude)
         except (PeerError, LocalError, RecordRefused) as exc:

@@ -272,7 +272,8 @@ def encode_frame(encoding: Encoding, frame: ServerFrame) -> bytes:
     return ws_frame(encoding, ENCODE[encoding](frame))
 
 
-_JSON = int(Encoding.JSON)
+_JSON = Encoding.JSON  # bound once (check_value)
+_MSGPACK = Encoding.MSGPACK
 
 
 def transcode(data: bytes, source: Encoding, target: Encoding) -> bytes:
@@ -310,26 +311,22 @@ def check_value(data: bytes, encoding: Encoding, max_depth: int) -> None:
 
     `pub` calls this, so fan-out and history replay never meet a value they cannot
     encode: a value is accepted exactly when `transcode` to the other encoding succeeds
-    and its arrays/maps nest at most `max_depth` deep. It does `transcode`'s work inline
-    (one decode, one encode: ~0.5 us for a 60-byte value here) and keeps the decoded value
-    for the nesting bound, which is one C-level count for nearly every value (the number
-    of brackets bounds the depth) and a walk only when that count is high. Plain ints
-    stand for the Encoding members: an IntEnum attribute costs ~0.1 us a lookup.
+    and its arrays/maps nest at most `max_depth` deep. The transcode costs ~0.5 us for a
+    60-byte value here; the nesting bound is one C-level count for nearly every value
+    (the number of brackets bounds the depth) and a walk only when that count is high.
+    The Encoding members are bound once: an IntEnum attribute costs ~0.1 us a lookup.
     """
     try:
         if encoding == _JSON:
-            value = _json_any.decode(data)
-            try:
-                _msgpack_encoder.encode(value)
-            except OverflowError:  # transcode sends such a value as its JSON text
-                _msgpack_encoder.encode(data.decode())
+            transcode(data, encoding, _MSGPACK)
             containers = data.count(b"[") + data.count(b"{")
         else:
-            value = _msgpack_any.decode(data)
-            _json_encoder.encode(value)
+            transcode(data, encoding, _JSON)
             containers = len(data.translate(None, _MSGPACK_NOT_CONTAINER))
-        if containers > max_depth and _nests_deeper(value, max_depth):
-            raise UnportableValue(f"data nests deeper than {max_depth} levels")
+        if containers > max_depth:
+            value = (_json_any if encoding == _JSON else _msgpack_any).decode(data)
+            if _nests_deeper(value, max_depth):
+                raise UnportableValue(f"data nests deeper than {max_depth} levels")
     except RecursionError:
         raise UnportableValue(f"data nests deeper than {max_depth} levels") from None
     except (msgspec.DecodeError, TypeError, ValueError, UnicodeError) as exc:
